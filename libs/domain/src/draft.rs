@@ -1,0 +1,356 @@
+//! A submitted invoice parsed into valid parts, and its fingerprint.
+//!
+//! [`DraftInvoice::parse`] takes the raw text of every field (decimals as the literal
+//! text the client sent, JSON string or number) and either returns a draft in which
+//! every value is valid, or the complete list of what is wrong, by JSON path.
+
+use crate::money::{parse_decimal, DecimalError};
+use crate::{Currency, Customer, IdempotencyKey, Payment, PaymentMethod, TerminalId, Timestamp};
+use rust_decimal::Decimal;
+use sha2::{Digest, Sha256};
+
+pub const MAX_LINES: usize = 500;
+pub const MAX_SKU_LEN: usize = 64;
+pub const MAX_NAME_LEN: usize = 200;
+pub const MAX_PAYMENTS: usize = 100;
+/// Upper bound for any amount, price or quantity. It keeps every product and sum of
+/// the computation far inside `Decimal`'s range (500 × 10¹² × 10¹² < 7.9 × 10²⁸).
+pub const MAX_MAGNITUDE: i64 = 1_000_000_000_000;
+
+/// One failing field: its JSON path (`items[0].quantity`) and what is wrong with it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct FieldError {
+    pub path: String,
+    pub message: String,
+}
+
+impl FieldError {
+    pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
+        Self { path: path.into(), message: message.into() }
+    }
+}
+
+/// The raw request, every field as text, as the HTTP layer decoded it.
+#[derive(Debug, Clone, Default)]
+pub struct RawDraft {
+    pub idempotency_key: Option<String>,
+    pub terminal_id: Option<String>,
+    pub currency: Option<String>,
+    pub issued_at: Option<String>,
+    pub tax_inclusive: bool,
+    pub customer: Option<Customer>,
+    pub items: Vec<RawLine>,
+    pub payments: Vec<RawPayment>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RawLine {
+    pub sku: Option<String>,
+    pub name: Option<String>,
+    pub quantity: Option<String>,
+    pub unit_price: Option<String>,
+    pub tax_rate: Option<String>,
+    pub discount: Option<String>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct RawPayment {
+    pub method: Option<String>,
+    pub amount: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DraftLine {
+    pub sku: String,
+    pub name: String,
+    pub quantity: Decimal,
+    pub unit_price: Decimal,
+    pub tax_rate: Decimal,
+    pub discount: Decimal,
+}
+
+/// A valid invoice request. Holding one proves every field passed the contract's rules.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DraftInvoice {
+    pub idempotency_key: Option<IdempotencyKey>,
+    pub terminal_id: TerminalId,
+    pub currency: Currency,
+    pub issued_at: Option<String>,
+    pub tax_inclusive: bool,
+    pub customer: Option<Customer>,
+    pub lines: Vec<DraftLine>,
+    pub payments: Vec<Payment>,
+}
+
+/// Collects every failing field instead of stopping at the first.
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+        self.0.push(FieldError::new(path, message));
+    }
+
+    fn required<T>(&mut self, path: &str, value: Option<T>) -> Option<T> {
+        if value.is_none() {
+            self.push(path, "is required");
+        }
+        value
+    }
+
+    fn text(&mut self, path: &str, value: Option<&String>, max: usize) -> Option<String> {
+        let value = self.required(path, value)?;
+        let len = value.chars().count();
+        if len == 0 || len > max {
+            self.push(path, format!("must be 1–{max} characters"));
+            return None;
+        }
+        Some(value.clone())
+    }
+
+    /// A decimal that must satisfy `rule` (described by `expectation`).
+    fn decimal(
+        &mut self,
+        path: &str,
+        text: Option<&String>,
+        default: Option<Decimal>,
+        rule: fn(Decimal) -> bool,
+        expectation: &str,
+    ) -> Option<Decimal> {
+        let value = match (text, default) {
+            (None, Some(d)) => return Some(d),
+            (None, None) => {
+                self.push(path, "is required");
+                return None;
+            }
+            (Some(t), _) => t,
+        };
+        match parse_decimal(value) {
+            Ok(d) if d.abs() > Decimal::from(MAX_MAGNITUDE) => {
+                self.push(path, DecimalError::OutOfRange.to_string());
+                None
+            }
+            Ok(d) if rule(d) => Some(d),
+            Ok(_) => {
+                self.push(path, expectation);
+                None
+            }
+            Err(e) => {
+                self.push(path, e.to_string());
+                None
+            }
+        }
+    }
+}
+
+impl DraftInvoice {
+    /// Parses and checks every field; on failure returns every failing field.
+    pub fn parse(raw: RawDraft) -> Result<Self, Vec<FieldError>> {
+        let mut errors = Errors(Vec::new());
+
+        let idempotency_key = match raw.idempotency_key {
+            None => None,
+            Some(k) => IdempotencyKey::parse(k)
+                .map_err(|e| errors.push("idempotencyKey", e.0))
+                .ok(),
+        };
+        let terminal_id = errors
+            .required("terminalId", raw.terminal_id)
+            .and_then(|t| TerminalId::parse(t).map_err(|e| errors.push("terminalId", e.0)).ok());
+        let currency = errors
+            .required("currency", raw.currency)
+            .and_then(|c| Currency::parse(&c).map_err(|e| errors.push("currency", e.to_string())).ok());
+        if let Some(at) = &raw.issued_at {
+            if Timestamp::parse_rfc3339(at).is_err() {
+                errors.push("issuedAt", "must be an RFC 3339 date-time, e.g. 2026-11-25T10:00:00Z");
+            }
+        }
+        if let Some(c) = &raw.customer {
+            if c.name.as_ref().is_some_and(|n| n.chars().count() > MAX_NAME_LEN) {
+                errors.push("customer.name", format!("must be at most {MAX_NAME_LEN} characters"));
+            }
+            if c.tax_id.as_ref().is_some_and(|n| n.chars().count() > 64) {
+                errors.push("customer.taxId", "must be at most 64 characters");
+            }
+        }
+
+        if raw.items.is_empty() || raw.items.len() > MAX_LINES {
+            errors.push("items", format!("must hold 1–{MAX_LINES} lines"));
+        }
+        let mut lines = Vec::with_capacity(raw.items.len());
+        for (i, item) in raw.items.iter().enumerate() {
+            let p = |field: &str| format!("items[{i}].{field}");
+            let sku = errors.text(&p("sku"), item.sku.as_ref(), MAX_SKU_LEN);
+            let name = errors.text(&p("name"), item.name.as_ref(), MAX_NAME_LEN);
+            let quantity = errors.decimal(&p("quantity"), item.quantity.as_ref(), None, |d| d > Decimal::ZERO, "must be > 0");
+            let unit_price =
+                errors.decimal(&p("unitPrice"), item.unit_price.as_ref(), None, |d| d >= Decimal::ZERO, "must be ≥ 0");
+            let tax_rate = errors.decimal(
+                &p("taxRate"),
+                item.tax_rate.as_ref(),
+                None,
+                |d| d >= Decimal::ZERO && d <= Decimal::ONE,
+                "must be a fraction in [0, 1] (\"0.21\" = 21 %)",
+            );
+            let discount = errors.decimal(
+                &p("discount"),
+                item.discount.as_ref(),
+                Some(Decimal::ZERO),
+                |d| d >= Decimal::ZERO,
+                "must be ≥ 0",
+            );
+            if let (Some(sku), Some(name), Some(quantity), Some(unit_price), Some(tax_rate), Some(discount)) =
+                (sku, name, quantity, unit_price, tax_rate, discount)
+            {
+                if discount > quantity * unit_price {
+                    errors.push(p("discount"), "must not exceed quantity × unitPrice");
+                    continue;
+                }
+                lines.push(DraftLine { sku, name, quantity, unit_price, tax_rate, discount });
+            }
+        }
+
+        if raw.payments.len() > MAX_PAYMENTS {
+            errors.push("payments", format!("must hold at most {MAX_PAYMENTS} payments"));
+        }
+        let mut payments = Vec::with_capacity(raw.payments.len());
+        for (i, payment) in raw.payments.iter().enumerate() {
+            let method = errors.required(&format!("payments[{i}].method"), payment.method.as_ref()).and_then(|m| {
+                PaymentMethod::parse(m)
+                    .ok_or_else(|| errors.push(format!("payments[{i}].method"), "must be one of cash, card, voucher, other"))
+                    .ok()
+            });
+            let path = format!("payments[{i}].amount");
+            let amount = errors.decimal(&path, payment.amount.as_ref(), None, |d| d > Decimal::ZERO, "must be > 0");
+            if let (Some(amount), Some(cur)) = (amount, currency) {
+                if amount.scale() > cur.minor_units() && amount.normalize().scale() > cur.minor_units() {
+                    errors.push(path, format!("has more decimal places than {cur} allows ({})", cur.minor_units()));
+                    continue;
+                }
+            }
+            if let (Some(method), Some(amount)) = (method, amount) {
+                payments.push(Payment { method, amount });
+            }
+        }
+
+        match (terminal_id, currency) {
+            (Some(terminal_id), Some(currency)) if errors.0.is_empty() => Ok(DraftInvoice {
+                idempotency_key,
+                terminal_id,
+                currency,
+                issued_at: raw.issued_at,
+                tax_inclusive: raw.tax_inclusive,
+                customer: raw.customer,
+                lines,
+                payments,
+            }),
+            _ => Err(errors.0),
+        }
+    }
+
+    /// A digest of the request's content in canonical form: key order, and `3.5` versus
+    /// `"3.50"`, do not change it; any change of meaning does. The idempotency key is not
+    /// part of it (it is what the fingerprint is compared under).
+    pub fn fingerprint(&self) -> String {
+        let n = |d: &Decimal| d.normalize().to_string();
+        let canonical = serde_json::json!({
+            "terminalId": self.terminal_id.as_str(),
+            "currency": self.currency.code(),
+            "issuedAt": self.issued_at.as_ref().map(|t| Timestamp::parse_rfc3339(t).map(|t| t.to_string()).unwrap_or_else(|_| t.clone())),
+            "taxInclusive": self.tax_inclusive,
+            "customer": self.customer.as_ref().map(|c| serde_json::json!({"name": c.name, "taxId": c.tax_id})),
+            "items": self.lines.iter().map(|l| serde_json::json!({
+                "sku": l.sku, "name": l.name, "quantity": n(&l.quantity), "unitPrice": n(&l.unit_price),
+                "taxRate": n(&l.tax_rate), "discount": n(&l.discount),
+            })).collect::<Vec<_>>(),
+            "payments": self.payments.iter().map(|p| serde_json::json!({
+                "method": p.method, "amount": n(&p.amount),
+            })).collect::<Vec<_>>(),
+        });
+        // serde_json's map is ordered by key, so this text is canonical.
+        hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    pub fn raw_line(q: &str, price: &str, rate: &str) -> RawLine {
+        RawLine {
+            sku: Some("SKU-1".into()),
+            name: Some("Thing".into()),
+            quantity: Some(q.into()),
+            unit_price: Some(price.into()),
+            tax_rate: Some(rate.into()),
+            discount: None,
+        }
+    }
+
+    pub fn raw(currency: &str, items: Vec<RawLine>) -> RawDraft {
+        RawDraft {
+            terminal_id: Some("T1".into()),
+            currency: Some(currency.into()),
+            items,
+            ..RawDraft::default()
+        }
+    }
+
+    #[test]
+    fn a_valid_request_parses() {
+        let d = DraftInvoice::parse(raw("EUR", vec![raw_line("2", "3.50", "0.10")])).unwrap();
+        assert_eq!(d.lines[0].discount, Decimal::ZERO);
+        assert_eq!(d.currency.code(), "EUR");
+    }
+
+    #[test]
+    fn every_failing_field_is_listed_with_its_path() {
+        let mut r = raw("XXX", vec![raw_line("0", "-1", "1.5"), raw_line("x", "1", "0.1")]);
+        r.terminal_id = None;
+        r.idempotency_key = Some("bad key".into());
+        r.payments = vec![RawPayment { method: Some("cheque".into()), amount: Some("0".into()) }];
+        let errs = DraftInvoice::parse(r).unwrap_err();
+        let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
+        for expected in [
+            "idempotencyKey",
+            "terminalId",
+            "currency",
+            "items[0].quantity",
+            "items[0].unitPrice",
+            "items[0].taxRate",
+            "items[1].quantity",
+            "payments[0].method",
+            "payments[0].amount",
+        ] {
+            assert!(paths.contains(&expected), "{expected} missing from {paths:?}");
+        }
+    }
+
+    #[test]
+    fn discount_may_not_exceed_the_gross_amount() {
+        let mut line = raw_line("2", "1.00", "0");
+        line.discount = Some("2.01".into());
+        let errs = DraftInvoice::parse(raw("EUR", vec![line])).unwrap_err();
+        assert_eq!(errs[0].path, "items[0].discount");
+    }
+
+    #[test]
+    fn payments_cannot_be_finer_than_the_minor_unit() {
+        let mut r = raw("JPY", vec![raw_line("1", "100", "0")]);
+        r.payments = vec![RawPayment { method: Some("cash".into()), amount: Some("100.5".into()) }];
+        assert_eq!(DraftInvoice::parse(r.clone()).unwrap_err()[0].path, "payments[0].amount");
+        r.payments[0].amount = Some("100.00".into());
+        assert!(DraftInvoice::parse(r).is_ok(), "trailing zeros are not extra precision");
+    }
+
+    #[test]
+    fn fingerprint_ignores_decimal_spelling_but_not_meaning() {
+        let a = DraftInvoice::parse(raw("EUR", vec![raw_line("2", "3.5", "0.1")])).unwrap();
+        let b = DraftInvoice::parse(raw("EUR", vec![raw_line("2.000", "3.50", "0.10")])).unwrap();
+        let c = DraftInvoice::parse(raw("EUR", vec![raw_line("2", "3.51", "0.10")])).unwrap();
+        assert_eq!(a.fingerprint(), b.fingerprint());
+        assert_ne!(a.fingerprint(), c.fingerprint());
+        let mut keyed = raw("EUR", vec![raw_line("2", "3.5", "0.1")]);
+        keyed.idempotency_key = Some("k1".into());
+        assert_eq!(DraftInvoice::parse(keyed).unwrap().fingerprint(), a.fingerprint());
+    }
+}
