@@ -26,7 +26,10 @@ pub struct FieldError {
 
 impl FieldError {
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
-        Self { path: path.into(), message: message.into() }
+        Self {
+            path: path.into(),
+            message: message.into(),
+        }
     }
 }
 
@@ -155,18 +158,33 @@ impl DraftInvoice {
         };
         let terminal_id = errors
             .required("terminalId", raw.terminal_id)
-            .and_then(|t| TerminalId::parse(t).map_err(|e| errors.push("terminalId", e.0)).ok());
-        let currency = errors
-            .required("currency", raw.currency)
-            .and_then(|c| Currency::parse(&c).map_err(|e| errors.push("currency", e.to_string())).ok());
+            .and_then(|t| {
+                TerminalId::parse(t)
+                    .map_err(|e| errors.push("terminalId", e.0))
+                    .ok()
+            });
+        let currency = errors.required("currency", raw.currency).and_then(|c| {
+            Currency::parse(&c)
+                .map_err(|e| errors.push("currency", e.to_string()))
+                .ok()
+        });
         if let Some(at) = &raw.issued_at {
             if Timestamp::parse_rfc3339(at).is_err() {
-                errors.push("issuedAt", "must be an RFC 3339 date-time, e.g. 2026-11-25T10:00:00Z");
+                errors.push(
+                    "issuedAt",
+                    "must be an RFC 3339 date-time, e.g. 2026-11-25T10:00:00Z",
+                );
             }
         }
         if let Some(c) = &raw.customer {
-            if c.name.as_ref().is_some_and(|n| n.chars().count() > MAX_NAME_LEN) {
-                errors.push("customer.name", format!("must be at most {MAX_NAME_LEN} characters"));
+            if c.name
+                .as_ref()
+                .is_some_and(|n| n.chars().count() > MAX_NAME_LEN)
+            {
+                errors.push(
+                    "customer.name",
+                    format!("must be at most {MAX_NAME_LEN} characters"),
+                );
             }
             if c.tax_id.as_ref().is_some_and(|n| n.chars().count() > 64) {
                 errors.push("customer.taxId", "must be at most 64 characters");
@@ -181,9 +199,20 @@ impl DraftInvoice {
             let p = |field: &str| format!("items[{i}].{field}");
             let sku = errors.text(&p("sku"), item.sku.as_ref(), MAX_SKU_LEN);
             let name = errors.text(&p("name"), item.name.as_ref(), MAX_NAME_LEN);
-            let quantity = errors.decimal(&p("quantity"), item.quantity.as_ref(), None, |d| d > Decimal::ZERO, "must be > 0");
-            let unit_price =
-                errors.decimal(&p("unitPrice"), item.unit_price.as_ref(), None, |d| d >= Decimal::ZERO, "must be ≥ 0");
+            let quantity = errors.decimal(
+                &p("quantity"),
+                item.quantity.as_ref(),
+                None,
+                |d| d > Decimal::ZERO,
+                "must be > 0",
+            );
+            let unit_price = errors.decimal(
+                &p("unitPrice"),
+                item.unit_price.as_ref(),
+                None,
+                |d| d >= Decimal::ZERO,
+                "must be ≥ 0",
+            );
             let tax_rate = errors.decimal(
                 &p("taxRate"),
                 item.tax_rate.as_ref(),
@@ -198,32 +227,69 @@ impl DraftInvoice {
                 |d| d >= Decimal::ZERO,
                 "must be ≥ 0",
             );
-            if let (Some(sku), Some(name), Some(quantity), Some(unit_price), Some(tax_rate), Some(discount)) =
-                (sku, name, quantity, unit_price, tax_rate, discount)
+            if let (
+                Some(sku),
+                Some(name),
+                Some(quantity),
+                Some(unit_price),
+                Some(tax_rate),
+                Some(discount),
+            ) = (sku, name, quantity, unit_price, tax_rate, discount)
             {
                 if discount > quantity * unit_price {
                     errors.push(p("discount"), "must not exceed quantity × unitPrice");
                     continue;
                 }
-                lines.push(DraftLine { sku, name, quantity, unit_price, tax_rate, discount });
+                lines.push(DraftLine {
+                    sku,
+                    name,
+                    quantity,
+                    unit_price,
+                    tax_rate,
+                    discount,
+                });
             }
         }
 
         if raw.payments.len() > MAX_PAYMENTS {
-            errors.push("payments", format!("must hold at most {MAX_PAYMENTS} payments"));
+            errors.push(
+                "payments",
+                format!("must hold at most {MAX_PAYMENTS} payments"),
+            );
         }
         let mut payments = Vec::with_capacity(raw.payments.len());
         for (i, payment) in raw.payments.iter().enumerate() {
-            let method = errors.required(&format!("payments[{i}].method"), payment.method.as_ref()).and_then(|m| {
-                PaymentMethod::parse(m)
-                    .ok_or_else(|| errors.push(format!("payments[{i}].method"), "must be one of cash, card, voucher, other"))
-                    .ok()
-            });
+            let method = errors
+                .required(&format!("payments[{i}].method"), payment.method.as_ref())
+                .and_then(|m| {
+                    PaymentMethod::parse(m)
+                        .ok_or_else(|| {
+                            errors.push(
+                                format!("payments[{i}].method"),
+                                "must be one of cash, card, voucher, other",
+                            )
+                        })
+                        .ok()
+                });
             let path = format!("payments[{i}].amount");
-            let amount = errors.decimal(&path, payment.amount.as_ref(), None, |d| d > Decimal::ZERO, "must be > 0");
+            let amount = errors.decimal(
+                &path,
+                payment.amount.as_ref(),
+                None,
+                |d| d > Decimal::ZERO,
+                "must be > 0",
+            );
             if let (Some(amount), Some(cur)) = (amount, currency) {
-                if amount.scale() > cur.minor_units() && amount.normalize().scale() > cur.minor_units() {
-                    errors.push(path, format!("has more decimal places than {cur} allows ({})", cur.minor_units()));
+                if amount.scale() > cur.minor_units()
+                    && amount.normalize().scale() > cur.minor_units()
+                {
+                    errors.push(
+                        path,
+                        format!(
+                            "has more decimal places than {cur} allows ({})",
+                            cur.minor_units()
+                        ),
+                    );
                     continue;
                 }
             }
@@ -304,10 +370,16 @@ pub(crate) mod tests {
 
     #[test]
     fn every_failing_field_is_listed_with_its_path() {
-        let mut r = raw("XXX", vec![raw_line("0", "-1", "1.5"), raw_line("x", "1", "0.1")]);
+        let mut r = raw(
+            "XXX",
+            vec![raw_line("0", "-1", "1.5"), raw_line("x", "1", "0.1")],
+        );
         r.terminal_id = None;
         r.idempotency_key = Some("bad key".into());
-        r.payments = vec![RawPayment { method: Some("cheque".into()), amount: Some("0".into()) }];
+        r.payments = vec![RawPayment {
+            method: Some("cheque".into()),
+            amount: Some("0".into()),
+        }];
         let errs = DraftInvoice::parse(r).unwrap_err();
         let paths: Vec<_> = errs.iter().map(|e| e.path.as_str()).collect();
         for expected in [
@@ -321,7 +393,10 @@ pub(crate) mod tests {
             "payments[0].method",
             "payments[0].amount",
         ] {
-            assert!(paths.contains(&expected), "{expected} missing from {paths:?}");
+            assert!(
+                paths.contains(&expected),
+                "{expected} missing from {paths:?}"
+            );
         }
     }
 
@@ -336,10 +411,19 @@ pub(crate) mod tests {
     #[test]
     fn payments_cannot_be_finer_than_the_minor_unit() {
         let mut r = raw("JPY", vec![raw_line("1", "100", "0")]);
-        r.payments = vec![RawPayment { method: Some("cash".into()), amount: Some("100.5".into()) }];
-        assert_eq!(DraftInvoice::parse(r.clone()).unwrap_err()[0].path, "payments[0].amount");
+        r.payments = vec![RawPayment {
+            method: Some("cash".into()),
+            amount: Some("100.5".into()),
+        }];
+        assert_eq!(
+            DraftInvoice::parse(r.clone()).unwrap_err()[0].path,
+            "payments[0].amount"
+        );
         r.payments[0].amount = Some("100.00".into());
-        assert!(DraftInvoice::parse(r).is_ok(), "trailing zeros are not extra precision");
+        assert!(
+            DraftInvoice::parse(r).is_ok(),
+            "trailing zeros are not extra precision"
+        );
     }
 
     #[test]
@@ -351,6 +435,9 @@ pub(crate) mod tests {
         assert_ne!(a.fingerprint(), c.fingerprint());
         let mut keyed = raw("EUR", vec![raw_line("2", "3.5", "0.1")]);
         keyed.idempotency_key = Some("k1".into());
-        assert_eq!(DraftInvoice::parse(keyed).unwrap().fingerprint(), a.fingerprint());
+        assert_eq!(
+            DraftInvoice::parse(keyed).unwrap().fingerprint(),
+            a.fingerprint()
+        );
     }
 }

@@ -187,7 +187,11 @@ impl Invoice {
 
     fn advance(&mut self, to: InvoiceState, now: Timestamp) -> Result<(), IllegalTransition> {
         if !self.state.can_advance_to(to) {
-            return Err(IllegalTransition { id: self.id, from: self.state, to });
+            return Err(IllegalTransition {
+                id: self.id,
+                from: self.state,
+                to,
+            });
         }
         self.state = to;
         self.updated_at = now.max(self.updated_at);
@@ -202,7 +206,11 @@ impl Invoice {
     }
 
     /// Records the computed amounts and completes the invoice.
-    pub fn complete(&mut self, computed: Computed, now: Timestamp) -> Result<(), IllegalTransition> {
+    pub fn complete(
+        &mut self,
+        computed: Computed,
+        now: Timestamp,
+    ) -> Result<(), IllegalTransition> {
         self.advance(InvoiceState::Completed, now)?;
         for (line, amounts) in self.items.iter_mut().zip(computed.lines) {
             line.net = Some(amounts.net);
@@ -214,9 +222,17 @@ impl Invoice {
         Ok(())
     }
 
-    pub fn fail(&mut self, code: &str, message: &str, now: Timestamp) -> Result<(), IllegalTransition> {
+    pub fn fail(
+        &mut self,
+        code: &str,
+        message: &str,
+        now: Timestamp,
+    ) -> Result<(), IllegalTransition> {
         self.advance(InvoiceState::Failed, now)?;
-        self.error = Some(InvoiceError { code: code.to_owned(), message: message.to_owned() });
+        self.error = Some(InvoiceError {
+            code: code.to_owned(),
+            message: message.to_owned(),
+        });
         Ok(())
     }
 
@@ -225,7 +241,11 @@ impl Invoice {
     /// the id and idempotency key.
     pub fn replay(&mut self, now: Timestamp) -> Result<(), IllegalTransition> {
         if self.state != InvoiceState::Failed {
-            return Err(IllegalTransition { id: self.id, from: self.state, to: InvoiceState::Queued });
+            return Err(IllegalTransition {
+                id: self.id,
+                from: self.state,
+                to: InvoiceState::Queued,
+            });
         }
         self.state = InvoiceState::Queued;
         self.replays += 1;

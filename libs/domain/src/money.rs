@@ -26,8 +26,7 @@ pub fn parse_decimal(text: &str) -> Result<Decimal, DecimalError> {
     let well_formed = !t.is_empty()
         && t.bytes().next().is_some_and(|b| b.is_ascii_digit())
         && t.bytes().last().is_some_and(|b| b.is_ascii_digit())
-        && t
-            .bytes()
+        && t.bytes()
             .all(|b| b.is_ascii_digit() || matches!(b, b'.' | b'e' | b'E' | b'+' | b'-'));
     if !well_formed || text.starts_with("--") {
         return Err(DecimalError::NotANumber);
@@ -79,17 +78,24 @@ mod tests {
         assert_eq!(parse_decimal("2.5E-1").unwrap(), d("0.25"));
         assert_eq!(parse_decimal("-4").unwrap(), d("-4"));
         assert_eq!(
-            parse_decimal("12345678901234.123456789012").unwrap().to_string(),
+            parse_decimal("12345678901234.123456789012")
+                .unwrap()
+                .to_string(),
             "12345678901234.123456789012"
         );
     }
 
     #[test]
     fn refuses_what_is_not_a_plain_decimal() {
-        for bad in ["", "abc", "1,5", " 1", "+1", "NaN", "0x10", "1.", ".5", "--1", "1e", "inf"] {
+        for bad in [
+            "", "abc", "1,5", " 1", "+1", "NaN", "0x10", "1.", ".5", "--1", "1e", "inf",
+        ] {
             assert!(parse_decimal(bad).is_err(), "{bad:?} should be refused");
         }
-        assert_eq!(parse_decimal("0.1234567890123"), Err(DecimalError::TooPrecise));
+        assert_eq!(
+            parse_decimal("0.1234567890123"),
+            Err(DecimalError::TooPrecise)
+        );
         assert_eq!(parse_decimal("1e99"), Err(DecimalError::OutOfRange));
     }
 

@@ -14,7 +14,12 @@ pub enum InvoiceState {
 }
 
 impl InvoiceState {
-    pub const ALL: [InvoiceState; 4] = [Self::Queued, Self::Processing, Self::Completed, Self::Failed];
+    pub const ALL: [InvoiceState; 4] = [
+        Self::Queued,
+        Self::Processing,
+        Self::Completed,
+        Self::Failed,
+    ];
 
     pub fn as_str(self) -> &'static str {
         match self {
@@ -73,12 +78,18 @@ pub struct Version {
 
 impl Version {
     pub fn of(state: InvoiceState, attempts: u32, replays: u32) -> Self {
-        Self { replays, step: state.rank(), attempts }
+        Self {
+            replays,
+            step: state.rank(),
+            attempts,
+        }
     }
 
     /// One sortable integer, for stores that compare numbers (MongoDB's `$lt`).
     pub fn as_i64(&self) -> i64 {
-        (i64::from(self.replays) << 32) | (i64::from(self.step) << 24) | i64::from(self.attempts.min(0x00FF_FFFF))
+        (i64::from(self.replays) << 32)
+            | (i64::from(self.step) << 24)
+            | i64::from(self.attempts.min(0x00FF_FFFF))
     }
 }
 
@@ -96,7 +107,10 @@ mod tests {
         assert!(!Processing.can_advance_to(Queued));
         assert!(!Completed.can_advance_to(Processing));
         assert!(!Completed.can_advance_to(Failed));
-        assert!(!Failed.can_advance_to(Queued), "only a replay leaves FAILED");
+        assert!(
+            !Failed.can_advance_to(Queued),
+            "only a replay leaves FAILED"
+        );
     }
 
     #[test]
@@ -105,8 +119,17 @@ mod tests {
         assert!(v(Queued, 0, 0) < v(Processing, 1, 0));
         assert!(v(Processing, 1, 0) < v(Processing, 2, 0));
         assert!(v(Processing, 4, 0) < v(Completed, 1, 0));
-        assert!(v(Failed, 4, 0) < v(Queued, 0, 1), "a replay outranks the failure");
-        let ordered = [v(Queued, 0, 0), v(Processing, 3, 0), v(Failed, 4, 0), v(Queued, 0, 1), v(Completed, 1, 1)];
+        assert!(
+            v(Failed, 4, 0) < v(Queued, 0, 1),
+            "a replay outranks the failure"
+        );
+        let ordered = [
+            v(Queued, 0, 0),
+            v(Processing, 3, 0),
+            v(Failed, 4, 0),
+            v(Queued, 0, 1),
+            v(Completed, 1, 1),
+        ];
         for w in ordered.windows(2) {
             assert!(w[0] < w[1]);
             assert!(w[0].as_i64() < w[1].as_i64());

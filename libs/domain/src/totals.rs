@@ -36,22 +36,38 @@ pub fn compute(invoice: &Invoice) -> Result<Computed, Fault> {
     let mut bands: Vec<(Decimal, Decimal, Decimal, Decimal)> = Vec::new();
 
     for line in &invoice.items {
-        let gross = line.quantity.checked_mul(line.unit_price).ok_or(Fault::OutOfRange)?;
+        let gross = line
+            .quantity
+            .checked_mul(line.unit_price)
+            .ok_or(Fault::OutOfRange)?;
         let after_discount = gross.checked_sub(line.discount).ok_or(Fault::OutOfRange)?;
         let amounts = if invoice.tax_inclusive {
             let total = round_minor(after_discount, cur);
             let divisor = Decimal::ONE + line.tax_rate;
             let pre_tax = total.checked_div(divisor).ok_or(Fault::OutOfRange)?;
             let tax = round_minor(total - pre_tax, cur);
-            LineAmounts { net: total - tax, tax, total }
+            LineAmounts {
+                net: total - tax,
+                tax,
+                total,
+            }
         } else {
             let net = round_minor(after_discount, cur);
-            let tax = round_minor(net.checked_mul(line.tax_rate).ok_or(Fault::OutOfRange)?, cur);
-            LineAmounts { net, tax, total: net + tax }
+            let tax = round_minor(
+                net.checked_mul(line.tax_rate).ok_or(Fault::OutOfRange)?,
+                cur,
+            );
+            LineAmounts {
+                net,
+                tax,
+                total: net + tax,
+            }
         };
         net_sum = net_sum.checked_add(amounts.net).ok_or(Fault::OutOfRange)?;
         tax_sum = tax_sum.checked_add(amounts.tax).ok_or(Fault::OutOfRange)?;
-        total_sum = total_sum.checked_add(amounts.total).ok_or(Fault::OutOfRange)?;
+        total_sum = total_sum
+            .checked_add(amounts.total)
+            .ok_or(Fault::OutOfRange)?;
         let key = line.tax_rate.normalize();
         match bands.iter_mut().find(|b| b.1 == key) {
             Some(band) => {
@@ -69,15 +85,32 @@ pub fn compute(invoice: &Invoice) -> Result<Computed, Fault> {
     }
     paid = round_minor(paid, cur);
     if !invoice.payments.is_empty() && paid < total_sum {
-        return Err(Fault::InsufficientPayment { paid: paid.to_string(), total: total_sum.to_string() });
+        return Err(Fault::InsufficientPayment {
+            paid: paid.to_string(),
+            total: total_sum.to_string(),
+        });
     }
-    let change = if paid > total_sum { paid - total_sum } else { zero };
+    let change = if paid > total_sum {
+        paid - total_sum
+    } else {
+        zero
+    };
 
     bands.sort_by(|a, b| a.1.cmp(&b.1));
-    let tax_breakdown = bands.into_iter().map(|(rate, _, net, tax)| TaxBand { rate, net, tax }).collect();
+    let tax_breakdown = bands
+        .into_iter()
+        .map(|(rate, _, net, tax)| TaxBand { rate, net, tax })
+        .collect();
     Ok(Computed {
         lines,
-        totals: Totals { net: net_sum, tax: tax_sum, total: total_sum, paid, change, tax_breakdown },
+        totals: Totals {
+            net: net_sum,
+            tax: tax_sum,
+            total: total_sum,
+            paid,
+            change,
+            tax_breakdown,
+        },
     })
 }
 
@@ -94,10 +127,18 @@ mod tests {
         r.tax_inclusive = inclusive;
         r.payments = payments
             .iter()
-            .map(|a| RawPayment { method: Some("cash".into()), amount: Some((*a).into()) })
+            .map(|a| RawPayment {
+                method: Some("cash".into()),
+                amount: Some((*a).into()),
+            })
             .collect();
         let draft = DraftInvoice::parse(r).expect("valid test invoice");
-        Invoice::queued(InvoiceId::generate(), TenantId::parse("t").unwrap(), draft, Timestamp::now())
+        Invoice::queued(
+            InvoiceId::generate(),
+            TenantId::parse("t").unwrap(),
+            draft,
+            Timestamp::now(),
+        )
     }
 
     fn line(q: &str, p: &str, rate: &str, discount: &str) -> RawLine {
@@ -117,7 +158,12 @@ mod tests {
         let cases = [
             Case {
                 name: "contract example, EUR",
-                inv: invoice("EUR", false, vec![line("2", "3.50", "0.10", "0.00")], &["10.00"]),
+                inv: invoice(
+                    "EUR",
+                    false,
+                    vec![line("2", "3.50", "0.10", "0.00")],
+                    &["10.00"],
+                ),
                 want: ["7.00", "0.70", "7.70", "10.00", "2.30"],
             },
             Case {
@@ -169,7 +215,11 @@ mod tests {
                 inv: invoice(
                     "EUR",
                     false,
-                    vec![line("1", "10", "0.21", "0"), line("2", "1.25", "0.10", "0"), line("1", "5", "0.21", "0.50")],
+                    vec![
+                        line("1", "10", "0.21", "0"),
+                        line("2", "1.25", "0.10", "0"),
+                        line("1", "5", "0.21", "0.50"),
+                    ],
                     &["30", "0.35"],
                 ),
                 // 10.00+2.10, 2.50+0.25, 4.50+0.945→0.95
@@ -189,23 +239,45 @@ mod tests {
         let inv = invoice(
             "EUR",
             false,
-            vec![line("1", "10", "0.21", "0"), line("2", "1.25", "0.10", "0"), line("1", "5", "0.210", "0")],
+            vec![
+                line("1", "10", "0.21", "0"),
+                line("2", "1.25", "0.10", "0"),
+                line("1", "5", "0.210", "0"),
+            ],
             &[],
         );
         let t = compute(&inv).unwrap().totals;
-        let bands: Vec<_> = t.tax_breakdown.iter().map(|b| (b.rate.to_string(), b.net.to_string(), b.tax.to_string())).collect();
+        let bands: Vec<_> = t
+            .tax_breakdown
+            .iter()
+            .map(|b| (b.rate.to_string(), b.net.to_string(), b.tax.to_string()))
+            .collect();
         assert_eq!(
             bands,
-            vec![("0.10".into(), "2.50".into(), "0.25".into()), ("0.21".into(), "15.00".into(), "3.15".into())]
+            vec![
+                ("0.10".into(), "2.50".into(), "0.25".into()),
+                ("0.21".into(), "15.00".into(), "3.15".into())
+            ]
         );
     }
 
     #[test]
     fn payments_below_the_total_are_a_permanent_fault() {
-        let inv = invoice("EUR", false, vec![line("2", "3.50", "0.10", "0")], &["7.00"]);
+        let inv = invoice(
+            "EUR",
+            false,
+            vec![line("2", "3.50", "0.10", "0")],
+            &["7.00"],
+        );
         let err = compute(&inv).unwrap_err();
         assert_eq!(err.code(), "insufficient_payment");
-        assert_eq!(err, Fault::InsufficientPayment { paid: "7.00".into(), total: "7.70".into() });
+        assert_eq!(
+            err,
+            Fault::InsufficientPayment {
+                paid: "7.00".into(),
+                total: "7.70".into()
+            }
+        );
     }
 
     #[test]
@@ -218,25 +290,48 @@ mod tests {
         assert_eq!(json["items"][0]["total"], "7.70");
         assert_eq!(json["totals"]["taxBreakdown"][0]["rate"], "0.10");
         assert_eq!(json["state"], "COMPLETED");
-        assert!(inv.start_attempt(2, Timestamp::now()).is_err(), "COMPLETED never goes back");
+        assert!(
+            inv.start_attempt(2, Timestamp::now()).is_err(),
+            "COMPLETED never goes back"
+        );
     }
 
     fn decimal_text(max_int: u64, max_scale: u32) -> impl Strategy<Value = String> {
         (0..=max_int, 0..=max_scale).prop_flat_map(|(int, scale)| {
-            (Just(int), proptest::collection::vec(0u8..10, scale as usize))
+            (
+                Just(int),
+                proptest::collection::vec(0u8..10, scale as usize),
+            )
                 .prop_map(|(int, digits)| {
                     if digits.is_empty() {
                         int.to_string()
                     } else {
-                        format!("{int}.{}", digits.iter().map(|d| d.to_string()).collect::<String>())
+                        format!(
+                            "{int}.{}",
+                            digits.iter().map(|d| d.to_string()).collect::<String>()
+                        )
                     }
                 })
         })
     }
 
     fn arb_line() -> impl Strategy<Value = RawLine> {
-        (decimal_text(999, 3), decimal_text(99_999, 4), prop_oneof![Just("0"), Just("0.04"), Just("0.10"), Just("0.21"), Just("1")])
-            .prop_filter("quantity must be > 0", |(q, _, _)| q.trim_start_matches(['0', '.']).chars().any(|c| c != '0' && c != '.'))
+        (
+            decimal_text(999, 3),
+            decimal_text(99_999, 4),
+            prop_oneof![
+                Just("0"),
+                Just("0.04"),
+                Just("0.10"),
+                Just("0.21"),
+                Just("1")
+            ],
+        )
+            .prop_filter("quantity must be > 0", |(q, _, _)| {
+                q.trim_start_matches(['0', '.'])
+                    .chars()
+                    .any(|c| c != '0' && c != '.')
+            })
             .prop_map(|(q, p, r)| raw_line(&q, &p, r))
     }
 

@@ -1,0 +1,252 @@
+//! Redis: the fast path, never the truth. The only crate that names redis.
+//!
+//! - Idempotency claims `<ns>:idem:<tenant>:<key>` → `{invoiceId, fingerprint, accepted}`:
+//!   `SET NX` decides which of two concurrent first requests publishes.
+//! - Job state `<ns>:job:<tenant>:<id>` → the latest envelope of an in-flight invoice,
+//!   written only forward (a Lua script compares versions), so `GET /invoices/{id}` is
+//!   read-your-writes before MongoDB has the invoice.
+//!
+//! Every call is bounded by a short timeout and fails with [`CacheError`]; callers fall
+//! back to MongoDB and JetStream. Losing Redis makes the system slower, never wrong.
+
+use domain::{IdempotencyKey, InvoiceId, TenantId};
+use messaging::Envelope;
+use redis::{aio::ConnectionManager, AsyncCommands, Script};
+use serde::{Deserialize, Serialize};
+use std::{sync::Arc, time::Duration};
+use tokio::sync::OnceCell;
+use tracing::{info, warn};
+
+/// Longest a request waits on Redis before treating it as down.
+const OP_TIMEOUT: Duration = Duration::from_millis(250);
+
+#[derive(Debug, thiserror::Error)]
+pub enum CacheError {
+    #[error("REDIS_URL is not a valid Redis URL: {0}")]
+    BadUrl(String),
+    #[error("Redis unavailable: {0}")]
+    Unavailable(String),
+}
+
+/// Who holds an idempotency key.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Claim {
+    pub invoice_id: InvoiceId,
+    pub fingerprint: String,
+    /// false while the claimant's publish is in flight; true once the broker acked it.
+    pub accepted: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClaimResult {
+    Claimed,
+    HeldBy(Claim),
+}
+
+#[derive(Clone)]
+pub struct Cache {
+    conn: Arc<OnceCell<ConnectionManager>>,
+    ns: Arc<str>,
+    job_ttl: Duration,
+    claim_ttl: Duration,
+}
+
+impl std::fmt::Debug for Cache {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Cache")
+            .field("connected", &self.conn.initialized())
+            .finish()
+    }
+}
+
+/// Sets the job key only if the stored version is lower (the value is `version|json`).
+const PUT_FORWARD: &str = r#"
+local cur = redis.call('GET', KEYS[1])
+if cur then
+  local v = tonumber(string.match(cur, '^(%d+)|'))
+  if v and v >= tonumber(ARGV[1]) then return 0 end
+end
+redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'PX', ARGV[3])
+return 1
+"#;
+
+impl Cache {
+    /// Validates the URL at once, then connects in the background (retrying with logged
+    /// backoff): a service starts and serves, slower, while Redis is down.
+    pub fn connect(
+        url: &str,
+        namespace: &str,
+        job_ttl: Duration,
+        claim_ttl: Duration,
+    ) -> Result<Self, CacheError> {
+        let client = redis::Client::open(url).map_err(|e| CacheError::BadUrl(e.to_string()))?;
+        let cache = Self {
+            conn: Arc::new(OnceCell::new()),
+            ns: namespace.into(),
+            job_ttl,
+            claim_ttl,
+        };
+        let cell = cache.conn.clone();
+        let url = url.to_owned();
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(250);
+            loop {
+                let config = redis::aio::ConnectionManagerConfig::new()
+                    .set_connection_timeout(Some(Duration::from_secs(2)))
+                    .set_response_timeout(Some(Duration::from_secs(2)));
+                match ConnectionManager::new_with_config(client.clone(), config).await {
+                    Ok(conn) => {
+                        let _ = cell.set(conn);
+                        info!(%url, "connected to Redis");
+                        return;
+                    }
+                    Err(e) => {
+                        warn!(%url, error = %e, retry_in_ms = delay.as_millis() as u64, "Redis unreachable; retrying (serving without the cache meanwhile)");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
+                }
+            }
+        });
+        Ok(cache)
+    }
+
+    fn conn(&self) -> Result<ConnectionManager, CacheError> {
+        self.conn
+            .get()
+            .cloned()
+            .ok_or_else(|| CacheError::Unavailable("not connected yet".into()))
+    }
+
+    async fn run<T>(
+        &self,
+        op: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Result<T, CacheError> {
+        match tokio::time::timeout(OP_TIMEOUT, op).await {
+            Ok(Ok(v)) => Ok(v),
+            Ok(Err(e)) => Err(CacheError::Unavailable(e.to_string())),
+            Err(_) => Err(CacheError::Unavailable("timed out".into())),
+        }
+    }
+
+    fn claim_key(&self, tenant: &TenantId, key: &IdempotencyKey) -> String {
+        format!("{}:idem:{tenant}:{key}", self.ns)
+    }
+
+    fn job_key(&self, tenant: &TenantId, id: InvoiceId) -> String {
+        format!("{}:job:{tenant}:{id}", self.ns)
+    }
+
+    pub async fn ping(&self) -> bool {
+        let Ok(mut c) = self.conn() else { return false };
+        self.run(async move { redis::cmd("PING").query_async::<String>(&mut c).await })
+            .await
+            .is_ok()
+    }
+
+    /// Claims `key` for `claim` unless someone holds it.
+    pub async fn claim(
+        &self,
+        tenant: &TenantId,
+        key: &IdempotencyKey,
+        claim: &Claim,
+    ) -> Result<ClaimResult, CacheError> {
+        let mut c = self.conn()?;
+        let k = self.claim_key(tenant, key);
+        let value = serde_json::to_string(claim).unwrap_or_default();
+        let ttl = self.claim_ttl.as_millis() as u64;
+        let set: Option<String> = self
+            .run(
+                redis::cmd("SET")
+                    .arg(&k)
+                    .arg(&value)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl)
+                    .query_async(&mut c),
+            )
+            .await?;
+        if set.is_some() {
+            return Ok(ClaimResult::Claimed);
+        }
+        let held: Option<String> = self.run(c.get(&k)).await?;
+        match held.and_then(|h| serde_json::from_str::<Claim>(&h).ok()) {
+            Some(claim) => Ok(ClaimResult::HeldBy(claim)),
+            // Expired between SET and GET, or garbage: claim again once.
+            None => {
+                let _: () = self
+                    .run(c.set_ex(&k, &value, self.claim_ttl.as_secs().max(1)))
+                    .await?;
+                Ok(ClaimResult::Claimed)
+            }
+        }
+    }
+
+    /// Marks our claim as accepted (the broker acked the submission).
+    pub async fn confirm(
+        &self,
+        tenant: &TenantId,
+        key: &IdempotencyKey,
+        claim: &Claim,
+    ) -> Result<(), CacheError> {
+        let mut c = self.conn()?;
+        let value = serde_json::to_string(claim).unwrap_or_default();
+        let ttl = self.claim_ttl.as_millis() as u64;
+        self.run(
+            redis::cmd("SET")
+                .arg(self.claim_key(tenant, key))
+                .arg(value)
+                .arg("PX")
+                .arg(ttl)
+                .query_async::<()>(&mut c),
+        )
+        .await
+    }
+
+    /// Gives a claim up (our publish failed, so the next request may try).
+    pub async fn release(&self, tenant: &TenantId, key: &IdempotencyKey) -> Result<(), CacheError> {
+        let mut c = self.conn()?;
+        self.run(c.del::<_, ()>(self.claim_key(tenant, key))).await
+    }
+
+    pub async fn lookup(
+        &self,
+        tenant: &TenantId,
+        key: &IdempotencyKey,
+    ) -> Result<Option<Claim>, CacheError> {
+        let mut c = self.conn()?;
+        let held: Option<String> = self.run(c.get(self.claim_key(tenant, key))).await?;
+        Ok(held.and_then(|h| serde_json::from_str(&h).ok()))
+    }
+
+    /// Records the latest state of an in-flight invoice, never going backwards.
+    pub async fn put_job(&self, envelope: &Envelope) -> Result<(), CacheError> {
+        let mut c = self.conn()?;
+        let inv = &envelope.invoice;
+        let key = self.job_key(&inv.tenant_id, inv.id);
+        let json = String::from_utf8_lossy(&envelope.encode()).into_owned();
+        let script = Script::new(PUT_FORWARD);
+        let mut inv_script = script.key(key);
+        inv_script
+            .arg(inv.version().as_i64())
+            .arg(json)
+            .arg(self.job_ttl.as_millis() as u64);
+        self.run(inv_script.invoke_async::<i64>(&mut c))
+            .await
+            .map(|_| ())
+    }
+
+    pub async fn job(
+        &self,
+        tenant: &TenantId,
+        id: InvoiceId,
+    ) -> Result<Option<Envelope>, CacheError> {
+        let mut c = self.conn()?;
+        let raw: Option<String> = self.run(c.get(self.job_key(tenant, id))).await?;
+        Ok(raw.and_then(|r| {
+            r.split_once('|')
+                .and_then(|(_, json)| Envelope::decode(json.as_bytes()).ok())
+        }))
+    }
+}

@@ -1,0 +1,256 @@
+//! The one consume loop shared by every durable consumer, and its policy:
+//! - `Done` → ack;
+//! - `Retry` before the last attempt → NAK with an exponential delay (no consumer
+//!   `backoff`: 2.9.10 mistimes delayed NAKs with it, jetstream.md §0.2);
+//! - `Retry` on the last attempt (or a redelivery past it, after a crash) → the handler's
+//!   `exhausted` (FAILED + dead letter), then TERM; if that fails, NAK again, so a
+//!   message never leaves without being dead-lettered;
+//! - `Poison` (undecodable) → copied raw into the dead-letter stream, then TERM.
+//!
+//! Messages are handled on spawned tasks, at most `concurrency` at once; shutdown stops
+//! pulling and waits for the in-flight ones.
+
+use crate::Bus;
+use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
+use futures_util::StreamExt;
+use std::{future::Future, sync::Arc, time::Duration};
+use tokio::sync::Semaphore;
+use tracing::{error, warn, Instrument};
+
+/// Attempt budget and retry delays. Attempt `n` (1-based) that fails transiently is
+/// retried after `base × 2^(n−1)`, capped at `max_delay`.
+#[derive(Debug, Clone, Copy)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl RetryPolicy {
+    pub fn delay(&self, attempt: u32) -> Duration {
+        let factor = 1u32 << attempt.saturating_sub(1).min(20);
+        (self.base_delay * factor).min(self.max_delay)
+    }
+}
+
+/// The result of handling one delivery.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Done,
+    /// A transient fault (database or broker unreachable, timeout): try again later.
+    Retry(String),
+    /// The message can never be handled (it does not decode).
+    Poison(String),
+}
+
+/// One delivered message with what the handler needs to know about it.
+pub struct Delivery {
+    message: jetstream::Message,
+    /// 1 for the first delivery; JetStream's own count, so it survives crashes.
+    pub attempt: u32,
+    pub stream_sequence: u64,
+}
+
+impl Delivery {
+    pub fn payload(&self) -> &[u8] {
+        &self.message.payload
+    }
+
+    pub fn subject(&self) -> &str {
+        self.message.subject.as_str()
+    }
+
+    pub fn correlation(&self) -> Option<&str> {
+        self.message
+            .headers
+            .as_ref()?
+            .get(crate::bus::CORRELATION_HEADER)
+            .map(|v| v.as_str())
+    }
+
+    /// Extends the lease (restarts ack_wait) for long work.
+    pub async fn in_progress(&self) {
+        if let Err(e) = self.message.ack_with(AckKind::Progress).await {
+            warn!(error = %e, "in-progress ack failed");
+        }
+    }
+}
+
+pub trait Handler: Send + Sync + 'static {
+    fn handle(&self, delivery: &Delivery) -> impl Future<Output = Outcome> + Send;
+
+    /// Called when the last attempt failed: record the failure and dead-letter the
+    /// message. An error here keeps the message on the consumer to try again.
+    fn exhausted(
+        &self,
+        delivery: &Delivery,
+        last_error: String,
+    ) -> impl Future<Output = Result<(), String>> + Send;
+}
+
+/// Runs `handler` over `consumer` until `shutdown` resolves, then waits for in-flight
+/// messages to finish (bounded by the caller's deadline).
+pub async fn run<H: Handler>(
+    bus: Bus,
+    consumer: PullConsumer,
+    handler: Arc<H>,
+    policy: RetryPolicy,
+    concurrency: usize,
+    shutdown: impl Future<Output = ()> + Send,
+) -> Result<(), crate::BusError> {
+    // Prefetch no more than we can work on: buffered messages age against ack_wait.
+    let batch = concurrency.clamp(1, 256);
+    let mut messages = consumer
+        .stream()
+        .max_messages_per_batch(batch)
+        .heartbeat(Duration::from_secs(5))
+        .expires(Duration::from_secs(30))
+        .messages()
+        .await
+        .map_err(|e| crate::BusError::Request(e.to_string()))?;
+    let permits = Arc::new(Semaphore::new(concurrency));
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            _ = &mut shutdown => break,
+            p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
+        };
+        let next = tokio::select! {
+            _ = &mut shutdown => break,
+            next = messages.next() => next,
+        };
+        let message = match next {
+            Some(Ok(m)) => m,
+            Some(Err(e)) => {
+                // Heartbeat misses and reconnects surface here; the stream resumes by itself.
+                warn!(error = %e, "consumer stream error; continuing");
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                continue;
+            }
+            None => break,
+        };
+        let (attempt, stream_sequence) = match message.info() {
+            Ok(i) => (
+                u32::try_from(i.delivered).unwrap_or(u32::MAX),
+                i.stream_sequence,
+            ),
+            Err(e) => {
+                error!(error = %e, "delivery without JetStream metadata; ignoring");
+                continue;
+            }
+        };
+        let delivery = Delivery {
+            message,
+            attempt,
+            stream_sequence,
+        };
+        let (bus, handler) = (bus.clone(), handler.clone());
+        let span = tracing::info_span!(
+            "delivery",
+            seq = stream_sequence,
+            attempt,
+            correlation_id = delivery.correlation().unwrap_or("")
+        );
+        tokio::spawn(
+            async move {
+                settle(&bus, &*handler, policy, delivery).await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
+    }
+    // Drain: every permit back means every in-flight message was settled.
+    let _ = permits.acquire_many(concurrency as u32).await;
+    Ok(())
+}
+
+async fn settle<H: Handler>(bus: &Bus, handler: &H, policy: RetryPolicy, delivery: Delivery) {
+    let outcome = if delivery.attempt > policy.max_attempts {
+        // A crash during the last attempt: the budget is spent, go straight to dead-letter.
+        Outcome::Retry("processing was interrupted on the last attempt".to_owned())
+    } else {
+        handler.handle(&delivery).await
+    };
+    let ack = match outcome {
+        Outcome::Done => AckKind::Ack,
+        Outcome::Retry(e) if delivery.attempt < policy.max_attempts => {
+            warn!(error = %e, "transient failure; will retry");
+            AckKind::Nak(Some(policy.delay(delivery.attempt)))
+        }
+        Outcome::Retry(e) => match handler.exhausted(&delivery, e).await {
+            Ok(()) => AckKind::Term,
+            Err(e) => {
+                error!(error = %e, "could not dead-letter an exhausted message; keeping it");
+                AckKind::Nak(Some(policy.max_delay))
+            }
+        },
+        Outcome::Poison(e) => {
+            error!(error = %e, subject = delivery.subject(), "undecodable message");
+            match bus
+                .publish_raw_dead_letter(delivery.payload(), delivery.subject(), &e)
+                .await
+            {
+                Ok(_) => AckKind::Term,
+                Err(e) => {
+                    error!(error = %e, "could not dead-letter an undecodable message; keeping it");
+                    AckKind::Nak(Some(policy.max_delay))
+                }
+            }
+        }
+    };
+    if let Err(e) = delivery.message.ack_with(ack).await {
+        // The message will be redelivered after ack_wait; handlers are idempotent.
+        warn!(error = %e, "ack failed");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_double_and_are_capped() {
+        let p = RetryPolicy {
+            max_attempts: 4,
+            base_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(5),
+        };
+        assert_eq!(p.delay(1), Duration::from_secs(1));
+        assert_eq!(p.delay(2), Duration::from_secs(2));
+        assert_eq!(p.delay(3), Duration::from_secs(4));
+        assert_eq!(p.delay(4), Duration::from_secs(5));
+        assert_eq!(p.delay(100), Duration::from_secs(5));
+    }
+}
+
+/// [`run`] for a service's lifetime: consumes until `shutdown`, then gives in-flight
+/// messages `grace` to finish. Whatever is still unacked after that is redelivered to
+/// another instance once its ack wait expires.
+pub async fn run_until_stopped<H: Handler>(
+    bus: Bus,
+    consumer: PullConsumer,
+    handler: Arc<H>,
+    policy: RetryPolicy,
+    concurrency: usize,
+    grace: Duration,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), crate::BusError> {
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut stopped = stop_rx.clone();
+    let run = run(bus, consumer, handler, policy, concurrency, async move {
+        let _ = stopped.wait_for(|s| *s).await;
+    });
+    tokio::pin!(run);
+    let mut stopped = stop_rx;
+    tokio::select! {
+        r = &mut run => r,
+        _ = async { let _ = stopped.wait_for(|s| *s).await; tokio::time::sleep(grace).await } => {
+            warn!("shutdown grace period over with messages in flight; they will be redelivered");
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,32 @@
+//! The contract between the services: subjects, message shapes, stream and consumer
+//! definitions, the one publish path and the one consume loop. Only this crate names
+//! async-nats.
+//!
+//! Data flow:
+//! ingress → [`Bus::publish_submission`] (stream `INVOICES`, deduplicated by tenant +
+//! idempotency key) → processor via [`consume::run`] → [`Bus::publish_event`] (stream
+//! `EVENTS`, the lifecycle log) → persister via [`consume::run`] and fanout via an
+//! ordered consumer. Failed work lands in `DLQ` via [`Bus::publish_dead_letter`].
+//!
+//! Layout:
+//! - `topology.rs`: names (namespace, streams, subjects, consumers) and the
+//!   definitions read from `nats/` at compile time
+//! - `envelope.rs`: the message shapes
+//! - `bus.rs`: connect, apply the topology, publish with ids and awaited acks
+//! - `consume.rs`: the pull-consumer loop and its ack / nak / term policy
+
+pub mod bus;
+pub mod consume;
+pub mod envelope;
+pub mod stats;
+pub mod topology;
+
+pub use async_nats::jetstream::consumer::pull::Stream as MessageStream;
+pub use bus::{Bus, BusError, NatsSettings, Published};
+pub use consume::{Delivery, Handler, Outcome, RetryPolicy};
+pub use envelope::{DeadLetter, Envelope};
+pub use stats::QueueStats;
+pub use topology::Topology;
+
+/// A plain NATS client, for the services API and ordered consumers in fanout.
+pub type Client = async_nats::Client;

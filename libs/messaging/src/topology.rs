@@ -1,0 +1,179 @@
+//! Names of everything on the broker, derived from one namespace, and the stream and
+//! consumer definitions from `nats/` (embedded at compile time: the JSON files that
+//! `nats stream add --config` accepts are the same ones the services apply).
+//!
+//! The default namespace is `pos`: streams `POS_INVOICES`, `POS_EVENTS`, `POS_DLQ`,
+//! subjects `pos.submit.<tenant>`, `pos.events.<tenant>`, `pos.dlq.<tenant>`. Tests use a
+//! random namespace each, so they never share a stream.
+
+use async_nats::jetstream::{consumer::pull, stream};
+use domain::TenantId;
+use std::time::Duration;
+
+const INVOICES_JSON: &str = include_str!("../../../nats/streams/invoices.json");
+const EVENTS_JSON: &str = include_str!("../../../nats/streams/events.json");
+const DLQ_JSON: &str = include_str!("../../../nats/streams/dlq.json");
+const PROCESSOR_JSON: &str = include_str!("../../../nats/consumers/processor.json");
+const PERSISTER_JSON: &str = include_str!("../../../nats/consumers/persister.json");
+
+/// The namespace the files in `nats/` are written for.
+const FILE_NAMESPACE: &str = "pos";
+
+#[derive(Debug, Clone)]
+pub struct Topology {
+    ns: String,
+    /// Overrides of the files' dedupe windows (tests shorten them).
+    pub submit_dedupe_window: Option<Duration>,
+    /// How long an event stays replayable for `since=` (the events stream's max_age).
+    pub events_retention: Option<Duration>,
+    /// The processor consumer's ack wait (lease): tests shorten it to prove redelivery.
+    pub processor_ack_wait: Option<Duration>,
+    pub processor_max_deliver: Option<i64>,
+    pub persister_ack_wait: Option<Duration>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("bad definition in nats/{file}: {source}")]
+pub struct DefinitionError {
+    file: &'static str,
+    source: serde_json::Error,
+}
+
+impl Topology {
+    /// `ns` must be a lower-case subject token (checked by the settings loader).
+    pub fn new(ns: impl Into<String>) -> Self {
+        Self {
+            ns: ns.into(),
+            submit_dedupe_window: None,
+            events_retention: None,
+            processor_ack_wait: None,
+            processor_max_deliver: None,
+            persister_ack_wait: None,
+        }
+    }
+
+    pub fn namespace(&self) -> &str {
+        &self.ns
+    }
+
+    fn stream_name(&self, suffix: &str) -> String {
+        format!("{}_{suffix}", self.ns.to_uppercase())
+    }
+
+    pub fn invoices_stream(&self) -> String {
+        self.stream_name("INVOICES")
+    }
+    pub fn events_stream(&self) -> String {
+        self.stream_name("EVENTS")
+    }
+    pub fn dlq_stream(&self) -> String {
+        self.stream_name("DLQ")
+    }
+
+    pub fn submit_subject(&self, tenant: &TenantId) -> String {
+        format!("{}.submit.{tenant}", self.ns)
+    }
+    pub fn event_subject(&self, tenant: &TenantId) -> String {
+        format!("{}.events.{tenant}", self.ns)
+    }
+    /// Every tenant's events (the persister's filter; fanout's shared consumer).
+    pub fn all_events(&self) -> String {
+        format!("{}.events.*", self.ns)
+    }
+    pub fn dlq_subject(&self, tenant: &TenantId) -> String {
+        format!("{}.dlq.{tenant}", self.ns)
+    }
+    /// Request/reply admin endpoints live under this prefix (`pos.admin.dlq.replay`).
+    pub fn admin_prefix(&self) -> String {
+        format!("{}.admin", self.ns)
+    }
+
+    /// Rewrites a definition written for the `pos` namespace into this one.
+    fn localize(&self, text: &str) -> String {
+        text.replace("\"POS_", &format!("\"{}_", self.ns.to_uppercase()))
+            .replace(&format!("\"{FILE_NAMESPACE}."), &format!("\"{}.", self.ns))
+    }
+
+    fn stream(&self, file: &'static str, text: &str) -> Result<stream::Config, DefinitionError> {
+        serde_json::from_str(&self.localize(text))
+            .map_err(|source| DefinitionError { file, source })
+    }
+
+    fn consumer(&self, file: &'static str, text: &str) -> Result<pull::Config, DefinitionError> {
+        serde_json::from_str(&self.localize(text))
+            .map_err(|source| DefinitionError { file, source })
+    }
+
+    pub fn stream_configs(&self) -> Result<Vec<stream::Config>, DefinitionError> {
+        let mut invoices = self.stream("streams/invoices.json", INVOICES_JSON)?;
+        if let Some(w) = self.submit_dedupe_window {
+            invoices.duplicate_window = w;
+        }
+        let mut events = self.stream("streams/events.json", EVENTS_JSON)?;
+        if let Some(r) = self.events_retention {
+            events.max_age = r;
+            events.duplicate_window = events.duplicate_window.min(r);
+        }
+        let dlq = self.stream("streams/dlq.json", DLQ_JSON)?;
+        Ok(vec![invoices, events, dlq])
+    }
+
+    pub fn processor_consumer(&self) -> Result<pull::Config, DefinitionError> {
+        let mut c = self.consumer("consumers/processor.json", PROCESSOR_JSON)?;
+        if let Some(w) = self.processor_ack_wait {
+            c.ack_wait = w;
+        }
+        if let Some(m) = self.processor_max_deliver {
+            c.max_deliver = m;
+        }
+        Ok(c)
+    }
+
+    pub fn persister_consumer(&self) -> Result<pull::Config, DefinitionError> {
+        let mut c = self.consumer("consumers/persister.json", PERSISTER_JSON)?;
+        if let Some(w) = self.persister_ack_wait {
+            c.ack_wait = w;
+        }
+        Ok(c)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_definition_file_parses() {
+        let t = Topology::new("pos");
+        let streams = t.stream_configs().unwrap();
+        assert_eq!(streams.len(), 3);
+        assert_eq!(streams[0].name, "POS_INVOICES");
+        assert_eq!(streams[0].subjects, vec!["pos.submit.*".to_string()]);
+        assert_eq!(streams[0].duplicate_window, Duration::from_secs(600));
+        let p = t.processor_consumer().unwrap();
+        assert_eq!(p.durable_name.as_deref(), Some("processor"));
+        assert_eq!(p.max_deliver, 4);
+        assert!(
+            p.backoff.is_empty(),
+            "backoff breaks delayed naks on 2.9.10"
+        );
+        assert_eq!(t.persister_consumer().unwrap().max_deliver, -1);
+    }
+
+    #[test]
+    fn a_namespace_renames_streams_and_subjects_consistently() {
+        let mut t = Topology::new("t0abc");
+        t.submit_dedupe_window = Some(Duration::from_secs(1));
+        let s = t.stream_configs().unwrap();
+        assert_eq!(s[1].name, "T0ABC_EVENTS");
+        assert_eq!(s[1].subjects, vec!["t0abc.events.*".to_string()]);
+        assert_eq!(s[0].duplicate_window, Duration::from_secs(1));
+        assert_eq!(
+            t.processor_consumer().unwrap().filter_subject,
+            "t0abc.submit.*"
+        );
+        let tenant = TenantId::parse("acme").unwrap();
+        assert_eq!(t.event_subject(&tenant), "t0abc.events.acme");
+        assert!(s[1].subjects[0].starts_with(&t.event_subject(&tenant)[..13]));
+    }
+}

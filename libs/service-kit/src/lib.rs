@@ -1,0 +1,14 @@
+//! Process lifecycle shared by the four services, and nothing about the domain:
+//! - `settings.rs`: read env vars into typed values, collecting every bad variable so
+//!   start-up fails once with a message naming each;
+//! - `telemetry.rs`: tracing init (text or JSON) with a writer tests can silence;
+//! - `shutdown.rs`: the SIGINT/SIGTERM future and a cloneable shutdown handle;
+//! - `http.rs`: the contract's error body and the `/health` response shape.
+
+pub mod http;
+pub mod settings;
+pub mod shutdown;
+pub mod telemetry;
+
+pub use settings::Env;
+pub use shutdown::{shutdown_signal, Shutdown};

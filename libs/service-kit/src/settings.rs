@@ -1,0 +1,188 @@
+//! Env-var settings. Each service declares what it reads; every problem is collected and
+//! reported together, naming the variable and what is expected.
+
+use std::{fmt::Display, str::FromStr, time::Duration};
+
+#[derive(Debug, Default)]
+pub struct Env {
+    problems: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
+pub struct SettingsError(pub Vec<String>);
+
+impl Env {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn raw(name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+    }
+
+    /// A required string, e.g. `NATS_URL`.
+    pub fn required(&mut self, name: &str, expected: &str) -> String {
+        Self::raw(name).unwrap_or_else(|| {
+            self.problems
+                .push(format!("{name} is not set (expected {expected})"));
+            String::new()
+        })
+    }
+
+    pub fn string(&mut self, name: &str, default: &str) -> String {
+        Self::raw(name).unwrap_or_else(|| default.to_owned())
+    }
+
+    /// A value parsed with `FromStr`, or `default` when unset.
+    pub fn parse<T: FromStr>(&mut self, name: &str, default: T, expected: &str) -> T
+    where
+        T::Err: Display,
+    {
+        match Self::raw(name) {
+            None => default,
+            Some(v) => v.trim().parse().unwrap_or_else(|e| {
+                self.problems.push(format!(
+                    "{name}={v:?} is invalid: {e} (expected {expected})"
+                ));
+                default
+            }),
+        }
+    }
+
+    /// A duration in milliseconds (`RETRY_BASE_MS=1000`).
+    pub fn millis(&mut self, name: &str, default: Duration) -> Duration {
+        Duration::from_millis(self.parse(
+            name,
+            default.as_millis() as u64,
+            "a whole number of milliseconds",
+        ))
+    }
+
+    /// Records a problem found by a cross-field check.
+    pub fn problem(&mut self, message: impl Into<String>) {
+        self.problems.push(message.into());
+    }
+
+    pub fn finish(self) -> Result<(), SettingsError> {
+        if self.problems.is_empty() {
+            Ok(())
+        } else {
+            Err(SettingsError(self.problems))
+        }
+    }
+}
+
+/// A secret that never shows in `Debug` output or logs.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: String) -> Self {
+        Self(value)
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+/// The settings every service shares: where the infrastructure is.
+#[derive(Debug, Clone)]
+pub struct Infra {
+    pub nats_url: String,
+    pub redis_url: String,
+    pub mongodb_uri: String,
+    pub mongodb_db: String,
+    /// Prefix of every stream, subject and Redis key (`pos`); tests use a random one.
+    pub namespace: String,
+    /// This process's name in NATS connection lists and the services API.
+    pub instance: String,
+}
+
+impl Infra {
+    pub fn from_env(env: &mut Env, service: &str, needs: &[&str]) -> Self {
+        let mut take = |name: &str, expected: &str| {
+            if needs.contains(&name) {
+                env.required(name, expected)
+            } else {
+                Env::raw(name).unwrap_or_default()
+            }
+        };
+        let nats_url = take("NATS_URL", "a NATS URL such as nats://127.0.0.1:4222");
+        let redis_url = take("REDIS_URL", "a Redis URL such as redis://127.0.0.1:6379");
+        let mongodb_uri = take(
+            "MONGODB_URI",
+            "a MongoDB URI such as mongodb://127.0.0.1:27017/?replicaSet=rs0",
+        );
+        let mongodb_db = env.string("MONGODB_DB", "pos");
+        let namespace = env.string("POS_NAMESPACE", "pos");
+        if namespace.is_empty()
+            || !namespace
+                .chars()
+                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
+            || !namespace.starts_with(|c: char| c.is_ascii_lowercase())
+        {
+            env.problem(format!("POS_NAMESPACE={namespace:?} is invalid (expected lower-case letters and digits, starting with a letter)"));
+        }
+        let instance = env.string(
+            "INSTANCE_NAME",
+            &format!("{service}-{}", std::process::id()),
+        );
+        Self {
+            nats_url,
+            redis_url,
+            mongodb_uri,
+            mongodb_db,
+            namespace,
+            instance,
+        }
+    }
+}
+
+/// Settings every queue worker (processor, persister) shares.
+#[derive(Debug, Clone)]
+pub struct Worker {
+    /// `HEALTH_ADDR`: where `/health` is served (`off` disables it; port 0 picks one).
+    pub health_addr: Option<std::net::SocketAddr>,
+    /// `CONCURRENCY`: messages handled at once by this instance.
+    pub concurrency: usize,
+    /// `SHUTDOWN_GRACE_MS`: how long SIGTERM waits for in-flight messages.
+    pub shutdown_grace: Duration,
+    /// `ACK_WAIT_MS`: the consumer's lease on a delivered message.
+    pub ack_wait: Duration,
+}
+
+impl Worker {
+    pub fn from_env(env: &mut Env, default_health_port: u16, default_concurrency: usize) -> Self {
+        let health = env.string("HEALTH_ADDR", &format!("0.0.0.0:{default_health_port}"));
+        let health_addr = if health == "off" {
+            None
+        } else {
+            match health.parse() {
+                Ok(a) => Some(a),
+                Err(_) => {
+                    env.problem(format!(
+                        "HEALTH_ADDR={health:?} is invalid (expected host:port or `off`)"
+                    ));
+                    None
+                }
+            }
+        };
+        let concurrency = env.parse("CONCURRENCY", default_concurrency, "a whole number ≥ 1");
+        if concurrency == 0 {
+            env.problem("CONCURRENCY must be at least 1");
+        }
+        Self {
+            health_addr,
+            concurrency: concurrency.max(1),
+            shutdown_grace: env.millis("SHUTDOWN_GRACE_MS", Duration::from_secs(10)),
+            ack_wait: env.millis("ACK_WAIT_MS", Duration::from_secs(30)),
+        }
+    }
+}

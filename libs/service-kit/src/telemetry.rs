@@ -1,0 +1,21 @@
+//! Tracing initialisation. `RUST_LOG` filters (default `info`); `LOG_FORMAT=json` gives
+//! one JSON object per line for log shippers.
+
+use tracing_subscriber::{fmt::MakeWriter, EnvFilter};
+
+pub fn init<W>(writer: W)
+where
+    W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
+{
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json");
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(writer);
+    // A second init (tests) is harmless: the first subscriber stays.
+    let _ = if json {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
+}

@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Run the whole test suite against real servers: a private NATS JetStream + Redis +
+# MongoDB replica set on free loopback ports in a fresh temp dir, torn down afterwards
+# (also on failure and Ctrl-C). Extra arguments go to `cargo test` (e.g. -- --nocapture).
+#
+#   scripts/test.sh [cargo test args...]
+#
+# The tests get NATS_URL, REDIS_URL, MONGODB_URI and POS_NATS_SERVER_BIN,
+# POS_REDIS_SERVER_BIN, POS_MONGOD_BIN (to start more private servers themselves) from the
+# environment, and find the service binaries in target/debug.
+# POS_KEEP_STACK=1 leaves the temp dir (data + logs) in place after the run.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+cd "$ROOT"
+
+"$ROOT/scripts/stack.sh" install
+
+# Never run against a developer's stack: ignore URLs from the caller's environment.
+unset NATS_URL REDIS_URL MONGODB_URI
+
+tmp="$(mktemp -d "${TMPDIR:-/tmp}/pos-test.XXXXXX")"
+
+teardown() {
+  local rc=$?
+  trap '' INT TERM
+  if [ "$rc" = 130 ] || [ "$rc" = 143 ]; then
+    echo "test: interrupted" >&2
+  elif [ "$rc" != 0 ]; then
+    echo "test: FAILED (exit $rc); tails of the stack's logs in $tmp:" >&2
+    for f in "$tmp"/*.log; do
+      [ -f "$f" ] || continue
+      echo "----- $f" >&2
+      tail -n 25 "$f" >&2 || true
+    done
+    echo "-----" >&2
+  fi
+  "$ROOT/scripts/stack.sh" down --dir "$tmp" >&2 || true
+  if [ "${POS_KEEP_STACK:-0}" = 1 ]; then
+    echo "test: kept $tmp" >&2
+  else
+    rm -rf "$tmp"
+  fi
+  exit "$rc"
+}
+trap teardown EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+"$ROOT/scripts/stack.sh" up --dir "$tmp" --free-ports
+# shellcheck disable=SC1091
+source "$tmp/env"
+
+cargo build --workspace --all-targets
+cargo test --workspace --all-targets "$@"

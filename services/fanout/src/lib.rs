@@ -1,0 +1,1 @@
+//! fanout: WebSocket gateway (in progress).

@@ -1,0 +1,2 @@
+//! fanout binary (in progress).
+fn main() {}

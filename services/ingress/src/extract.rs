@@ -1,0 +1,89 @@
+//! Request extractors that answer in the contract's error shape: a JSON body
+//! (415 when not JSON, 413 over the limit, 400 naming the path of a malformed value)
+//! and query parameters (400).
+
+use crate::error::ApiError;
+use axum::{
+    body::Bytes,
+    extract::{FromRequest, FromRequestParts, Request},
+    http::{header, request::Parts},
+};
+use serde::de::DeserializeOwned;
+
+/// Largest accepted body (contract: 256 KiB).
+pub const MAX_BODY_BYTES: usize = 256 * 1024;
+
+pub struct JsonBody<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequest<S> for JsonBody<T> {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, ApiError> {
+        let is_json = req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.split(';').next())
+            .is_some_and(|mime| {
+                let mime = mime.trim().to_ascii_lowercase();
+                mime == "application/json"
+                    || (mime.starts_with("application/") && mime.ends_with("+json"))
+            });
+        if !is_json {
+            return Err(ApiError::UnsupportedMediaType);
+        }
+        let bytes = Bytes::from_request(req, state).await.map_err(|rejection| {
+            if rejection.status() == axum::http::StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::TooLarge(MAX_BODY_BYTES)
+            } else {
+                ApiError::field("body", rejection.body_text())
+            }
+        })?;
+        decode(&bytes).map(JsonBody)
+    }
+}
+
+/// Decodes JSON, naming the path of the first value of the wrong type.
+pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
+    let de = &mut serde_json::Deserializer::from_slice(bytes);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let path = e.path().to_string();
+        let inner = e.into_inner();
+        if inner.is_syntax() || inner.is_eof() {
+            ApiError::field("body", format!("is not valid JSON: {inner}"))
+        } else {
+            let path = if path == "." { "body".to_owned() } else { path };
+            // serde's message names the Rust type; keep only its first clause.
+            let message = inner.to_string();
+            let message = message
+                .split(" at line")
+                .next()
+                .unwrap_or(&message)
+                .to_owned();
+            ApiError::field(&path, message)
+        }
+    })
+}
+
+/// Query parameters; a malformed query string is a 400.
+pub struct QueryParams<T>(pub T);
+
+impl<S: Send + Sync, T: DeserializeOwned> FromRequestParts<S> for QueryParams<T> {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, ApiError> {
+        let query = parts.uri.query().unwrap_or_default();
+        let de = serde_urlencoded_deserializer(query);
+        de.map(QueryParams)
+    }
+}
+
+fn serde_urlencoded_deserializer<T: DeserializeOwned>(query: &str) -> Result<T, ApiError> {
+    axum::extract::Query::<T>::try_from_uri(
+        &format!("/?{query}")
+            .parse()
+            .map_err(|_| ApiError::field("query", "is malformed"))?,
+    )
+    .map(|q| q.0)
+    .map_err(|e| ApiError::field("query", e.body_text()))
+}

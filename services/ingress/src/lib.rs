@@ -1,0 +1,104 @@
+//! ingress: the HTTP edge for terminals (contract § REST API).
+//!
+//! A request is authenticated (JWT → tenant), parsed into a valid domain draft, claimed
+//! under its idempotency key, published to JetStream and answered 202 once the broker
+//! acknowledged it. Reads come from Redis job state and MongoDB.
+//!
+//! Layout:
+//! - `settings.rs`: env → typed settings
+//! - `error.rs`: the only mapping from failures to the contract's status + code
+//! - `extract.rs`: JSON body and query extractors with contract-shaped rejections
+//! - `routes/invoices.rs`: POST / GET / list; `routes/health.rs`: `/health`
+
+mod error;
+mod extract;
+mod routes;
+mod settings;
+
+pub use settings::Settings;
+
+use anyhow::Context;
+use axum::extract::FromRef;
+use messaging::{Bus, NatsSettings, Topology};
+use std::{future::Future, sync::Arc};
+use tokio::net::TcpListener;
+
+#[derive(Clone)]
+pub struct AppState {
+    bus: Bus,
+    store: store::Store,
+    cache: cache::Cache,
+    verifier: auth::Verifier,
+    settings: Arc<Settings>,
+}
+
+impl FromRef<AppState> for auth::Verifier {
+    fn from_ref(state: &AppState) -> Self {
+        state.verifier.clone()
+    }
+}
+
+pub struct App {
+    listener: TcpListener,
+    state: AppState,
+}
+
+impl App {
+    /// Connects to NATS, MongoDB and Redis, applies the stream definitions and binds the
+    /// listener (port 0 allowed).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let infra = &settings.infra;
+        let mut topology = Topology::new(&infra.namespace);
+        topology.submit_dedupe_window = Some(settings.dedupe_window);
+        let bus = Bus::connect(
+            NatsSettings {
+                url: infra.nats_url.clone(),
+                client_name: infra.instance.clone(),
+                ack_timeout: settings.publish_timeout,
+                publish_tries: 2,
+            },
+            topology,
+        )
+        .await?;
+        bus.ensure_topology()
+            .await
+            .context("applying the stream definitions from nats/")?;
+        let cache = cache::Cache::connect(
+            &infra.redis_url,
+            &infra.namespace,
+            settings.job_ttl,
+            settings.claim_ttl,
+        )?;
+        let store = store::Store::connect(&infra.mongodb_uri, &infra.mongodb_db).await?;
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("binding INGRESS_ADDR {}", settings.listen))?;
+        let verifier = auth::Verifier::new(settings.jwt_secret.expose());
+        Ok(Self {
+            listener,
+            state: AppState {
+                bus,
+                store,
+                cache,
+                verifier,
+                settings: Arc::new(settings),
+            },
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        tracing::info!(addr = %self.listener.local_addr()?, "ingress listening");
+        let app = routes::router(self.state);
+        axum::serve(self.listener, app)
+            .with_graceful_shutdown(shutdown)
+            .await?;
+        Ok(())
+    }
+}

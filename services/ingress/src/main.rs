@@ -1,0 +1,11 @@
+//! The ingress binary: settings → telemetry → build → run until SIGINT/SIGTERM.
+
+use ingress::{App, Settings};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    service_kit::telemetry::init(std::io::stdout);
+    let settings = Settings::from_env()?;
+    let app = App::build(settings).await?;
+    app.run_until_stopped(service_kit::shutdown_signal()).await
+}

@@ -1,0 +1,62 @@
+//! Ingress settings, from env. Every problem is reported at once, naming the variable.
+
+use service_kit::settings::{Infra, Secret};
+use service_kit::Env;
+use std::{net::SocketAddr, time::Duration};
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub infra: Infra,
+    pub jwt_secret: Secret,
+    /// `INGRESS_ADDR`, default `0.0.0.0:3000`; port 0 picks a free port.
+    pub listen: SocketAddr,
+    /// `SUBMIT_DEDUPE_WINDOW_MS`: JetStream's dedupe window on submissions (default 10 min).
+    pub dedupe_window: Duration,
+    /// `CLAIM_TTL_MS`: how long Redis remembers an idempotency key (default 7 days). Past
+    /// it, MongoDB's unique index answers.
+    pub claim_ttl: Duration,
+    /// `JOB_TTL_MS`: how long Redis keeps an invoice's job state (default 1 h).
+    pub job_ttl: Duration,
+    /// `CLAIM_WAIT_MS`: how long a request waits for a concurrent request with the same key
+    /// to finish before answering 409 (default 2 s).
+    pub claim_wait: Duration,
+    /// `PUBLISH_TIMEOUT_MS`: wait for one publish ack (default 2 s; 2 tries, then 503).
+    pub publish_timeout: Duration,
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Self, service_kit::settings::SettingsError> {
+        let mut env = Env::new();
+        let infra = Infra::from_env(
+            &mut env,
+            "ingress",
+            &["NATS_URL", "REDIS_URL", "MONGODB_URI"],
+        );
+        let jwt_secret = env.required(
+            "JWT_SECRET",
+            "the HS256 secret terminals' tokens are signed with",
+        );
+        if !jwt_secret.is_empty() && jwt_secret.len() < 16 {
+            env.problem("JWT_SECRET is too short (expected at least 16 bytes)");
+        }
+        let listen = env.parse(
+            "INGRESS_ADDR",
+            SocketAddr::from(([0, 0, 0, 0], 3000)),
+            "host:port, e.g. 0.0.0.0:3000",
+        );
+        let settings = Self {
+            infra,
+            jwt_secret: Secret::new(jwt_secret),
+            listen,
+            dedupe_window: env.millis("SUBMIT_DEDUPE_WINDOW_MS", Duration::from_secs(600)),
+            claim_ttl: env.millis("CLAIM_TTL_MS", Duration::from_secs(7 * 86400)),
+            job_ttl: env.millis("JOB_TTL_MS", Duration::from_secs(3600)),
+            claim_wait: env.millis("CLAIM_WAIT_MS", Duration::from_secs(2)),
+            publish_timeout: env.millis("PUBLISH_TIMEOUT_MS", Duration::from_secs(2)),
+        };
+        if settings.dedupe_window < Duration::from_millis(100) {
+            env.problem("SUBMIT_DEDUPE_WINDOW_MS must be at least 100");
+        }
+        env.finish().map(|_| settings)
+    }
+}

@@ -1,0 +1,57 @@
+//! One lifecycle event → one conditional upsert.
+
+use messaging::{consume::Delivery, Bus, Envelope, Handler, Outcome};
+use store::Written;
+use tracing::{error, warn};
+
+pub struct Persister {
+    bus: Bus,
+    store: store::Store,
+}
+
+impl Persister {
+    pub fn new(bus: Bus, store: store::Store) -> Self {
+        Self { bus, store }
+    }
+}
+
+impl Handler for Persister {
+    async fn handle(&self, delivery: &Delivery) -> Outcome {
+        let envelope = match Envelope::decode(delivery.payload()) {
+            Ok(e) => e,
+            Err(e) => return Outcome::Poison(e.to_string()),
+        };
+        match self.store.apply(&envelope).await {
+            Ok(Written::Applied | Written::Stale) => Outcome::Done,
+            Ok(Written::KeyTaken) => {
+                // Two invoices under one key got past ingress (both Redis and MongoDB were
+                // down past the dedupe window). The first stored wins; the second is kept
+                // visible in the dead-letter stream instead of being stored twice.
+                error!(invoice_id = %envelope.invoice.id, "idempotency key already owned by another invoice; not stored");
+                match self
+                    .bus
+                    .publish_raw_dead_letter(
+                        delivery.payload(),
+                        delivery.subject(),
+                        "duplicate idempotency key",
+                    )
+                    .await
+                {
+                    Ok(_) => Outcome::Done,
+                    Err(e) => Outcome::Retry(e.to_string()),
+                }
+            }
+            Err(e) => {
+                warn!(error = %e, invoice_id = %envelope.invoice.id, "write failed; will retry");
+                Outcome::Retry(e.to_string())
+            }
+        }
+    }
+
+    async fn exhausted(&self, _delivery: &Delivery, last_error: String) -> Result<(), String> {
+        // Unreachable with unlimited attempts; keep the message rather than lose it.
+        Err(format!(
+            "persister never gives up on an event: {last_error}"
+        ))
+    }
+}

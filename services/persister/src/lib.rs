@@ -1,0 +1,121 @@
+//! persister: projects the lifecycle event log into MongoDB, the system of record.
+//!
+//! One durable pull consumer (`persister`) on the events stream, shared by every
+//! instance. Each event is a conditional upsert keyed by invoice id and guarded by its
+//! version ([`store::Store::apply`]), so redelivered, replayed or reordered events never
+//! create a second document or move an invoice backwards. MongoDB outages are retried
+//! without limit (capped backoff): an event is a fact and must reach the record; the lag
+//! shows in the consumer's pending count.
+//!
+//! Layout: `settings.rs` (env), `handler.rs` (per-event logic), this file (wiring).
+
+mod handler;
+mod settings;
+
+pub use handler::Persister;
+pub use settings::Settings;
+
+use anyhow::Context;
+use messaging::{Bus, NatsSettings, RetryPolicy, Topology};
+use service_kit::{http::Health, Shutdown};
+use std::{future::Future, sync::Arc, time::Duration};
+
+pub struct App {
+    bus: Bus,
+    handler: Arc<Persister>,
+    settings: Settings,
+    health_port: Option<u16>,
+    stop_health: Shutdown,
+}
+
+impl App {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let infra = &settings.infra;
+        let mut topology = Topology::new(&infra.namespace);
+        topology.persister_ack_wait = Some(settings.worker.ack_wait);
+        let nats = NatsSettings {
+            url: infra.nats_url.clone(),
+            client_name: infra.instance.clone(),
+            ack_timeout: Duration::from_secs(5),
+            publish_tries: 3,
+        };
+        let bus = Bus::connect(nats, topology).await?;
+        bus.ensure_topology()
+            .await
+            .context("applying the stream definitions from nats/")?;
+        let store = store::Store::connect(&infra.mongodb_uri, &infra.mongodb_db).await?;
+        let handler = Arc::new(Persister::new(bus.clone(), store.clone()));
+        let stop_health = Shutdown::new();
+        let health_port = match settings.worker.health_addr {
+            None => None,
+            Some(addr) => {
+                let (bus, store) = (bus.clone(), store.clone());
+                let router = axum::Router::new().route(
+                    "/health",
+                    axum::routing::get(move || {
+                        let (bus, store) = (bus.clone(), store.clone());
+                        async move {
+                            Health::new(
+                                "persister",
+                                [("nats", bus.is_connected()), ("mongo", store.ping().await)],
+                            )
+                        }
+                    }),
+                );
+                let stop = stop_health.clone();
+                Some(
+                    service_kit::http::serve(addr, router, async move { stop.wait().await })
+                        .await
+                        .context("binding HEALTH_ADDR")?,
+                )
+            }
+        };
+        Ok(Self {
+            bus,
+            handler,
+            settings,
+            health_port,
+            stop_health,
+        })
+    }
+
+    pub fn health_port(&self) -> Option<u16> {
+        self.health_port
+    }
+
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let topology = self.bus.topology();
+        let consumer = self
+            .bus
+            .durable(&topology.events_stream(), topology.persister_consumer()?)
+            .await?;
+        tracing::info!(
+            concurrency = self.settings.worker.concurrency,
+            "persister consuming"
+        );
+        let result = messaging::consume::run_until_stopped(
+            self.bus.clone(),
+            consumer,
+            self.handler,
+            self.settings.retry,
+            self.settings.worker.concurrency,
+            self.settings.worker.shutdown_grace,
+            shutdown,
+        )
+        .await;
+        self.stop_health.trigger();
+        result.map_err(Into::into)
+    }
+}
+
+/// Never gives up on a well-formed event; backs off up to `max` while MongoDB is down.
+pub fn unlimited_retries(base: Duration, max: Duration) -> RetryPolicy {
+    RetryPolicy {
+        max_attempts: u32::MAX,
+        base_delay: base,
+        max_delay: max,
+    }
+}

@@ -1,0 +1,162 @@
+//! One delivery of a submission: `handle` is callable without a broker loop, and holds
+//! every decision the processor makes about an invoice.
+
+use domain::{compute, Invoice, InvoiceError, Timestamp};
+use messaging::{consume::Delivery, Bus, DeadLetter, Envelope, Handler, Outcome};
+use tracing::{info, warn};
+
+pub struct Processor {
+    bus: Bus,
+    store: store::Store,
+    cache: cache::Cache,
+    max_attempts: u32,
+}
+
+impl Processor {
+    pub fn new(bus: Bus, store: store::Store, cache: cache::Cache, max_attempts: u32) -> Self {
+        Self {
+            bus,
+            store,
+            cache,
+            max_attempts,
+        }
+    }
+
+    /// Publishes a state change (the durable fact), then caches it (best effort).
+    async fn emit(&self, envelope: &Envelope, correlation: Option<&str>) -> Result<(), String> {
+        self.bus
+            .publish_event(envelope, correlation)
+            .await
+            .map_err(|e| format!("publishing {}: {e}", envelope.invoice.state))?;
+        if let Err(e) = self.cache.put_job(envelope).await {
+            warn!(error = %e, "job state not cached");
+        }
+        Ok(())
+    }
+
+    async fn dead_letter(&self, submission: Envelope, failed: &Invoice) -> Result<(), String> {
+        let last_error = failed.error.clone().unwrap_or(InvoiceError {
+            code: "unknown".into(),
+            message: String::new(),
+        });
+        let letter = DeadLetter {
+            submission,
+            attempts: failed.attempts,
+            last_error,
+            dead_at: Timestamp::now(),
+        };
+        self.bus
+            .publish_dead_letter(&letter)
+            .await
+            .map(|_| ())
+            .map_err(|e| format!("dead-lettering: {e}"))
+    }
+
+    /// FAILED event, then the dead letter. Both are idempotent by message id, so a retry
+    /// of this after a crash emits nothing twice.
+    async fn fail(
+        &self,
+        submission: Envelope,
+        mut invoice: Invoice,
+        code: &str,
+        message: &str,
+        correlation: Option<&str>,
+    ) -> Result<(), String> {
+        invoice
+            .fail(code, message, Timestamp::now())
+            .map_err(|e| e.to_string())?;
+        let failed = Envelope {
+            invoice,
+            fingerprint: submission.fingerprint.clone(),
+        };
+        self.emit(&failed, correlation).await?;
+        self.dead_letter(submission, &failed.invoice).await?;
+        warn!(invoice_id = %failed.invoice.id, code, message, "invoice FAILED and dead-lettered");
+        Ok(())
+    }
+}
+
+impl Handler for Processor {
+    async fn handle(&self, delivery: &Delivery) -> Outcome {
+        let submission = match Envelope::decode(delivery.payload()) {
+            Ok(e) => e,
+            Err(e) => return Outcome::Poison(e.to_string()),
+        };
+        let correlation = delivery.correlation();
+        let mut invoice = submission.invoice.clone();
+
+        // The system of record decides whether there is anything left to do: a redelivery
+        // after a crash, or a submission of a generation already finished, is done.
+        match self.store.find(&invoice.tenant_id, invoice.id).await {
+            Err(e) => return Outcome::Retry(e.to_string()),
+            Ok(Some(stored))
+                if stored.invoice.replays > invoice.replays
+                    || (stored.invoice.replays == invoice.replays
+                        && stored.invoice.state.is_final()) =>
+            {
+                info!(invoice_id = %invoice.id, state = %stored.invoice.state, "already final; nothing to do");
+                return Outcome::Done;
+            }
+            Ok(_) => {}
+        }
+
+        if let Err(e) = invoice.start_attempt(delivery.attempt, Timestamp::now()) {
+            return Outcome::Poison(e.to_string());
+        }
+        let processing = Envelope {
+            invoice: invoice.clone(),
+            fingerprint: submission.fingerprint.clone(),
+        };
+        if let Err(e) = self.emit(&processing, correlation).await {
+            return Outcome::Retry(e);
+        }
+
+        match compute(&invoice) {
+            Ok(computed) => {
+                if let Err(e) = invoice.complete(computed, Timestamp::now()) {
+                    return Outcome::Poison(e.to_string());
+                }
+                let completed = Envelope {
+                    invoice,
+                    fingerprint: submission.fingerprint,
+                };
+                match self.emit(&completed, correlation).await {
+                    Ok(()) => Outcome::Done,
+                    Err(e) => Outcome::Retry(e),
+                }
+            }
+            // Permanent: FAILED at once, no retries.
+            Err(fault) => match self
+                .fail(
+                    submission,
+                    invoice,
+                    fault.code(),
+                    &fault.to_string(),
+                    correlation,
+                )
+                .await
+            {
+                Ok(()) => Outcome::Done,
+                Err(e) => Outcome::Retry(e),
+            },
+        }
+    }
+
+    async fn exhausted(&self, delivery: &Delivery, last_error: String) -> Result<(), String> {
+        let submission = Envelope::decode(delivery.payload()).map_err(|e| e.to_string())?;
+        let mut invoice = submission.invoice.clone();
+        let attempts = delivery.attempt.min(self.max_attempts);
+        invoice
+            .start_attempt(attempts, Timestamp::now())
+            .map_err(|e| e.to_string())?;
+        let message = format!("gave up after {attempts} attempts: {last_error}");
+        self.fail(
+            submission,
+            invoice,
+            "retries_exhausted",
+            &message,
+            delivery.correlation(),
+        )
+        .await
+    }
+}

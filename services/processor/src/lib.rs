@@ -1,0 +1,137 @@
+//! processor: computes submitted invoices (contract § Money, § Lifecycle).
+//!
+//! One durable pull consumer (`processor`) on the submissions stream, shared by every
+//! instance. For each delivery, [`handler::Processor`] checks the system of record (an
+//! invoice already final in this generation is never recomputed), emits PROCESSING,
+//! computes the money and emits COMPLETED — or FAILED plus a dead letter for a permanent
+//! fault. Transient faults go back to JetStream with a delayed NAK; the shared consume
+//! loop in `messaging` owns that policy.
+//!
+//! Layout: `settings.rs` (env), `handler.rs` (the per-message logic), this file (wiring).
+
+mod handler;
+mod settings;
+
+pub use handler::Processor;
+pub use settings::Settings;
+
+use anyhow::Context;
+use messaging::{Bus, NatsSettings, Topology};
+use service_kit::{http::Health, Shutdown};
+use std::{future::Future, sync::Arc};
+
+pub struct App {
+    bus: Bus,
+    handler: Arc<Processor>,
+    settings: Settings,
+    health_port: Option<u16>,
+    stop_health: Shutdown,
+}
+
+impl App {
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let infra = &settings.infra;
+        let mut topology = Topology::new(&infra.namespace);
+        topology.processor_ack_wait = Some(settings.worker.ack_wait);
+        let bus = Bus::connect(
+            NatsSettings {
+                url: infra.nats_url.clone(),
+                client_name: infra.instance.clone(),
+                ack_timeout: std::time::Duration::from_secs(5),
+                publish_tries: 3,
+            },
+            topology,
+        )
+        .await?;
+        bus.ensure_topology()
+            .await
+            .context("applying the stream definitions from nats/")?;
+        let cache = cache::Cache::connect(
+            &infra.redis_url,
+            &infra.namespace,
+            settings.job_ttl,
+            settings.job_ttl,
+        )?;
+        let store = store::Store::connect(&infra.mongodb_uri, &infra.mongodb_db).await?;
+        let handler = Arc::new(Processor::new(
+            bus.clone(),
+            store.clone(),
+            cache.clone(),
+            settings.retry.max_attempts,
+        ));
+        let stop_health = Shutdown::new();
+        let health_port = match settings.worker.health_addr {
+            None => None,
+            Some(addr) => {
+                let (bus, store, cache) = (bus.clone(), store.clone(), cache.clone());
+                let router = axum::Router::new().route(
+                    "/health",
+                    axum::routing::get(move || {
+                        let (bus, store, cache) = (bus.clone(), store.clone(), cache.clone());
+                        async move {
+                            let (mongo, redis, queue) =
+                                tokio::join!(store.ping(), cache.ping(), bus.queue_stats());
+                            let mut h = Health::new(
+                                "processor",
+                                [
+                                    ("nats", bus.is_connected()),
+                                    ("mongo", mongo),
+                                    ("redis", redis),
+                                ],
+                            );
+                            h.queue = queue.ok().and_then(|q| serde_json::to_value(q).ok());
+                            h
+                        }
+                    }),
+                );
+                let stop = stop_health.clone();
+                Some(
+                    service_kit::http::serve(addr, router, async move { stop.wait().await })
+                        .await
+                        .context("binding HEALTH_ADDR")?,
+                )
+            }
+        };
+        Ok(Self {
+            bus,
+            handler,
+            settings,
+            health_port,
+            stop_health,
+        })
+    }
+
+    pub fn health_port(&self) -> Option<u16> {
+        self.health_port
+    }
+
+    /// Consumes until `shutdown`, then drains in-flight messages within the grace period.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let consumer = self
+            .bus
+            .durable(
+                &self.bus.topology().invoices_stream(),
+                self.bus.topology().processor_consumer()?,
+            )
+            .await?;
+        tracing::info!(
+            concurrency = self.settings.worker.concurrency,
+            "processor consuming"
+        );
+        let result = messaging::consume::run_until_stopped(
+            self.bus.clone(),
+            consumer,
+            self.handler,
+            self.settings.retry,
+            self.settings.worker.concurrency,
+            self.settings.worker.shutdown_grace,
+            shutdown,
+        )
+        .await;
+        self.stop_health.trigger();
+        result.map_err(Into::into)
+    }
+}

@@ -1,0 +1,45 @@
+//! Processor settings, from env.
+
+use messaging::RetryPolicy;
+use service_kit::settings::{Infra, Worker};
+use service_kit::Env;
+use std::time::Duration;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub infra: Infra,
+    pub worker: Worker,
+    /// `MAX_ATTEMPTS` (default 4: the first try and 3 retries), `RETRY_BASE_MS` (default
+    /// 1000: delays 1 s, 2 s, 4 s), `RETRY_MAX_MS` (default 30000).
+    pub retry: RetryPolicy,
+    /// `JOB_TTL_MS`: lifetime of the Redis job state (default 1 h).
+    pub job_ttl: Duration,
+}
+
+impl Settings {
+    pub fn from_env() -> Result<Self, service_kit::settings::SettingsError> {
+        let mut env = Env::new();
+        let infra = Infra::from_env(
+            &mut env,
+            "processor",
+            &["NATS_URL", "REDIS_URL", "MONGODB_URI"],
+        );
+        let worker = Worker::from_env(&mut env, 3002, 64);
+        let max_attempts = env.parse("MAX_ATTEMPTS", 4u32, "a whole number ≥ 1");
+        if max_attempts == 0 {
+            env.problem("MAX_ATTEMPTS must be at least 1");
+        }
+        let retry = RetryPolicy {
+            max_attempts: max_attempts.max(1),
+            base_delay: env.millis("RETRY_BASE_MS", Duration::from_secs(1)),
+            max_delay: env.millis("RETRY_MAX_MS", Duration::from_secs(30)),
+        };
+        let job_ttl = env.millis("JOB_TTL_MS", Duration::from_secs(3600));
+        env.finish().map(|_| Self {
+            infra,
+            worker,
+            retry,
+            job_ttl,
+        })
+    }
+}

@@ -1,0 +1,16 @@
+//! Whole-stack tests against real NATS JetStream, Redis and MongoDB (started by
+//! `scripts/test.sh`, which exports their URLs), in one binary for link time.
+//!
+//! Every test gets its own namespace (streams, subjects, Redis keys) and database from
+//! [`support::TestStack`] / [`support::ProcessStack`], so tests run in parallel and never
+//! see each other's data.
+
+mod support;
+
+mod config;
+mod failure;
+mod http_contract;
+mod idempotency;
+mod pipeline;
+mod scale;
+mod store;

@@ -1,0 +1,91 @@
+//! Scale-out with real binaries: 2 ingress, 3 processor, 2 persister instances.
+
+use crate::support::{eventually, invoice_body, unique, ProcessStack};
+use std::time::{Duration, Instant};
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_thousand_invoices_through_scaled_out_services_are_each_stored_once_completed() {
+    let mut stack = ProcessStack::new();
+    for service in [
+        "ingress",
+        "ingress",
+        "processor",
+        "processor",
+        "processor",
+        "persister",
+        "persister",
+    ] {
+        stack.spawn(service).await;
+    }
+    let tenants: Vec<String> = (0..4).map(|_| unique("shop")).collect();
+    let apis: Vec<_> = tenants
+        .iter()
+        .enumerate()
+        .map(|(i, t)| stack.api(t, i % 2))
+        .collect();
+    const TOTAL: usize = 2000;
+    let started = Instant::now();
+    let posts = futures_util::stream::iter(0..TOTAL)
+        .map(|i| {
+            let api = apis[i % apis.len()].clone();
+            async move {
+                api.post(&invoice_body(
+                    Some(&format!("k-{i}")),
+                    &format!("T{}", i % 3),
+                ))
+                .await
+                .status
+                .as_u16()
+            }
+        })
+        .buffer_unordered(64);
+    use futures_util::StreamExt;
+    let statuses: Vec<u16> = posts.collect().await;
+    let accept_secs = started.elapsed().as_secs_f64();
+    assert!(
+        statuses.iter().all(|s| *s == 202),
+        "every invoice accepted once: {:?}",
+        statuses.iter().filter(|s| **s != 202).collect::<Vec<_>>()
+    );
+
+    let client = mongodb::Client::with_uri_str(&stack.infra.mongodb_uri)
+        .await
+        .unwrap();
+    let coll = client
+        .database(&stack.namespace)
+        .collection::<mongodb::bson::Document>("invoices");
+    eventually(
+        "all 2000 stored COMPLETED",
+        Duration::from_secs(120),
+        || {
+            let coll = coll.clone();
+            async move {
+                (coll
+                    .count_documents(mongodb::bson::doc! { "state": "COMPLETED" })
+                    .await
+                    .ok()?
+                    == TOTAL as u64)
+                    .then_some(())
+            }
+        },
+    )
+    .await;
+    let total_secs = started.elapsed().as_secs_f64();
+    assert_eq!(
+        coll.count_documents(mongodb::bson::doc! {}).await.unwrap(),
+        TOTAL as u64,
+        "each stored exactly once"
+    );
+    for (t, tenant) in tenants.iter().enumerate() {
+        let n = coll
+            .count_documents(mongodb::bson::doc! { "tenantId": tenant })
+            .await
+            .unwrap();
+        assert_eq!(n, (TOTAL / tenants.len()) as u64, "tenant {t}");
+    }
+    println!(
+        "scale-out: {TOTAL} invoices accepted in {accept_secs:.2}s ({:.0}/s), all COMPLETED and stored in {total_secs:.2}s ({:.0}/s end to end)",
+        TOTAL as f64 / accept_secs,
+        TOTAL as f64 / total_secs
+    );
+}

@@ -1,0 +1,77 @@
+//! The system of record under concurrency: redelivered, reordered and racing writes of
+//! one invoice's events leave exactly one document in its highest state.
+
+use crate::support::{stack::infra_settings, unique, Infra};
+use domain::{DraftInvoice, Invoice, InvoiceId, TenantId, Timestamp};
+use messaging::Envelope;
+use store::{Store, Written};
+
+fn lifecycle(tenant: &TenantId) -> Vec<Envelope> {
+    let draft = DraftInvoice::parse(domain::draft::RawDraft {
+        terminal_id: Some("T1".into()),
+        currency: Some("EUR".into()),
+        items: vec![domain::draft::RawLine {
+            sku: Some("A".into()),
+            name: Some("a".into()),
+            quantity: Some("1".into()),
+            unit_price: Some("2.00".into()),
+            tax_rate: Some("0.21".into()),
+            discount: None,
+        }],
+        ..Default::default()
+    })
+    .unwrap();
+    let queued = Invoice::queued(
+        InvoiceId::generate(),
+        tenant.clone(),
+        draft,
+        Timestamp::now(),
+    );
+    let mut processing = queued.clone();
+    processing.start_attempt(1, Timestamp::now()).unwrap();
+    let mut completed = processing.clone();
+    completed
+        .complete(domain::compute(&completed).unwrap(), Timestamp::now())
+        .unwrap();
+    [queued, processing, completed]
+        .into_iter()
+        .map(|invoice| Envelope {
+            invoice,
+            fingerprint: "f".into(),
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_and_reordered_event_writes_keep_one_document_in_its_latest_state() {
+    let infra = Infra::from_env();
+    let settings = infra_settings(&infra, &unique("s"), &unique("s"));
+    let store = Store::connect(&settings.mongodb_uri, &settings.mongodb_db)
+        .await
+        .unwrap();
+    let tenant = TenantId::parse(unique("shop")).unwrap();
+    let invoices: Vec<_> = (0..50).map(|_| lifecycle(&tenant)).collect();
+    // Every event of every invoice three times (redeliveries), all at once, newest first.
+    let writes = invoices
+        .iter()
+        .flat_map(|events| events.iter().rev().cycle().take(9))
+        .map(|e| store.apply(e));
+    let results = futures_util::future::join_all(writes).await;
+    assert!(
+        results
+            .iter()
+            .all(|r| matches!(r, Ok(Written::Applied | Written::Stale))),
+        "{results:?}"
+    );
+    for events in &invoices {
+        let stored = store
+            .find(&tenant, events[0].invoice.id)
+            .await
+            .unwrap()
+            .expect("stored");
+        assert_eq!(stored.invoice.state, domain::InvoiceState::Completed);
+    }
+    assert_eq!(store.count(&tenant, None).await.unwrap(), 50);
+    // A late QUEUED redelivery cannot move a COMPLETED invoice back.
+    assert_eq!(store.apply(&invoices[0][0]).await.unwrap(), Written::Stale);
+}

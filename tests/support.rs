@@ -1,0 +1,59 @@
+//! Test harness: an in-process stack ([`TestStack`]) for most stories and a stack of real
+//! service binaries ([`ProcessStack`]) for kill -9 and scale-out; typed HTTP helpers; a
+//! polling wait with a deadline (never a fixed sleep where a condition can be awaited).
+
+#![allow(dead_code)]
+
+pub mod infra;
+pub mod process;
+pub mod stack;
+
+pub use infra::Infra;
+pub use process::ProcessStack;
+pub use stack::TestStack;
+
+use std::time::Duration;
+
+/// Polls `check` until it yields `Some`, or panics naming `what` after `timeout`.
+pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Option<T>>,
+{
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        if let Some(v) = check().await {
+            return v;
+        }
+        if tokio::time::Instant::now() > deadline {
+            panic!("timed out after {timeout:?} waiting for {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+/// A realistic invoice body: `lines` lines, the contract example's first line.
+pub fn invoice_body(key: Option<&str>, terminal: &str) -> serde_json::Value {
+    let mut body = serde_json::json!({
+        "terminalId": terminal,
+        "currency": "EUR",
+        "issuedAt": "2026-11-25T10:00:00Z",
+        "taxInclusive": false,
+        "customer": { "name": "ACME SL", "taxId": "B12345678" },
+        "items": [
+            { "sku": "COFFEE-L", "name": "Coffee large", "quantity": "2", "unitPrice": "3.50", "taxRate": "0.10", "discount": "0.00" }
+        ],
+        "payments": [ { "method": "cash", "amount": "10.00" } ]
+    });
+    if let Some(k) = key {
+        body["idempotencyKey"] = k.into();
+    }
+    body
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!(
+        "{prefix}{}",
+        &uuid::Uuid::new_v4().simple().to_string()[..10]
+    )
+}

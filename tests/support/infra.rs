@@ -1,0 +1,138 @@
+//! The infrastructure the test script started, read from env; private extra servers
+//! for tests that must stop one.
+
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::{Child, Command};
+
+#[derive(Debug, Clone)]
+pub struct Infra {
+    pub nats_url: String,
+    pub redis_url: String,
+    pub mongodb_uri: String,
+}
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!("{name} is not set: run the suite with `./x test` (scripts/test.sh starts NATS, Redis and MongoDB)")
+    })
+}
+
+impl Infra {
+    pub fn from_env() -> Self {
+        Self {
+            nats_url: env("NATS_URL"),
+            redis_url: env("REDIS_URL"),
+            mongodb_uri: env("MONGODB_URI"),
+        }
+    }
+}
+
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A server of our own (nats-server, mongod) that a test may kill and restart.
+pub struct PrivateServer {
+    pub port: u16,
+    pub url: String,
+    child: Option<Child>,
+    program: String,
+    args: Vec<String>,
+    pub dir: std::path::PathBuf,
+}
+
+impl PrivateServer {
+    pub async fn nats() -> Self {
+        let dir = tempdir("nats");
+        let port = free_port();
+        let args = vec![
+            "-a".into(),
+            "127.0.0.1".into(),
+            "-p".into(),
+            port.to_string(),
+            "-js".into(),
+            "-sd".into(),
+            dir.display().to_string(),
+        ];
+        let mut s = Self {
+            port,
+            url: format!("nats://127.0.0.1:{port}"),
+            child: None,
+            program: env("POS_NATS_SERVER_BIN"),
+            args,
+            dir,
+        };
+        s.start().await;
+        s
+    }
+
+    /// A standalone mongod (no replica set: enough for health and outage tests).
+    pub async fn mongod() -> Self {
+        let dir = tempdir("mongo");
+        let port = free_port();
+        let args = vec![
+            "--bind_ip".into(),
+            "127.0.0.1".into(),
+            "--port".into(),
+            port.to_string(),
+            "--dbpath".into(),
+            dir.display().to_string(),
+            "--wiredTigerCacheSizeGB".into(),
+            "0.25".into(),
+            "--quiet".into(),
+        ];
+        let url = format!("mongodb://127.0.0.1:{port}/?directConnection=true");
+        let mut s = Self {
+            port,
+            url,
+            child: None,
+            program: env("POS_MONGOD_BIN"),
+            args,
+            dir,
+        };
+        s.start().await;
+        s
+    }
+
+    pub async fn start(&mut self) {
+        let log = std::fs::File::create(self.dir.join("server.log")).unwrap();
+        let child = Command::new(&self.program)
+            .args(&self.args)
+            .stdout(Stdio::from(log.try_clone().unwrap()))
+            .stderr(Stdio::from(log))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| panic!("starting {}: {e}", self.program));
+        self.child = Some(child);
+        let port = self.port;
+        super::eventually(
+            "private server to listen",
+            Duration::from_secs(30),
+            || async move {
+                tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .ok()
+                    .map(|_| ())
+            },
+        )
+        .await;
+    }
+
+    /// kill -9.
+    pub async fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill().await;
+        }
+    }
+}
+
+pub fn tempdir(name: &str) -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(super::unique(&format!("pos-{name}-")));
+    std::fs::create_dir_all(&dir).unwrap();
+    dir
+}

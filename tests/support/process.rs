@@ -1,0 +1,140 @@
+//! [`ProcessStack`]: the real service binaries (from `target/<profile>/`), any number of
+//! instances each, for scale-out and kill -9 tests. Children die with the stack.
+
+use super::infra::{free_port, tempdir};
+use super::stack::{Api, SECRET};
+use super::{eventually, unique, Infra};
+use std::collections::HashMap;
+use std::process::Stdio;
+use std::time::Duration;
+use tokio::process::{Child, Command};
+
+pub struct Instance {
+    pub service: &'static str,
+    pub child: Child,
+    pub port: Option<u16>,
+    pub log: std::path::PathBuf,
+}
+
+pub struct ProcessStack {
+    pub infra: Infra,
+    pub namespace: String,
+    pub instances: Vec<Instance>,
+    pub logs: std::path::PathBuf,
+    pub extra_env: HashMap<String, String>,
+}
+
+/// `target/<profile>/`: the test binary lives in `target/<profile>/deps/`.
+pub fn bin_dir() -> std::path::PathBuf {
+    let mut p = std::env::current_exe().unwrap();
+    p.pop();
+    if p.ends_with("deps") {
+        p.pop();
+    }
+    p
+}
+
+impl ProcessStack {
+    pub fn new() -> Self {
+        Self {
+            infra: Infra::from_env(),
+            namespace: unique("p"),
+            instances: Vec::new(),
+            logs: tempdir("logs"),
+            extra_env: HashMap::new(),
+        }
+    }
+
+    pub fn env(&self, service: &str, port: Option<u16>) -> Vec<(String, String)> {
+        let mut env = vec![
+            ("NATS_URL".into(), self.infra.nats_url.clone()),
+            ("REDIS_URL".into(), self.infra.redis_url.clone()),
+            ("MONGODB_URI".into(), self.infra.mongodb_uri.clone()),
+            ("MONGODB_DB".into(), self.namespace.clone()),
+            ("POS_NAMESPACE".into(), self.namespace.clone()),
+            ("JWT_SECRET".into(), SECRET.into()),
+            ("RUST_LOG".into(), "warn".into()),
+            ("HEALTH_ADDR".into(), "off".into()),
+            ("INSTANCE_NAME".into(), unique(&format!("{service}-"))),
+        ];
+        if let Some(p) = port {
+            env.push(("INGRESS_ADDR".into(), format!("127.0.0.1:{p}")));
+            env.push(("FANOUT_ADDR".into(), format!("127.0.0.1:{p}")));
+        }
+        env.extend(self.extra_env.clone());
+        env
+    }
+
+    /// Starts one instance of `service`; ingress gets a port and is waited for.
+    pub async fn spawn(&mut self, service: &'static str) -> usize {
+        let port = (service == "ingress" || service == "fanout").then(free_port);
+        let log = self
+            .logs
+            .join(format!("{service}-{}.log", self.instances.len()));
+        let file = std::fs::File::create(&log).unwrap();
+        let bin = bin_dir().join(service);
+        let child = Command::new(&bin)
+            .envs(self.env(service, port))
+            .stdout(Stdio::from(file.try_clone().unwrap()))
+            .stderr(Stdio::from(file))
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "starting {} (run `cargo build --workspace` first): {e}",
+                    bin.display()
+                )
+            });
+        self.instances.push(Instance {
+            service,
+            child,
+            port,
+            log,
+        });
+        if let Some(p) = port {
+            let url = format!("http://127.0.0.1:{p}/health");
+            eventually(
+                &format!("{service} on port {p} to answer"),
+                Duration::from_secs(60),
+                || {
+                    let url = url.clone();
+                    async move { reqwest::get(&url).await.ok().map(|_| ()) }
+                },
+            )
+            .await;
+        }
+        self.instances.len() - 1
+    }
+
+    pub fn api(&self, tenant: &str, instance: usize) -> Api {
+        let port = self.instances[instance].port.expect("an HTTP service");
+        Api::new(format!("http://127.0.0.1:{port}"), tenant)
+    }
+
+    /// kill -9 of one instance.
+    pub async fn kill(&mut self, instance: usize) {
+        let _ = self.instances[instance].child.kill().await;
+    }
+
+    /// SIGTERM, then the exit status (or None if it did not exit within `timeout`).
+    pub async fn terminate(
+        &mut self,
+        instance: usize,
+        timeout: Duration,
+    ) -> Option<std::process::ExitStatus> {
+        let child = &mut self.instances[instance].child;
+        let pid = child.id().expect("running") as i32;
+        let _ = std::process::Command::new("kill")
+            .arg("-TERM")
+            .arg(pid.to_string())
+            .status();
+        tokio::time::timeout(timeout, child.wait())
+            .await
+            .ok()
+            .and_then(Result::ok)
+    }
+
+    pub fn log_of(&self, instance: usize) -> String {
+        std::fs::read_to_string(&self.instances[instance].log).unwrap_or_default()
+    }
+}

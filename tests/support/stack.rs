@@ -1,0 +1,311 @@
+//! [`TestStack`]: ingress, processor and persister running in-process on this test's
+//! runtime, in a namespace and database of their own.
+
+use super::{eventually, unique, Infra};
+use reqwest::StatusCode;
+use serde_json::Value;
+use service_kit::settings::{Infra as InfraSettings, Secret, Worker};
+use std::time::Duration;
+
+pub const SECRET: &str = "test-secret-0123456789abcdef";
+
+/// Knobs a test may turn before starting the stack.
+#[derive(Debug, Clone)]
+pub struct Options {
+    pub dedupe_window: Duration,
+    pub claim_wait: Duration,
+    pub retry_base: Duration,
+    pub max_attempts: u32,
+    pub ack_wait: Duration,
+    pub start_processor: bool,
+    pub start_persister: bool,
+    /// Overrides of the URLs (tests that bring their own server to kill).
+    pub nats_url: Option<String>,
+    pub mongodb_uri: Option<String>,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            dedupe_window: Duration::from_secs(600),
+            claim_wait: Duration::from_secs(2),
+            retry_base: Duration::from_millis(100),
+            max_attempts: 4,
+            ack_wait: Duration::from_secs(30),
+            start_processor: true,
+            start_persister: true,
+            nats_url: None,
+            mongodb_uri: None,
+        }
+    }
+}
+
+pub struct TestStack {
+    pub infra: Infra,
+    pub namespace: String,
+    pub db: String,
+    pub api: Api,
+    pub options: Options,
+    pub tenant: String,
+}
+
+impl TestStack {
+    pub async fn start() -> Self {
+        Self::with(Options::default()).await
+    }
+
+    pub async fn with(options: Options) -> Self {
+        let mut infra = Infra::from_env();
+        if let Some(u) = &options.nats_url {
+            infra.nats_url = u.clone();
+        }
+        if let Some(u) = &options.mongodb_uri {
+            infra.mongodb_uri = u.clone();
+        }
+        let namespace = unique("t");
+        let db = namespace.clone();
+        let settings = infra_settings(&infra, &namespace, &db);
+
+        let ingress = ingress::App::build(ingress::Settings {
+            infra: settings.clone(),
+            jwt_secret: Secret::new(SECRET.into()),
+            listen: "127.0.0.1:0".parse().unwrap(),
+            dedupe_window: options.dedupe_window,
+            claim_ttl: Duration::from_secs(3600),
+            job_ttl: Duration::from_secs(3600),
+            claim_wait: options.claim_wait,
+            publish_timeout: Duration::from_secs(1),
+        })
+        .await
+        .expect("ingress builds");
+        let port = ingress.port();
+        tokio::spawn(ingress.run_until_stopped(std::future::pending()));
+
+        let worker = Worker {
+            health_addr: None,
+            concurrency: 32,
+            shutdown_grace: Duration::from_secs(5),
+            ack_wait: options.ack_wait,
+        };
+        if options.start_processor {
+            let processor = processor::App::build(processor::Settings {
+                infra: settings.clone(),
+                worker: worker.clone(),
+                retry: messaging::RetryPolicy {
+                    max_attempts: options.max_attempts,
+                    base_delay: options.retry_base,
+                    max_delay: options.retry_base * 8,
+                },
+                job_ttl: Duration::from_secs(3600),
+            })
+            .await
+            .expect("processor builds");
+            tokio::spawn(processor.run_until_stopped(std::future::pending()));
+        }
+        if options.start_persister {
+            let persister = persister::App::build(persister::Settings {
+                infra: settings.clone(),
+                worker,
+                retry: persister::unlimited_retries(
+                    Duration::from_millis(100),
+                    Duration::from_millis(500),
+                ),
+            })
+            .await
+            .expect("persister builds");
+            tokio::spawn(persister.run_until_stopped(std::future::pending()));
+        }
+        let tenant = unique("shop");
+        let api = Api::new(format!("http://127.0.0.1:{port}"), &tenant);
+        Self {
+            infra,
+            namespace,
+            db,
+            api,
+            options,
+            tenant,
+        }
+    }
+
+    /// An API client of another tenant on the same ingress.
+    pub fn api_for(&self, tenant: &str) -> Api {
+        Api::new(self.api.base.clone(), tenant)
+    }
+
+    pub async fn mongo(&self) -> mongodb::Collection<mongodb::bson::Document> {
+        let client = mongodb::Client::with_uri_str(&self.infra.mongodb_uri)
+            .await
+            .unwrap();
+        client.database(&self.db).collection("invoices")
+    }
+
+    /// Documents stored for `tenant`.
+    pub async fn stored_count(&self, tenant: &str) -> u64 {
+        self.mongo()
+            .await
+            .count_documents(mongodb::bson::doc! { "tenantId": tenant })
+            .await
+            .unwrap()
+    }
+
+    pub async fn redis(&self) -> redis::aio::MultiplexedConnection {
+        redis::Client::open(self.infra.redis_url.as_str())
+            .unwrap()
+            .get_multiplexed_async_connection()
+            .await
+            .unwrap()
+    }
+
+    /// Deletes every Redis key of this test's namespace: a FLUSHALL that cannot disturb
+    /// the tests running beside this one.
+    pub async fn flush_redis(&self) {
+        let mut c = self.redis().await;
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg(format!("{}:*", self.namespace))
+            .query_async(&mut c)
+            .await
+            .unwrap();
+        if !keys.is_empty() {
+            let _: () = redis::cmd("DEL")
+                .arg(keys)
+                .query_async(&mut c)
+                .await
+                .unwrap();
+        }
+    }
+
+    pub async fn nats(&self) -> async_nats::Client {
+        async_nats::connect(self.infra.nats_url.as_str())
+            .await
+            .unwrap()
+    }
+}
+
+pub fn infra_settings(infra: &Infra, namespace: &str, db: &str) -> InfraSettings {
+    InfraSettings {
+        nats_url: infra.nats_url.clone(),
+        redis_url: infra.redis_url.clone(),
+        mongodb_uri: infra.mongodb_uri.clone(),
+        mongodb_db: db.to_owned(),
+        namespace: namespace.to_owned(),
+        instance: unique("test-"),
+    }
+}
+
+pub fn token(tenant: &str, exp_in: i64) -> String {
+    auth::sign(
+        SECRET,
+        &auth::Claims {
+            sub: "T1".into(),
+            tenant: tenant.into(),
+            role: auth::Role::Terminal,
+            exp: chrono::Utc::now().timestamp() + exp_in,
+        },
+    )
+}
+
+/// A typed client of the REST API, authenticated as one tenant.
+#[derive(Clone)]
+pub struct Api {
+    pub base: String,
+    pub http: reqwest::Client,
+    pub token: String,
+    pub tenant: String,
+}
+
+pub struct Answer {
+    pub status: StatusCode,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: Value,
+}
+
+impl Answer {
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    pub fn error_code(&self) -> &str {
+        self.body["error"]["code"].as_str().unwrap_or("<none>")
+    }
+}
+
+impl Api {
+    pub fn new(base: String, tenant: &str) -> Self {
+        Self {
+            base,
+            http: reqwest::Client::new(),
+            token: token(tenant, 3600),
+            tenant: tenant.to_owned(),
+        }
+    }
+
+    async fn answer(r: reqwest::Response) -> Answer {
+        let status = r.status();
+        let headers = r.headers().clone();
+        let text = r.text().await.unwrap();
+        let body = serde_json::from_str(&text)
+            .unwrap_or_else(|_| panic!("non-JSON answer ({status}): {text:?}"));
+        Answer {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn post(&self, body: &Value) -> Answer {
+        let r = self
+            .http
+            .post(format!("{}/invoices", self.base))
+            .bearer_auth(&self.token)
+            .json(body)
+            .send()
+            .await
+            .unwrap();
+        Self::answer(r).await
+    }
+
+    pub async fn post_raw(
+        &self,
+        content_type: &str,
+        body: impl Into<reqwest::Body>,
+        token: Option<&str>,
+    ) -> Answer {
+        let mut req = self
+            .http
+            .post(format!("{}/invoices", self.base))
+            .header("content-type", content_type)
+            .body(body);
+        if let Some(t) = token {
+            req = req.bearer_auth(t);
+        }
+        Self::answer(req.send().await.unwrap()).await
+    }
+
+    pub async fn get(&self, path: &str) -> Answer {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        Self::answer(r).await
+    }
+
+    pub async fn invoice(&self, id: &str) -> Answer {
+        self.get(&format!("/invoices/{id}")).await
+    }
+
+    /// Waits until invoice `id` is in `state`; returns it.
+    pub async fn wait_state(&self, id: &str, state: &str, timeout: Duration) -> Value {
+        eventually(
+            &format!("invoice {id} to reach {state}"),
+            timeout,
+            || async move {
+                let a = self.invoice(id).await;
+                (a.status == StatusCode::OK && a.body["state"] == state).then_some(a.body)
+            },
+        )
+        .await
+    }
+}
