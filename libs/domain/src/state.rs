@@ -51,11 +51,13 @@ impl InvoiceState {
     /// Staying in PROCESSING is allowed (a retry is a new attempt, not a new state);
     /// a final state never changes except by replay, which starts a new generation.
     pub fn can_advance_to(self, next: InvoiceState) -> bool {
-        match (self, next) {
-            (Self::Queued, Self::Processing | Self::Completed | Self::Failed) => true,
-            (Self::Processing, Self::Processing | Self::Completed | Self::Failed) => true,
-            _ => false,
-        }
+        matches!(
+            (self, next),
+            (
+                Self::Queued | Self::Processing,
+                Self::Processing | Self::Completed | Self::Failed
+            )
+        )
     }
 }
 

@@ -96,7 +96,7 @@ pub fn compute(invoice: &Invoice) -> Result<Computed, Fault> {
         zero
     };
 
-    bands.sort_by(|a, b| a.1.cmp(&b.1));
+    bands.sort_by_key(|b| b.1);
     let tax_breakdown = bands
         .into_iter()
         .map(|(rate, _, net, tax)| TaxBand { rate, net, tax })

@@ -204,25 +204,6 @@ async fn settle<H: Handler>(bus: &Bus, handler: &H, policy: RetryPolicy, deliver
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retry_delays_double_and_are_capped() {
-        let p = RetryPolicy {
-            max_attempts: 4,
-            base_delay: Duration::from_secs(1),
-            max_delay: Duration::from_secs(5),
-        };
-        assert_eq!(p.delay(1), Duration::from_secs(1));
-        assert_eq!(p.delay(2), Duration::from_secs(2));
-        assert_eq!(p.delay(3), Duration::from_secs(4));
-        assert_eq!(p.delay(4), Duration::from_secs(5));
-        assert_eq!(p.delay(100), Duration::from_secs(5));
-    }
-}
-
 /// [`run`] for a service's lifetime: consumes until `shutdown`, then gives in-flight
 /// messages `grace` to finish. Whatever is still unacked after that is redelivered to
 /// another instance once its ack wait expires.
@@ -252,5 +233,24 @@ pub async fn run_until_stopped<H: Handler>(
             warn!("shutdown grace period over with messages in flight; they will be redelivered");
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_delays_double_and_are_capped() {
+        let p = RetryPolicy {
+            max_attempts: 4,
+            base_delay: Duration::from_secs(1),
+            max_delay: Duration::from_secs(5),
+        };
+        assert_eq!(p.delay(1), Duration::from_secs(1));
+        assert_eq!(p.delay(2), Duration::from_secs(2));
+        assert_eq!(p.delay(3), Duration::from_secs(4));
+        assert_eq!(p.delay(4), Duration::from_secs(5));
+        assert_eq!(p.delay(100), Duration::from_secs(5));
     }
 }

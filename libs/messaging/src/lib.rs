@@ -14,10 +14,14 @@
 //! - `envelope.rs`: the message shapes
 //! - `bus.rs`: connect, apply the topology, publish with ids and awaited acks
 //! - `consume.rs`: the pull-consumer loop and its ack / nak / term policy
+//! - `admin.rs`: the NATS services API, admin endpoints, dead-letter reads
+//! - `stats.rs`: queue figures for `/health`
 
+pub mod admin;
 pub mod bus;
 pub mod consume;
 pub mod envelope;
+pub mod feed;
 pub mod stats;
 pub mod topology;
 

@@ -1,1 +1,182 @@
-//! fanout: WebSocket gateway (in progress).
+//! fanout: the WebSocket gateway that pushes invoice state changes to terminals
+//! (contract § WebSocket).
+//!
+//! Data flow, for one tenant on one instance:
+//! - `GET /ws` verifies the JWT before the upgrade (401 otherwise) and joins the
+//!   tenant's feed in the [`hub::Hub`];
+//! - the hub runs ONE NATS ordered consumer per tenant (filter `<ns>.events.<tenant>`),
+//!   started by the tenant's first socket and stopped after its last, and publishes each
+//!   event, serialized once, on a `tokio::sync::broadcast` ring of
+//!   `FANOUT_CLIENT_BUFFER` frames;
+//! - per socket, a producer task ([`replay::produce`]) first replays the log after
+//!   `since` with a private ordered consumer, then forwards the live frames, letting only
+//!   increasing `seq` through (no gap, no duplicate at the hand-over);
+//! - the socket's writer ([`socket::serve`]) sends them, pings, and closes idle or slow
+//!   sockets. A socket that falls a full ring behind is closed with 4008 ("slow consumer;
+//!   reconnect with since=<last seq sent>") and never slows anyone else.
+//!
+//! Choices the contract leaves open:
+//! - **Connection limit** (`FANOUT_MAX_CONNECTIONS_PER_TENANT`, per instance): the
+//!   upgrade is refused with `503 unavailable` and `Retry-After: 5`, before any socket
+//!   exists, so a client sees a plain HTTP status it already knows how to retry.
+//! - **`since` no longer covered**: a `{"type":"resync","reason":…,"firstSeq":F}` frame,
+//!   then every event still stored. Reasons: `since is older than the retention window`
+//!   (events after `since` expired) or `since is ahead of the event log` (the stream was
+//!   recreated; the log is then sent from its start, the one case where `seq` restarts
+//!   lower, announced by the resync frame).
+//! - **`?terminalId=`** narrows a socket to one terminal's invoices.
+//! - **Close codes**: 4008 slow consumer, 1013 event log unavailable, 1001 shutting
+//!   down, 1000 idle timeout, 1011 live feed lost; see `socket.rs`.
+//! - **Metrics**: `GET /health` answers the contract's shape plus a `metrics` object;
+//!   `GET /metrics` answers that object alone: `connectedSockets`, `tenantFeeds`,
+//!   `framesSent`, `slowClientDisconnects`, `refusedConnections`.
+//!
+//! Layout:
+//! - `settings.rs`: env → typed settings
+//! - `routes.rs`: the upgrade handler (auth, query, limit) and `/health`, `/metrics`
+//! - `hub.rs`: per-tenant shared live feed and broadcast ring
+//! - `replay.rs`: `since` → replay from the log → hand-over to live (pure parts tested)
+//! - `socket.rs`: the writer loop, pings, idle timeout, close codes
+//! - `frame.rs`: the JSON text frames
+//! - `metrics.rs`: counters for `/health`
+
+pub mod frame;
+pub mod hub;
+pub mod metrics;
+pub mod replay;
+mod routes;
+mod settings;
+pub mod socket;
+
+pub use settings::Settings;
+
+use anyhow::Context;
+use axum::extract::FromRef;
+use messaging::{Bus, NatsSettings, Topology};
+use metrics::Metrics;
+use std::{future::Future, sync::Arc, time::Duration};
+use tokio::{net::TcpListener, sync::mpsc};
+
+/// Timeout of JetStream API requests (stream info, consumer creation).
+const NATS_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How long shutdown waits for open sockets to send their close frames.
+const SOCKET_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone)]
+pub struct AppState {
+    bus: Bus,
+    hub: hub::Hub,
+    verifier: auth::Verifier,
+    policy: socket::SocketPolicy,
+    metrics: Arc<Metrics>,
+    /// Triggered once on shutdown: every socket closes with 1001.
+    shutdown: service_kit::Shutdown,
+    /// Each socket holds a clone; when all are dropped the receiver in [`App`] wakes,
+    /// which is how shutdown knows the sockets are gone (mini-redis `shutdown_complete`).
+    sockets_done: mpsc::Sender<()>,
+}
+
+impl FromRef<AppState> for auth::Verifier {
+    fn from_ref(state: &AppState) -> Self {
+        state.verifier.clone()
+    }
+}
+
+pub struct App {
+    listener: TcpListener,
+    state: AppState,
+    sockets_done: mpsc::Receiver<()>,
+}
+
+impl App {
+    /// Connects to NATS, applies the broker topology from `nats/` (so the events stream exists
+    /// whatever the start order) and binds the listener (port 0 allowed).
+    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
+        let problems = settings.problems();
+        anyhow::ensure!(
+            problems.is_empty(),
+            "invalid configuration:\n  - {}",
+            problems.join("\n  - ")
+        );
+        let infra = &settings.infra;
+        let bus = Bus::connect(
+            NatsSettings {
+                url: infra.nats_url.clone(),
+                client_name: infra.instance.clone(),
+                ack_timeout: NATS_REQUEST_TIMEOUT,
+                publish_tries: 1,
+            },
+            Topology::new(&infra.namespace),
+        )
+        .await?;
+        bus.ensure_topology()
+            .await
+            .context("applying the stream definitions from nats/")?;
+        let listener = TcpListener::bind(settings.listen)
+            .await
+            .with_context(|| format!("binding FANOUT_ADDR {}", settings.listen))?;
+        let metrics = Arc::new(Metrics::default());
+        let hub = hub::Hub::new(
+            bus.clone(),
+            settings.client_buffer,
+            settings.max_connections_per_tenant,
+            metrics.clone(),
+        );
+        let (sockets_done_tx, sockets_done) = mpsc::channel(1);
+        let state = AppState {
+            bus,
+            hub,
+            verifier: auth::Verifier::new(settings.jwt_secret.expose()),
+            policy: socket::SocketPolicy {
+                ping_interval: settings.ping_interval,
+                idle_timeout: settings.idle_timeout,
+            },
+            metrics,
+            shutdown: service_kit::Shutdown::new(),
+            sockets_done: sockets_done_tx,
+        };
+        Ok(Self {
+            listener,
+            state,
+            sockets_done,
+        })
+    }
+
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+    }
+
+    /// This instance's counters (the same figures `/metrics` shows).
+    pub fn metrics(&self) -> Arc<Metrics> {
+        self.state.metrics.clone()
+    }
+
+    /// Serves until `shutdown` resolves, then closes every socket with 1001 and waits
+    /// (at most [`SOCKET_DRAIN_TIMEOUT`]) for them to go.
+    pub async fn run_until_stopped(
+        self,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> anyhow::Result<()> {
+        let Self {
+            listener,
+            state,
+            mut sockets_done,
+        } = self;
+        tracing::info!(addr = %listener.local_addr()?, "fanout listening");
+        let stop = state.shutdown.clone();
+        stop.trigger_on(shutdown);
+        // Upgraded sockets are detached from the HTTP server: its graceful shutdown does
+        // not wait for them, the drain below does.
+        axum::serve(listener, routes::router(state))
+            .with_graceful_shutdown(async move { stop.wait().await })
+            .await?;
+        if tokio::time::timeout(SOCKET_DRAIN_TIMEOUT, sockets_done.recv())
+            .await
+            .is_err()
+        {
+            tracing::warn!("sockets still open after {SOCKET_DRAIN_TIMEOUT:?}; exiting anyway");
+        }
+        Ok(())
+    }
+}

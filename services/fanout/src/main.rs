@@ -1,2 +1,15 @@
-//! fanout binary (in progress).
-fn main() {}
+//! The fanout binary: the WebSocket gateway that pushes each invoice state change of a
+//! tenant to that tenant's terminals (hub: one ordered consumer per tenant → broadcast
+//! ring → one writer per socket; see the library's crate docs for the data flow).
+//!
+//! Layout: settings → telemetry → `App::build` → run until SIGINT/SIGTERM.
+
+use fanout::{App, Settings};
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    service_kit::telemetry::init(std::io::stdout);
+    let settings = Settings::from_env()?;
+    let app = App::build(settings).await?;
+    app.run_until_stopped(service_kit::shutdown_signal()).await
+}

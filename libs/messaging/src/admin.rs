@@ -1,0 +1,114 @@
+//! The NATS services API (`$SRV.PING|INFO|STATS`, so `nats micro ls/info/stats` show every
+//! instance) and request/reply admin endpoints under `<ns>.admin.`; plus the dead-letter
+//! stream's read and delete operations the admin endpoints are built on.
+
+use crate::{Bus, BusError, DeadLetter};
+use async_nats::service::{Service, ServiceExt};
+use futures_util::StreamExt;
+use std::future::Future;
+use tracing::{error, warn};
+
+/// Version reported to `nats micro info`.
+pub const SERVICE_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// An entry of the dead-letter stream.
+#[derive(Debug, Clone)]
+pub struct StoredDeadLetter {
+    pub sequence: u64,
+    /// `None` for a message kept raw because it could not be decoded.
+    pub letter: Option<DeadLetter>,
+    pub subject: String,
+}
+
+impl Bus {
+    /// Registers this process with the services API as `name` (one entry per instance).
+    pub async fn register_service(
+        &self,
+        name: &str,
+        description: &str,
+    ) -> Result<Service, BusError> {
+        self.client()
+            .service_builder()
+            .description(description)
+            .start(name, SERVICE_VERSION)
+            .await
+            .map_err(|e| BusError::Request(e.to_string()))
+    }
+
+    /// Serves `<ns>.admin.<subject>` on `service` with `handler` (request body → reply
+    /// body, or an error message), in the background. All instances share a queue group,
+    /// so one of them answers each request.
+    pub async fn serve_admin<F, Fut>(
+        &self,
+        service: &Service,
+        name: &str,
+        subject: &str,
+        handler: F,
+    ) -> Result<(), BusError>
+    where
+        F: Fn(bytes::Bytes) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = Result<serde_json::Value, String>> + Send,
+    {
+        let full = format!("{}.{subject}", self.topology().admin_prefix());
+        let mut endpoint = service
+            .endpoint_builder()
+            .name(name)
+            .add(full.clone())
+            .await
+            .map_err(|e| BusError::Request(e.to_string()))?;
+        tokio::spawn(async move {
+            while let Some(request) = endpoint.next().await {
+                let answer = match handler(request.message.payload.clone()).await {
+                    Ok(v) => Ok(serde_json::to_vec(&v).unwrap_or_default().into()),
+                    Err(message) => {
+                        warn!(subject = %full, %message, "admin request failed");
+                        Err(async_nats::service::error::Error {
+                            status: message,
+                            code: 400,
+                        })
+                    }
+                };
+                if let Err(e) = request.respond(answer).await {
+                    error!(error = %e, "admin reply not sent");
+                }
+            }
+        });
+        Ok(())
+    }
+
+    /// Every entry of the dead-letter stream, oldest first.
+    pub async fn dead_letters(&self) -> Result<Vec<StoredDeadLetter>, BusError> {
+        let mut stream = self.stream(&self.topology().dlq_stream()).await?;
+        let state = stream
+            .info()
+            .await
+            .map_err(|e| BusError::Request(e.to_string()))?
+            .state
+            .clone();
+        let mut out = Vec::new();
+        if state.messages == 0 {
+            return Ok(out);
+        }
+        for seq in state.first_sequence..=state.last_sequence {
+            // Deleted sequences (replayed letters) answer "no message found": skip them.
+            if let Ok(m) = stream.get_raw_message(seq).await {
+                out.push(StoredDeadLetter {
+                    sequence: seq,
+                    letter: DeadLetter::decode(&m.payload).ok(),
+                    subject: m.subject.to_string(),
+                });
+            }
+        }
+        Ok(out)
+    }
+
+    /// Removes a replayed letter from the dead-letter stream.
+    pub async fn delete_dead_letter(&self, sequence: u64) -> Result<(), BusError> {
+        let stream = self.stream(&self.topology().dlq_stream()).await?;
+        stream
+            .delete_message(sequence)
+            .await
+            .map(|_| ())
+            .map_err(|e| BusError::Request(e.to_string()))
+    }
+}
