@@ -52,4 +52,4 @@ trap 'exit 143' TERM
 source "$tmp/env"
 
 cargo build --workspace --all-targets
-cargo test --workspace --all-targets "$@"
+cargo test --workspace --all-targets --no-fail-fast "$@"

@@ -12,5 +12,7 @@ mod failure;
 mod http_contract;
 mod idempotency;
 mod pipeline;
+mod operability;
+mod resilience;
 mod scale;
 mod store;

@@ -112,3 +112,22 @@ impl Bus {
             .map_err(|e| BusError::Request(e.to_string()))
     }
 }
+
+impl Bus {
+    /// Registers this instance as `<ns>-<service>` with the services API and serves
+    /// `<ns>.admin.<service>.status` (which instance answered, and whether it is
+    /// connected). Every service calls this at start-up; keep the returned handle alive.
+    pub async fn announce(&self, service: &str, description: &str) -> Result<Service, BusError> {
+        let name = format!("{}-{service}", self.topology().namespace());
+        let registered = self.register_service(&name, description).await?;
+
+        let (bus, instance, service_name) = (self.clone(), self.client_name().to_owned(), name);
+        let status_subject = format!("{service}.status");
+        self.serve_admin(&registered, "status", &status_subject, move |_| {
+            let (bus, instance, name) = (bus.clone(), instance.clone(), service_name.clone());
+            async move { Ok(serde_json::json!({ "service": name, "instance": instance, "nats": bus.is_connected() })) }
+        })
+        .await?;
+        Ok(registered)
+    }
+}

@@ -113,6 +113,11 @@ impl Bus {
         &self.topology
     }
 
+    /// This instance's name (`INSTANCE_NAME`), as NATS connection lists show it.
+    pub fn client_name(&self) -> &str {
+        &self.settings.client_name
+    }
+
     pub fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
     }

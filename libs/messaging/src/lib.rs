@@ -25,7 +25,7 @@ pub mod feed;
 pub mod stats;
 pub mod topology;
 
-pub use async_nats::jetstream::consumer::pull::Stream as MessageStream;
+pub use async_nats::service::Service;
 pub use bus::{Bus, BusError, NatsSettings, Published};
 pub use consume::{Delivery, Handler, Outcome, RetryPolicy};
 pub use envelope::{DeadLetter, Envelope};

@@ -28,7 +28,6 @@ pub struct Topology {
     pub events_retention: Option<Duration>,
     /// The processor consumer's ack wait (lease): tests shorten it to prove redelivery.
     pub processor_ack_wait: Option<Duration>,
-    pub processor_max_deliver: Option<i64>,
     pub persister_ack_wait: Option<Duration>,
 }
 
@@ -47,7 +46,6 @@ impl Topology {
             submit_dedupe_window: None,
             events_retention: None,
             processor_ack_wait: None,
-            processor_max_deliver: None,
             persister_ack_wait: None,
         }
     }
@@ -123,9 +121,6 @@ impl Topology {
         if let Some(w) = self.processor_ack_wait {
             c.ack_wait = w;
         }
-        if let Some(m) = self.processor_max_deliver {
-            c.max_deliver = m;
-        }
         Ok(c)
     }
 
@@ -152,7 +147,10 @@ mod tests {
         assert_eq!(streams[0].duplicate_window, Duration::from_secs(600));
         let p = t.processor_consumer().unwrap();
         assert_eq!(p.durable_name.as_deref(), Some("processor"));
-        assert_eq!(p.max_deliver, 4);
+        assert_eq!(
+            p.max_deliver, -1,
+            "the attempt budget is the app's: a failed dead-lettering must be retried"
+        );
         assert!(
             p.backoff.is_empty(),
             "backoff breaks delayed naks on 2.9.10"

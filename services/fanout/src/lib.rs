@@ -87,6 +87,8 @@ pub struct App {
     listener: TcpListener,
     state: AppState,
     sockets_done: mpsc::Receiver<()>,
+    /// Keeps the services-API registration alive.
+    _service: messaging::Service,
 }
 
 impl App {
@@ -113,6 +115,12 @@ impl App {
         bus.ensure_topology()
             .await
             .context("applying the stream definitions from nats/")?;
+        let service = bus
+            .announce(
+                "fanout",
+                "WebSocket gateway: invoice state changes to terminals",
+            )
+            .await?;
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding FANOUT_ADDR {}", settings.listen))?;
@@ -140,6 +148,7 @@ impl App {
             listener,
             state,
             sockets_done,
+            _service: service,
         })
     }
 
@@ -162,6 +171,7 @@ impl App {
             listener,
             state,
             mut sockets_done,
+            _service,
         } = self;
         tracing::info!(addr = %listener.local_addr()?, "fanout listening");
         let stop = state.shutdown.clone();

@@ -41,6 +41,8 @@ impl FromRef<AppState> for auth::Verifier {
 pub struct App {
     listener: TcpListener,
     state: AppState,
+    /// Keeps the services-API registration alive.
+    _service: messaging::Service,
 }
 
 impl App {
@@ -63,6 +65,7 @@ impl App {
         bus.ensure_topology()
             .await
             .context("applying the stream definitions from nats/")?;
+        let service = bus.announce("ingress", "REST API for terminals").await?;
         let cache = cache::Cache::connect(
             &infra.redis_url,
             &infra.namespace,
@@ -83,6 +86,7 @@ impl App {
                 verifier,
                 settings: Arc::new(settings),
             },
+            _service: service,
         })
     }
 

@@ -26,6 +26,8 @@ pub struct App {
     settings: Settings,
     health_port: Option<u16>,
     stop_health: Shutdown,
+    /// Keeps the services-API registration alive.
+    _service: messaging::Service,
 }
 
 impl App {
@@ -44,6 +46,12 @@ impl App {
             .await
             .context("applying the stream definitions from nats/")?;
         let store = store::Store::connect(&infra.mongodb_uri, &infra.mongodb_db).await?;
+        let service = bus
+            .announce(
+                "persister",
+                "Projects invoice lifecycle events into MongoDB",
+            )
+            .await?;
         let handler = Arc::new(Persister::new(bus.clone(), store.clone()));
         let stop_health = Shutdown::new();
         let health_port = match settings.worker.health_addr {
@@ -76,6 +84,7 @@ impl App {
             settings,
             health_port,
             stop_health,
+            _service: service,
         })
     }
 

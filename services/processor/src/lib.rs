@@ -7,8 +7,10 @@
 //! fault. Transient faults go back to JetStream with a delayed NAK; the shared consume
 //! loop in `messaging` owns that policy.
 //!
-//! Layout: `settings.rs` (env), `handler.rs` (the per-message logic), this file (wiring).
+//! Layout: `settings.rs` (env), `handler.rs` (the per-message logic), `admin.rs` (the
+//! operator endpoints: dead-letter list and replay, stats), this file (wiring).
 
+mod admin;
 mod handler;
 mod settings;
 
@@ -26,6 +28,8 @@ pub struct App {
     settings: Settings,
     health_port: Option<u16>,
     stop_health: Shutdown,
+    /// Keeps the services-API registration (and the admin endpoints) alive.
+    _service: messaging::Service,
 }
 
 impl App {
@@ -53,6 +57,9 @@ impl App {
             settings.job_ttl,
         )?;
         let store = store::Store::connect(&infra.mongodb_uri, &infra.mongodb_db).await?;
+        let service = admin::register(&bus, &store)
+            .await
+            .context("registering with the NATS services API")?;
         let handler = Arc::new(Processor::new(
             bus.clone(),
             store.clone(),
@@ -98,6 +105,7 @@ impl App {
             settings,
             health_port,
             stop_health,
+            _service: service,
         })
     }
 

@@ -1,0 +1,185 @@
+//! Operator endpoints (NATS request/reply, on every processor instance; one answers):
+//! - `<ns>.admin.dlq.list`   `{"tenantId"?}` → the dead letters
+//! - `<ns>.admin.dlq.replay` `{"invoiceId"? , "tenantId"?, "all"?}` → what was replayed
+//! - `<ns>.admin.stats`      → the queue figures of `/health`
+//!
+//! A replay is the one way back in the lifecycle (FAILED → QUEUED): it starts a new
+//! generation of the invoice (same id, same idempotency key), publishes it again as a
+//! submission and a QUEUED event, and removes the letter. The system of record decides
+//! what may be replayed, so a letter replayed twice is replayed once.
+
+use domain::{InvoiceId, InvoiceState, TenantId, Timestamp};
+use messaging::{admin::StoredDeadLetter, Bus, Envelope};
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct Selector {
+    invoice_id: Option<String>,
+    tenant_id: Option<String>,
+    #[serde(default)]
+    all: bool,
+}
+
+impl Selector {
+    fn parse(body: &[u8]) -> Result<Self, String> {
+        if body.iter().all(u8::is_ascii_whitespace) {
+            return Ok(Self::default());
+        }
+        serde_json::from_slice(body).map_err(|e| format!("bad request body: {e}"))
+    }
+
+    fn matches(&self, letter: &StoredDeadLetter) -> bool {
+        let Some(l) = &letter.letter else {
+            return false;
+        };
+        let inv = &l.submission.invoice;
+        self.invoice_id
+            .as_deref()
+            .is_none_or(|id| inv.id.to_string() == id)
+            && self
+                .tenant_id
+                .as_deref()
+                .is_none_or(|t| inv.tenant_id.as_str() == t)
+    }
+}
+
+pub async fn register(
+    bus: &Bus,
+    store: &store::Store,
+) -> Result<messaging::Service, messaging::BusError> {
+    let service = bus
+        .announce(
+            "processor",
+            "Computes invoices; operator endpoints for the dead-letter stream",
+        )
+        .await?;
+    let b = bus.clone();
+    bus.serve_admin(&service, "dlq-list", "dlq.list", move |body| {
+        let bus = b.clone();
+        async move { list(&bus, &Selector::parse(&body)?).await }
+    })
+    .await?;
+    let (b, s) = (bus.clone(), store.clone());
+    bus.serve_admin(&service, "dlq-replay", "dlq.replay", move |body| {
+        let (bus, store) = (b.clone(), s.clone());
+        async move { replay(&bus, &store, &Selector::parse(&body)?).await }
+    })
+    .await?;
+    let b = bus.clone();
+    bus.serve_admin(&service, "stats", "stats", move |_| {
+        let bus = b.clone();
+        async move {
+            bus.queue_stats()
+                .await
+                .map(|q| json!(q))
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await?;
+    Ok(service)
+}
+
+async fn list(bus: &Bus, selector: &Selector) -> Result<Value, String> {
+    let letters = bus.dead_letters().await.map_err(|e| e.to_string())?;
+    let entries: Vec<Value> = letters
+        .iter()
+        .filter(|l| l.letter.is_none() || selector.matches(l))
+        .map(|l| match &l.letter {
+            Some(d) => json!({
+                "seq": l.sequence, "subject": l.subject,
+                "invoiceId": d.submission.invoice.id, "tenantId": d.submission.invoice.tenant_id,
+                "attempts": d.attempts, "lastError": d.last_error, "deadAt": d.dead_at,
+            }),
+            None => json!({ "seq": l.sequence, "subject": l.subject, "undecodable": true }),
+        })
+        .collect();
+    Ok(json!({ "count": entries.len(), "deadLetters": entries }))
+}
+
+async fn replay(bus: &Bus, store: &store::Store, selector: &Selector) -> Result<Value, String> {
+    if selector.invoice_id.is_none() && selector.tenant_id.is_none() && !selector.all {
+        return Err("name an invoiceId, a tenantId, or set \"all\": true".into());
+    }
+    let letters = bus.dead_letters().await.map_err(|e| e.to_string())?;
+    let (mut replayed, mut skipped) = (Vec::new(), Vec::new());
+    for stored in letters.into_iter().filter(|l| selector.matches(l)) {
+        let Some(letter) = stored.letter else {
+            continue;
+        };
+        let id = letter.submission.invoice.id;
+        match replay_one(bus, store, stored.sequence, letter).await {
+            Ok(None) => replayed.push(json!(id)),
+            Ok(Some(reason)) => skipped.push(json!({ "invoiceId": id, "reason": reason })),
+            Err(e) => {
+                return Err(format!(
+                    "replaying {id}: {e} (replayed so far: {replayed:?})"
+                ))
+            }
+        }
+    }
+    Ok(json!({ "replayed": replayed, "skipped": skipped }))
+}
+
+/// `Ok(None)` when replayed, `Ok(Some(reason))` when there was nothing to replay.
+async fn replay_one(
+    bus: &Bus,
+    store: &store::Store,
+    seq: u64,
+    letter: messaging::DeadLetter,
+) -> Result<Option<String>, String> {
+    let submission = letter.submission;
+    let (tenant, id): (TenantId, InvoiceId) =
+        (submission.invoice.tenant_id.clone(), submission.invoice.id);
+    let stored = store.find(&tenant, id).await.map_err(|e| e.to_string())?;
+    let mut invoice = match stored {
+        Some(s) if s.invoice.replays > submission.invoice.replays => {
+            bus.delete_dead_letter(seq)
+                .await
+                .map_err(|e| e.to_string())?;
+            return Ok(Some("already replayed".into()));
+        }
+        Some(s) if s.invoice.state == InvoiceState::Failed => s.invoice,
+        Some(s)
+            if s.invoice.replays == submission.invoice.replays
+                && s.invoice.state != InvoiceState::Failed =>
+        {
+            return Ok(Some(format!(
+                "invoice is {} in the system of record; not replayed yet (persister lagging?)",
+                s.invoice.state
+            )));
+        }
+        // Not in the system of record (yet): rebuild the failure from the letter.
+        _ => {
+            let mut inv = submission.invoice.clone();
+            inv.start_attempt(letter.attempts.max(1), Timestamp::now())
+                .map_err(|e| e.to_string())?;
+            inv.fail(
+                &letter.last_error.code,
+                &letter.last_error.message,
+                Timestamp::now(),
+            )
+            .map_err(|e| e.to_string())?;
+            inv
+        }
+    };
+    invoice
+        .replay(Timestamp::now())
+        .map_err(|e| e.to_string())?;
+    let envelope = Envelope {
+        invoice,
+        fingerprint: submission.fingerprint,
+    };
+    bus.publish_submission(&envelope, None)
+        .await
+        .map_err(|e| e.to_string())?;
+    bus.publish_event(&envelope, None)
+        .await
+        .map_err(|e| e.to_string())?;
+    bus.delete_dead_letter(seq)
+        .await
+        .map_err(|e| e.to_string())?;
+    tracing::info!(invoice_id = %id, replays = envelope.invoice.replays, "dead letter replayed");
+    Ok(None)
+}

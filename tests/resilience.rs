@@ -1,0 +1,305 @@
+//! Failure semantics with real faults (contract § Lifecycle): MongoDB outages inside and
+//! past the retry window, dead letters and their replay, kill -9 and SIGTERM of
+//! workers under load.
+
+use crate::support::{
+    eventually, infra::PrivateServer, invoice_body, stack::Options, unique, ProcessStack, TestStack,
+};
+use futures_util::StreamExt;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+/// A NATS request to an admin endpoint of this test's namespace.
+pub async fn admin(
+    stack_nats: &async_nats::Client,
+    namespace: &str,
+    subject: &str,
+    body: Value,
+) -> Value {
+    let reply = stack_nats
+        .request(
+            format!("{namespace}.admin.{subject}"),
+            serde_json::to_vec(&body).unwrap().into(),
+        )
+        .await
+        .unwrap_or_else(|e| panic!("{subject}: {e}"));
+    serde_json::from_slice(&reply.payload).unwrap_or_else(|_| panic!("{subject}: {:?}", reply))
+}
+
+/// Posts `n` invoices at once (while MongoDB is down each POST waits for its idempotency
+/// lookup to time out, so posting them one by one would stretch the outage).
+async fn post_many(stack: &TestStack, n: usize) -> Vec<String> {
+    let bodies: Vec<Value> = (0..n)
+        .map(|_| invoice_body(Some(&unique("k-")), "T1"))
+        .collect();
+    let answers = futures_util::future::join_all(bodies.iter().map(|b| stack.api.post(b))).await;
+    answers
+        .into_iter()
+        .map(|a| {
+            assert_eq!(a.status, 202, "{}", a.body);
+            a.body["id"].as_str().unwrap().to_owned()
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mongodb_outage_inside_the_retry_window_ends_with_every_invoice_completed_once() {
+    let mut mongo = PrivateServer::mongod().await;
+    let stack = TestStack::with(Options {
+        mongodb_uri: Some(mongo.url.clone()),
+        retry_base: Duration::from_millis(1000),
+        ..Options::default()
+    })
+    .await;
+    let mut ids = post_many(&stack, 10).await;
+    mongo.kill().await;
+    ids.extend(post_many(&stack, 10).await);
+    // Longer than the driver's 3 s server selection, so attempts really fail.
+    tokio::time::sleep(Duration::from_millis(4000)).await;
+    mongo.start().await;
+
+    let mut retried = 0;
+    for id in &ids {
+        let done = stack
+            .api
+            .wait_state(id, "COMPLETED", Duration::from_secs(60))
+            .await;
+        let attempts = done["attempts"].as_u64().unwrap();
+        assert!((1..=4).contains(&attempts));
+        retried += usize::from(attempts > 1);
+    }
+    assert!(
+        retried > 0,
+        "invoices processed during the outage were retried"
+    );
+    eventually("all 20 stored", Duration::from_secs(30), || async {
+        (stack.stored_count(&stack.api.tenant).await == 20).then_some(())
+    })
+    .await;
+    println!("mongod outage of ~7 s: 20 invoices, 0 lost, 0 duplicated, {retried} completed after a retry");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_outage_past_the_last_retry_dead_letters_and_a_replay_completes_them_once() {
+    let mut mongo = PrivateServer::mongod().await;
+    let stack = TestStack::with(Options {
+        mongodb_uri: Some(mongo.url.clone()),
+        retry_base: Duration::from_millis(50),
+        ..Options::default()
+    })
+    .await;
+    let nats = stack.nats().await;
+    mongo.kill().await;
+    let ids = post_many(&stack, 5).await;
+    for id in &ids {
+        let failed = stack
+            .api
+            .wait_state(id, "FAILED", Duration::from_secs(60))
+            .await;
+        assert_eq!(failed["error"]["code"], "retries_exhausted");
+        assert_eq!(failed["attempts"], 4, "1 try + 3 retries");
+    }
+    let listed = admin(&nats, &stack.namespace, "dlq.list", json!({})).await;
+    assert_eq!(listed["count"], 5, "{listed}");
+    assert_eq!(
+        listed["deadLetters"][0]["lastError"]["code"],
+        "retries_exhausted"
+    );
+
+    // The cause is fixed; the persister catches up with the failures first.
+    mongo.start().await;
+    eventually(
+        "the failures to reach the system of record",
+        Duration::from_secs(60),
+        || async {
+            let n = stack
+                .mongo()
+                .await
+                .count_documents(mongodb::bson::doc! { "state": "FAILED" })
+                .await
+                .ok()?;
+            (n == 5).then_some(())
+        },
+    )
+    .await;
+    let replayed = admin(
+        &nats,
+        &stack.namespace,
+        "dlq.replay",
+        json!({ "tenantId": stack.api.tenant }),
+    )
+    .await;
+    assert_eq!(
+        replayed["replayed"].as_array().map(Vec::len),
+        Some(5),
+        "{replayed}"
+    );
+    for id in &ids {
+        let done = stack
+            .api
+            .wait_state(id, "COMPLETED", Duration::from_secs(30))
+            .await;
+        assert_eq!(done["replays"], 1, "the invoice records its replay");
+        assert_eq!(done["totals"]["total"], "7.70");
+    }
+    // A second replay finds nothing; nothing was duplicated.
+    let again = admin(
+        &nats,
+        &stack.namespace,
+        "dlq.replay",
+        json!({ "all": true }),
+    )
+    .await;
+    assert_eq!(again["replayed"], json!([]));
+    assert_eq!(
+        admin(&nats, &stack.namespace, "dlq.list", json!({})).await["count"],
+        0
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(stack.stored_count(&stack.api.tenant).await, 5);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_permanent_fault_is_dead_lettered_after_one_attempt() {
+    let stack = TestStack::start().await;
+    let mut body = invoice_body(None, "T1");
+    body["payments"] = json!([{ "method": "cash", "amount": "1.00" }]);
+    let id = stack.api.post(&body).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let failed = stack
+        .api
+        .wait_state(&id, "FAILED", Duration::from_secs(20))
+        .await;
+    assert_eq!(failed["attempts"], 1);
+    let nats = stack.nats().await;
+    let listed = eventually("the dead letter", Duration::from_secs(10), || {
+        let nats = nats.clone();
+        let ns = stack.namespace.clone();
+        async move {
+            let l = admin(&nats, &ns, "dlq.list", json!({})).await;
+            (l["count"] == 1).then_some(l)
+        }
+    })
+    .await;
+    assert_eq!(listed["deadLetters"][0]["invoiceId"], id);
+    assert_eq!(
+        listed["deadLetters"][0]["lastError"]["code"],
+        "insufficient_payment"
+    );
+    assert_eq!(listed["deadLetters"][0]["attempts"], 1);
+}
+
+/// Posts `n` invoices through `stack`'s first ingress; runs `mid` when half are posted.
+async fn post_through(
+    stack: &mut ProcessStack,
+    tenant: &str,
+    n: usize,
+    mid: impl AsyncFnOnce(&mut ProcessStack),
+) -> usize {
+    let api = stack.api(tenant, 0);
+    let post = |i: usize| {
+        let api = api.clone();
+        async move {
+            api.post(&invoice_body(Some(&format!("k-{i}")), "T1"))
+                .await
+                .status
+                .as_u16()
+        }
+    };
+    let first: Vec<u16> = futures_util::stream::iter(0..n / 2)
+        .map(post)
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    mid(stack).await;
+    let second: Vec<u16> = futures_util::stream::iter(n / 2..n)
+        .map(post)
+        .buffer_unordered(32)
+        .collect()
+        .await;
+    first.iter().chain(&second).filter(|s| **s == 202).count()
+}
+
+async fn assert_all_completed_once(stack: &ProcessStack, tenant: &str, n: u64) {
+    let client = mongodb::Client::with_uri_str(&stack.infra.mongodb_uri)
+        .await
+        .unwrap();
+    let coll = client
+        .database(&stack.namespace)
+        .collection::<mongodb::bson::Document>("invoices");
+    eventually(
+        &format!("all {n} COMPLETED"),
+        Duration::from_secs(120),
+        || {
+            let coll = coll.clone();
+            async move {
+                let done = coll
+                    .count_documents(
+                        mongodb::bson::doc! { "tenantId": tenant, "state": "COMPLETED" },
+                    )
+                    .await
+                    .ok()?;
+                (done == n).then_some(())
+            }
+        },
+    )
+    .await;
+    assert_eq!(
+        coll.count_documents(mongodb::bson::doc! { "tenantId": tenant })
+            .await
+            .unwrap(),
+        n,
+        "each stored exactly once"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_a_processor_and_a_persister_mid_load_loses_and_duplicates_nothing() {
+    let mut stack = ProcessStack::new();
+    // A short lease so the killed instances' unacked messages come back quickly.
+    stack.extra_env.insert("ACK_WAIT_MS".into(), "2000".into());
+    stack.spawn("ingress").await;
+    let processors = [
+        stack.spawn("processor").await,
+        stack.spawn("processor").await,
+    ];
+    let persisters = [
+        stack.spawn("persister").await,
+        stack.spawn("persister").await,
+    ];
+    let tenant = unique("shop");
+    let accepted = post_through(&mut stack, &tenant, 2000, async |s: &mut ProcessStack| {
+        s.kill(processors[0]).await;
+        s.kill(persisters[0]).await;
+    })
+    .await;
+    assert_eq!(accepted, 2000);
+    assert_all_completed_once(&stack, &tenant, 2000).await;
+    println!("kill -9 of 1/2 processors and 1/2 persisters mid-load: 2000 accepted, 2000 COMPLETED, 0 lost, 0 duplicated");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_under_load_drains_exits_0_and_loses_nothing() {
+    let mut stack = ProcessStack::new();
+    stack.extra_env.insert("ACK_WAIT_MS".into(), "2000".into());
+    stack.spawn("ingress").await;
+    let doomed = stack.spawn("processor").await;
+    stack.spawn("processor").await;
+    stack.spawn("persister").await;
+    let tenant = unique("shop");
+    let mut exit = None;
+    let accepted = post_through(&mut stack, &tenant, 600, async |s: &mut ProcessStack| {
+        exit = s.terminate(doomed, Duration::from_secs(15)).await;
+    })
+    .await;
+    let status = exit.expect("the processor exits within its deadline");
+    assert!(
+        status.success(),
+        "exit status {status:?}: {}",
+        stack.log_of(doomed)
+    );
+    assert_eq!(accepted, 600);
+    assert_all_completed_once(&stack, &tenant, 600).await;
+}
