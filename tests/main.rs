@@ -9,9 +9,11 @@ mod support;
 
 mod config;
 mod failure;
+mod fanout;
 mod http_contract;
 mod idempotency;
 mod pipeline;
+mod messaging;
 mod operability;
 mod resilience;
 mod scale;

@@ -309,3 +309,119 @@ impl Api {
         .await
     }
 }
+
+// ---- fanout: WebSocket helpers ----
+//
+// The tests crate does not depend on the `fanout` library crate, so fanout runs as its
+// real binary (`target/<profile>/fanout`, built by `cargo build --workspace`), started
+// on this stack's namespace; its figures come from its `GET /metrics`.
+
+/// A client socket as `tokio_tungstenite::connect_async` returns it.
+pub type Ws =
+    tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// One fanout process serving a [`TestStack`]'s namespace; killed when dropped.
+pub struct Fanout {
+    procs: super::ProcessStack,
+    pub port: u16,
+}
+
+impl TestStack {
+    /// Starts a fanout instance (the real binary) on this stack's namespace, with `env`
+    /// on top of the usual settings (e.g. `FANOUT_CLIENT_BUFFER`). Each call is one
+    /// more instance.
+    pub async fn start_fanout(&self, env: &[(&str, &str)]) -> Fanout {
+        let mut procs = super::ProcessStack::new();
+        procs.infra = self.infra.clone();
+        procs.namespace = self.namespace.clone();
+        for (k, v) in env {
+            procs.extra_env.insert((*k).into(), (*v).into());
+        }
+        let i = procs.spawn("fanout").await;
+        let port = procs.instances[i].port.expect("fanout listens");
+        Fanout { procs, port }
+    }
+}
+
+impl Fanout {
+    /// `ws://…/ws?token=<a valid token of tenant>` plus `query` (`since=7&terminalId=T1`,
+    /// or empty).
+    pub fn ws_url(&self, tenant: &str, query: &str) -> String {
+        self.ws_url_with_token(&token(tenant, 3600), query)
+    }
+
+    pub fn ws_url_with_token(&self, token: &str, query: &str) -> String {
+        let mut url = format!("ws://127.0.0.1:{}/ws?token={token}", self.port);
+        if !query.is_empty() {
+            url.push('&');
+            url.push_str(query);
+        }
+        url
+    }
+
+    /// `ws://…/ws` without any token, plus `query`.
+    pub fn bare_ws_url(&self, query: &str) -> String {
+        let mut url = format!("ws://127.0.0.1:{}/ws", self.port);
+        if !query.is_empty() {
+            url.push('?');
+            url.push_str(query);
+        }
+        url
+    }
+
+    /// Connects as `tenant`; panics unless the upgrade succeeds.
+    pub async fn connect(&self, tenant: &str, query: &str) -> Ws {
+        let url = self.ws_url(tenant, query);
+        match tokio_tungstenite::connect_async(url.as_str()).await {
+            Ok((ws, _)) => ws,
+            Err(e) => panic!("WebSocket upgrade to {url} failed: {e}"),
+        }
+    }
+
+    /// `GET /metrics` of this instance.
+    pub async fn metrics(&self) -> Value {
+        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.port))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// What the instance logged so far (for failure messages).
+    pub fn log(&self) -> String {
+        self.procs.log_of(0)
+    }
+}
+
+/// What a client socket yields, pings and pongs aside.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Received {
+    /// A text frame, parsed.
+    Frame(Value),
+    /// A close frame (code, reason), or `None` for a connection that ended without one.
+    Closed(Option<(u16, String)>),
+}
+
+/// The next text frame or the end of the socket, or `None` if nothing came within
+/// `timeout`. Pings are answered by the library while reading.
+pub async fn next_frame(ws: &mut Ws, timeout: Duration) -> Option<Received> {
+    use futures_util::StreamExt;
+    use tokio_tungstenite::tungstenite::Message;
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        let message = tokio::time::timeout_at(deadline, ws.next()).await.ok()?;
+        return Some(match message {
+            Some(Ok(Message::Text(text))) => Received::Frame(
+                serde_json::from_str(text.as_str())
+                    .unwrap_or_else(|e| panic!("a text frame that is not JSON ({e}): {text}")),
+            ),
+            Some(Ok(Message::Close(frame))) => {
+                Received::Closed(frame.map(|f| (u16::from(f.code), f.reason.to_string())))
+            }
+            Some(Ok(Message::Binary(b))) => panic!("unexpected binary frame: {b:?}"),
+            Some(Ok(_)) => continue,
+            Some(Err(_)) | None => Received::Closed(None),
+        });
+    }
+}

@@ -176,10 +176,12 @@ impl Bus {
             if let Some(c) = correlation {
                 headers.insert(CORRELATION_HEADER, c);
             }
+            // Headers first: `headers()` replaces the map, so calling it after
+            // `message_id()` would silently drop the id and with it all deduplication.
             let message = PublishMessage::build()
                 .payload(payload.clone())
-                .message_id(id.as_str())
-                .headers(headers);
+                .headers(headers)
+                .message_id(id.as_str());
             let result = match self.js.send_publish(subject.clone(), message).await {
                 Ok(ack) => ack.await.map_err(|e| e.to_string()),
                 Err(e) => Err(e.to_string()),

@@ -208,6 +208,14 @@ impl Membership {
         self.frames = self.frames.resubscribe();
     }
 
+    /// Resolves once this socket has fallen a whole ring behind: its next `recv` would
+    /// report frames lost. Polled, since broadcast receivers have no such notification.
+    pub async fn overflowed(&self) {
+        while self.frames.len() < self.hub.capacity {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// The first sequence the tenant's live feed delivers, once its consumer exists
     /// (waits while NATS is unreachable). `None` if the reader is gone.
     pub async fn live_start(&mut self) -> Option<u64> {

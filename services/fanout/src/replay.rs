@@ -234,17 +234,25 @@ pub async fn produce<L: EventLog>(
             Err(RecvError::Closed) => return Some(Closing::FEED_LOST),
         };
         handing_over = false;
-        if gate.admit(live.seq)
-            && resume.wants(&live.terminal_id)
-            && out
-                .send(Outbound::Event {
-                    seq: live.seq,
-                    text: live.text.clone(),
-                })
-                .await
-                .is_err()
-        {
-            return None;
+        if !(gate.admit(live.seq) && resume.wants(&live.terminal_id)) {
+            continue;
+        }
+        let event = Outbound::Event {
+            seq: live.seq,
+            text: live.text.clone(),
+        };
+        match out.try_send(event) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Closed(_)) => return None,
+            // The writer is behind (the client reads slowly): wait for it, but only until
+            // the socket has fallen a whole ring behind, which is the slow-client verdict.
+            Err(mpsc::error::TrySendError::Full(event)) => tokio::select! {
+                sent = out.send(event) => if sent.is_err() { return None },
+                () = member.overflowed() => {
+                    info!(tenant_id = %member.tenant(), "slow client; closing with 4008");
+                    return Some(Closing::SLOW_CONSUMER);
+                }
+            },
         }
     }
 }

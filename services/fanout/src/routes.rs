@@ -27,6 +27,9 @@ use service_kit::http::{Detail, ErrorResponse, Health};
 /// is not a PoS terminal and ends the socket.
 const MAX_INBOUND_BYTES: usize = 4 * 1024;
 
+/// Longest an upgrade waits for its tenant's live feed to exist.
+const LIVE_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// `Retry-After` of a refused upgrade: long enough for a reconnect storm to spread out,
 /// short enough that a terminal is back within seconds once a slot frees up.
 const RETRY_AFTER_FULL_SECS: u64 = 5;
@@ -98,7 +101,7 @@ async fn upgrade(
                 .into_response();
         }
     };
-    let member = match app.hub.join(&tenant) {
+    let mut member = match app.hub.join(&tenant) {
         Ok(member) => member,
         Err(full) => {
             app.metrics.refused();
@@ -111,6 +114,20 @@ async fn upgrade(
             return error.into_response();
         }
     };
+    // The tenant's live reader must exist before the 101: otherwise an event stored
+    // between the upgrade and the reader's start would reach no socket of this tenant.
+    if !matches!(
+        tokio::time::timeout(LIVE_START_TIMEOUT, member.live_start()).await,
+        Ok(Some(_))
+    ) {
+        let mut error = ErrorResponse::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            "the event log is unreachable right now",
+        );
+        error.retry_after_secs = Some(RETRY_AFTER_FULL_SECS);
+        return error.into_response();
+    }
     let session = Session {
         log: app.bus.clone(),
         member,

@@ -169,10 +169,22 @@ where
             },
         };
         let is_frame = matches!(write, Message::Text(_));
-        match tokio::time::timeout(policy.idle_timeout, sink.send(write)).await {
-            Ok(Ok(())) if is_frame => metrics.frame_sent(),
-            Ok(Ok(())) => {}
-            Ok(Err(_)) | Err(_) => return Ended::WriteFailed,
+        // A client that stops reading blocks this write once its TCP buffers are full;
+        // the verdict (4008) or a shutdown must still get through, so they race it.
+        let written = tokio::select! {
+            written = tokio::time::timeout(policy.idle_timeout, sink.send(write)) => Ok(written),
+            closing = &mut stop => Err(closing),
+        };
+        match written {
+            Ok(Ok(Ok(()))) if is_frame => metrics.frame_sent(),
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(_)) | Err(_)) => return Ended::WriteFailed,
+            Err(closing) => {
+                if closing == Closing::SLOW_CONSUMER {
+                    metrics.slow_client();
+                }
+                return close(&mut sink, closing, last_sent).await;
+            }
         }
     }
 }

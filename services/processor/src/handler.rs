@@ -100,6 +100,12 @@ impl Handler for Processor {
             Ok(_) => {}
         }
 
+        // The QUEUED event first, under the id ingress gave it (JetStream drops whichever
+        // copy comes second): ingress publishes it only after the submission's ack, so
+        // without this PROCESSING could precede QUEUED in the log.
+        if let Err(e) = self.bus.publish_event(&submission, correlation).await {
+            return Outcome::Retry(format!("publishing QUEUED: {e}"));
+        }
         if let Err(e) = invoice.start_attempt(delivery.attempt, Timestamp::now()) {
             return Outcome::Poison(e.to_string());
         }

@@ -1,0 +1,77 @@
+//! The publish path against a real JetStream: message ids make retries harmless.
+
+use crate::support::{stack::infra_settings, unique, Infra};
+use domain::{DraftInvoice, Invoice, InvoiceId, TenantId, Timestamp};
+use messaging::{Bus, Envelope, NatsSettings, Topology};
+use std::time::Duration;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn publishing_the_same_submission_or_event_twice_stores_it_once() {
+    let infra = Infra::from_env();
+    let settings = infra_settings(&infra, &unique("m"), "unused");
+    let bus = Bus::connect(
+        NatsSettings {
+            url: settings.nats_url,
+            client_name: "test".into(),
+            ack_timeout: Duration::from_secs(2),
+            publish_tries: 1,
+        },
+        Topology::new(&settings.namespace),
+    )
+    .await
+    .unwrap();
+    bus.ensure_topology().await.unwrap();
+    let draft = DraftInvoice::parse(domain::draft::RawDraft {
+        idempotency_key: Some("key-1".into()),
+        terminal_id: Some("T1".into()),
+        currency: Some("EUR".into()),
+        items: vec![domain::draft::RawLine {
+            sku: Some("A".into()),
+            name: Some("a".into()),
+            quantity: Some("1".into()),
+            unit_price: Some("1".into()),
+            tax_rate: Some("0".into()),
+            discount: None,
+        }],
+        ..Default::default()
+    })
+    .unwrap();
+    let tenant = TenantId::parse(unique("shop")).unwrap();
+    let first = Envelope {
+        invoice: Invoice::queued(
+            InvoiceId::generate(),
+            tenant.clone(),
+            draft.clone(),
+            Timestamp::now(),
+        ),
+        fingerprint: "a".into(),
+    };
+    // A second request with the same key (another invoice id) within the window.
+    let second = Envelope {
+        invoice: Invoice::queued(InvoiceId::generate(), tenant, draft, Timestamp::now()),
+        fingerprint: "a".into(),
+    };
+
+    let a = bus
+        .publish_submission(&first, Some("corr-1"))
+        .await
+        .unwrap();
+    let b = bus.publish_submission(&second, None).await.unwrap();
+    assert!(!a.duplicate);
+    assert!(b.duplicate, "same tenant + key within the dedupe window");
+    assert_eq!(
+        a.sequence, b.sequence,
+        "a duplicate names the original's sequence"
+    );
+    assert_eq!(
+        bus.submission_at(b.sequence).await.unwrap().invoice.id,
+        first.invoice.id
+    );
+
+    let e1 = bus.publish_event(&first, None).await.unwrap();
+    let e2 = bus.publish_event(&first, None).await.unwrap();
+    assert!(
+        e2.duplicate && e1.sequence == e2.sequence,
+        "a re-emitted state change is stored once"
+    );
+}
