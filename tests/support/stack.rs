@@ -55,6 +55,9 @@ impl TestStack {
     }
 
     pub async fn with(options: Options) -> Self {
+        if std::env::var_os("TEST_LOG").is_some() {
+            service_kit::telemetry::init(std::io::stderr);
+        }
         let mut infra = Infra::from_env();
         if let Some(u) = &options.nats_url {
             infra.nats_url = u.clone();

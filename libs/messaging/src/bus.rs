@@ -163,6 +163,27 @@ impl Bus {
         stream.create_consumer(config).await.map_err(request_error)
     }
 
+    /// [`Bus::durable`], retried with logged backoff while the broker is unreachable:
+    /// a worker whose broker blinks during start-up binds once it is back instead of
+    /// exiting.
+    pub async fn bind_durable(
+        &self,
+        stream: &str,
+        config: pull::Config,
+    ) -> jetstream::consumer::PullConsumer {
+        let mut delay = Duration::from_millis(250);
+        loop {
+            match self.durable(stream, config.clone()).await {
+                Ok(consumer) => return consumer,
+                Err(e) => {
+                    warn!(%stream, error = %e, retry_in_ms = delay.as_millis() as u64, "cannot bind the durable consumer; retrying");
+                    tokio::time::sleep(delay).await;
+                    delay = (delay * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+
     async fn publish(
         &self,
         subject: String,

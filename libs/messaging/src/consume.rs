@@ -100,14 +100,25 @@ pub async fn run<H: Handler>(
 ) -> Result<(), crate::BusError> {
     // Prefetch no more than we can work on: buffered messages age against ack_wait.
     let batch = concurrency.clamp(1, 256);
-    let mut messages = consumer
-        .stream()
-        .max_messages_per_batch(batch)
-        .heartbeat(Duration::from_secs(5))
-        .expires(Duration::from_secs(30))
-        .messages()
-        .await
-        .map_err(|e| crate::BusError::Request(e.to_string()))?;
+    let open = || async {
+        consumer
+            .stream()
+            .max_messages_per_batch(batch)
+            .heartbeat(Duration::from_secs(5))
+            .expires(Duration::from_secs(30))
+            .messages()
+            .await
+            .map_err(|e| crate::BusError::Request(e.to_string()))
+    };
+    let mut messages = loop {
+        match open().await {
+            Ok(m) => break m,
+            Err(e) => {
+                warn!(error = %e, "opening the consumer stream failed; retrying");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        }
+    };
     let permits = Arc::new(Semaphore::new(concurrency));
     tokio::pin!(shutdown);
     loop {

@@ -99,8 +99,8 @@ impl App {
         let topology = self.bus.topology();
         let consumer = self
             .bus
-            .durable(&topology.events_stream(), topology.persister_consumer()?)
-            .await?;
+            .bind_durable(&topology.events_stream(), topology.persister_consumer()?)
+            .await;
         tracing::info!(
             concurrency = self.settings.worker.concurrency,
             "persister consuming"

@@ -120,11 +120,11 @@ impl App {
     ) -> anyhow::Result<()> {
         let consumer = self
             .bus
-            .durable(
+            .bind_durable(
                 &self.bus.topology().invoices_stream(),
                 self.bus.topology().processor_consumer()?,
             )
-            .await?;
+            .await;
         tracing::info!(
             concurrency = self.settings.worker.concurrency,
             "processor consuming"
