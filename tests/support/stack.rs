@@ -113,6 +113,8 @@ impl TestStack {
                     Duration::from_millis(100),
                     Duration::from_millis(500),
                 ),
+                max_batch: 256,
+                linger: Duration::from_millis(2),
             })
             .await
             .expect("persister builds");

@@ -6,12 +6,12 @@ use tracing::{error, warn};
 
 pub struct Persister {
     bus: Bus,
-    store: store::Store,
+    writer: crate::batch::Batcher,
 }
 
 impl Persister {
-    pub fn new(bus: Bus, store: store::Store) -> Self {
-        Self { bus, store }
+    pub fn new(bus: Bus, writer: crate::batch::Batcher) -> Self {
+        Self { bus, writer }
     }
 }
 
@@ -21,13 +21,14 @@ impl Handler for Persister {
             Ok(e) => e,
             Err(e) => return Outcome::Poison(e.to_string()),
         };
-        match self.store.apply(&envelope).await {
+        let invoice_id = envelope.invoice.id;
+        match self.writer.write(envelope).await {
             Ok(Written::Applied | Written::Stale) => Outcome::Done,
             Ok(Written::KeyTaken) => {
                 // Two invoices under one key got past ingress (both Redis and MongoDB were
                 // down past the dedupe window). The first stored wins; the second is kept
                 // visible in the dead-letter stream instead of being stored twice.
-                error!(invoice_id = %envelope.invoice.id, "idempotency key already owned by another invoice; not stored");
+                error!(%invoice_id, "idempotency key already owned by another invoice; not stored");
                 match self
                     .bus
                     .publish_raw_dead_letter(
@@ -42,7 +43,7 @@ impl Handler for Persister {
                 }
             }
             Err(e) => {
-                warn!(error = %e, invoice_id = %envelope.invoice.id, "write failed; will retry");
+                warn!(error = %e, %invoice_id, "write failed; will retry");
                 Outcome::Retry(e.to_string())
             }
         }

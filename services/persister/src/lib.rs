@@ -7,8 +7,10 @@
 //! without limit (capped backoff): an event is a fact and must reach the record; the lag
 //! shows in the consumer's pending count.
 //!
-//! Layout: `settings.rs` (env), `handler.rs` (per-event logic), this file (wiring).
+//! Layout: `settings.rs` (env), `handler.rs` (per-event logic), `batch.rs` (write
+//! coalescing: one MongoDB write per invoice per batch), this file (wiring).
 
+mod batch;
 mod handler;
 mod settings;
 
@@ -52,7 +54,8 @@ impl App {
                 "Projects invoice lifecycle events into MongoDB",
             )
             .await?;
-        let handler = Arc::new(Persister::new(bus.clone(), store.clone()));
+        let writer = batch::Batcher::start(store.clone(), settings.max_batch, settings.linger);
+        let handler = Arc::new(Persister::new(bus.clone(), writer));
         let stop_health = Shutdown::new();
         let health_port = match settings.worker.health_addr {
             None => None,

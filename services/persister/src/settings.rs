@@ -12,6 +12,10 @@ pub struct Settings {
     /// Unlimited attempts; `RETRY_BASE_MS` (default 500) doubling up to `RETRY_MAX_MS`
     /// (default 10000).
     pub retry: RetryPolicy,
+    /// `WRITE_BATCH` (default 256): most events coalesced into one round of writes.
+    pub max_batch: usize,
+    /// `WRITE_LINGER_MS` (default 2): longest an event waits for others to share a round.
+    pub linger: Duration,
 }
 
 impl Settings {
@@ -23,10 +27,16 @@ impl Settings {
             env.millis("RETRY_BASE_MS", Duration::from_millis(500)),
             env.millis("RETRY_MAX_MS", Duration::from_secs(10)),
         );
+        let max_batch = env
+            .parse("WRITE_BATCH", 256usize, "a whole number ≥ 1")
+            .max(1);
+        let linger = env.millis("WRITE_LINGER_MS", Duration::from_millis(2));
         env.finish().map(|_| Self {
             infra,
             worker,
             retry,
+            max_batch,
+            linger,
         })
     }
 }

@@ -1,0 +1,86 @@
+//! Write coalescing: events arriving together are written together, and only the
+//! newest event of each invoice is written at all.
+//!
+//! An invoice's QUEUED, PROCESSING and COMPLETED events reach the persister within a few
+//! milliseconds of each other, and every write is a majority-acknowledged MongoDB round
+//! trip. The handler hands each event to [`Batcher::write`]; one task collects what
+//! arrives within `linger` (or `max_batch` events), keeps the highest version per
+//! invoice, writes those concurrently, and answers every waiter with the outcome of its
+//! invoice's write. A superseded event is done once its successor is stored: the stored
+//! version is then higher than its own, exactly what a separate write would have found.
+
+use messaging::Envelope;
+use std::collections::HashMap;
+use std::time::Duration;
+use store::{Store, Written};
+use tokio::sync::{mpsc, oneshot};
+
+type Reply = oneshot::Sender<Result<Written, String>>;
+
+#[derive(Clone)]
+pub struct Batcher {
+    tx: mpsc::Sender<(Envelope, Reply)>,
+}
+
+impl Batcher {
+    /// `max_batch` bounds one round of writes; `linger` is the longest an event waits for
+    /// company (it adds at most that to the persist latency when traffic is light).
+    pub fn start(store: Store, max_batch: usize, linger: Duration) -> Self {
+        // Bounded: handlers wait here when MongoDB is slower than the consumer.
+        let (tx, mut rx) = mpsc::channel::<(Envelope, Reply)>(max_batch * 2);
+        tokio::spawn(async move {
+            while let Some(first) = rx.recv().await {
+                let mut batch = vec![first];
+                let deadline = tokio::time::sleep(linger);
+                tokio::pin!(deadline);
+                while batch.len() < max_batch {
+                    tokio::select! {
+                        next = rx.recv() => match next {
+                            Some(item) => batch.push(item),
+                            None => break,
+                        },
+                        () = &mut deadline => break,
+                    }
+                }
+                write_batch(&store, batch).await;
+            }
+        });
+        Self { tx }
+    }
+
+    pub async fn write(&self, envelope: Envelope) -> Result<Written, String> {
+        let (reply, answer) = oneshot::channel();
+        self.tx
+            .send((envelope, reply))
+            .await
+            .map_err(|_| "the batch writer stopped".to_owned())?;
+        answer
+            .await
+            .map_err(|_| "the batch writer dropped the write".to_owned())?
+    }
+}
+
+async fn write_batch(store: &Store, batch: Vec<(Envelope, Reply)>) {
+    // Per invoice: the newest envelope, and everyone waiting on that invoice.
+    let mut groups: HashMap<domain::InvoiceId, (Envelope, Vec<Reply>)> = HashMap::new();
+    for (envelope, reply) in batch {
+        match groups.get_mut(&envelope.invoice.id) {
+            Some((newest, waiters)) => {
+                if envelope.invoice.version() > newest.invoice.version() {
+                    *newest = envelope;
+                }
+                waiters.push(reply);
+            }
+            None => {
+                groups.insert(envelope.invoice.id, (envelope, vec![reply]));
+            }
+        }
+    }
+    let writes = groups.into_values().map(|(newest, waiters)| async move {
+        let outcome = store.apply(&newest).await.map_err(|e| e.to_string());
+        for waiter in waiters {
+            let _ = waiter.send(outcome.clone());
+        }
+    });
+    futures_util::future::join_all(writes).await;
+}
