@@ -11,9 +11,13 @@
 
 use messaging::Envelope;
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::time::Duration;
 use store::{Store, Written};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{mpsc, oneshot, Semaphore};
+
+/// Write rounds in flight at once (each is up to `max_batch` concurrent upserts).
+const MAX_ROUNDS_IN_FLIGHT: usize = 64;
 
 type Reply = oneshot::Sender<Result<Written, String>>;
 
@@ -28,6 +32,10 @@ impl Batcher {
     pub fn start(store: Store, max_batch: usize, linger: Duration) -> Self {
         // Bounded: handlers wait here when MongoDB is slower than the consumer.
         let (tx, mut rx) = mpsc::channel::<(Envelope, Reply)>(max_batch * 2);
+        // Rounds in flight at once: while one waits for MongoDB the next one fills, so a
+        // slow write never stalls collection (and WRITE_BATCH=1 behaves like unbatched
+        // concurrent writes, for A/B runs).
+        let rounds = Arc::new(Semaphore::new(MAX_ROUNDS_IN_FLIGHT));
         tokio::spawn(async move {
             while let Some(first) = rx.recv().await {
                 let mut batch = vec![first];
@@ -42,7 +50,14 @@ impl Batcher {
                         () = &mut deadline => break,
                     }
                 }
-                write_batch(&store, batch).await;
+                let Ok(permit) = rounds.clone().acquire_owned().await else {
+                    break;
+                };
+                let store = store.clone();
+                tokio::spawn(async move {
+                    write_batch(&store, batch).await;
+                    drop(permit);
+                });
             }
         });
         Self { tx }
