@@ -42,9 +42,9 @@ stack-status:
 jwt *args:
     python3 scripts/devjwt.py --secret "${JWT_SECRET:-dev-secret-change-me-0123456789abcdef}" "$@"
 
-# load generator against a running ./x up (the loadgen crate comes later)
+# benchmark through the public API on a private stack, e.g. ./x bench --instances "1 2" --duration 60 (--help)
 bench *args:
-    cargo run --release -p loadgen -- "$@"
+    scripts/bench.sh "$@"
 
 # format all Rust code
 fmt:

@@ -75,3 +75,32 @@ async fn racing_and_reordered_event_writes_keep_one_document_in_its_latest_state
     // A late QUEUED redelivery cannot move a COMPLETED invoice back.
     assert_eq!(store.apply(&invoices[0][0]).await.unwrap(), Written::Stale);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_idempotency_lookup_uses_the_unique_index_not_a_scan_of_the_tenant() {
+    let infra = Infra::from_env();
+    let settings = infra_settings(&infra, &unique("s"), &unique("s"));
+    let store = Store::connect(&settings.mongodb_uri, &settings.mongodb_db)
+        .await
+        .unwrap();
+    let tenant = TenantId::parse(unique("shop")).unwrap();
+    for _ in 0..30 {
+        store.apply(&lifecycle(&tenant)[0]).await.unwrap();
+    }
+    let key = domain::IdempotencyKey::parse("absent-key").unwrap();
+    let plan = store.explain_key_lookup(&tenant, &key).await.unwrap();
+    let stats = plan.get_document("executionStats").unwrap();
+    let examined = |field: &str| {
+        stats
+            .get_i32(field)
+            .map(i64::from)
+            .or_else(|_| stats.get_i64(field))
+            .unwrap()
+    };
+    assert_eq!(examined("totalDocsExamined"), 0, "{plan}");
+    assert!(examined("totalKeysExamined") <= 1, "{plan}");
+    assert!(
+        plan.to_string().contains("tenant_idempotency_key"),
+        "{plan}"
+    );
+}

@@ -214,8 +214,30 @@ impl Store {
         tenant: &TenantId,
         key: &IdempotencyKey,
     ) -> Result<Option<Envelope>, StoreError> {
-        let filter = doc! { "tenantId": tenant.as_str(), "idempotencyKey": key.as_str() };
-        Ok(self.invoices.find_one(filter).await?.map(Into::into))
+        Ok(self
+            .invoices
+            .find_one(key_filter(tenant, key))
+            .await?
+            .map(Into::into))
+    }
+
+    /// How MongoDB would run the idempotency-key lookup (the `explain` output), so a test
+    /// can prove it uses the unique index instead of scanning the tenant.
+    pub async fn explain_key_lookup(
+        &self,
+        tenant: &TenantId,
+        key: &IdempotencyKey,
+    ) -> Result<Document, StoreError> {
+        let command = doc! {
+            "explain": { "find": COLLECTION, "filter": key_filter(tenant, key), "limit": 1 },
+            "verbosity": "executionStats",
+        };
+        Ok(self
+            .invoices
+            .client()
+            .database(self.invoices.namespace().db.as_str())
+            .run_command(command)
+            .await?)
     }
 
     /// One page of a tenant's invoices, newest first, and the total matching.
@@ -289,6 +311,16 @@ impl From<StoredInvoice> for Envelope {
             invoice: s.invoice,
             fingerprint: s.fingerprint,
         }
+    }
+}
+
+/// The idempotency-key lookup. `$type` repeats the unique index's partial filter:
+/// without it MongoDB cannot prove the index covers the query and scans the tenant's
+/// invoices instead (measured: 1 236 documents examined per POST, falling throughput).
+fn key_filter(tenant: &TenantId, key: &IdempotencyKey) -> Document {
+    doc! {
+        "tenantId": tenant.as_str(),
+        "idempotencyKey": { "$eq": key.as_str(), "$type": "string" },
     }
 }
 

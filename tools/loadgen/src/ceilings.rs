@@ -1,0 +1,449 @@
+//! `loadgen ceilings`: what the infrastructure alone manages on this machine, as a
+//! yardstick for the pipeline figures.
+//!
+//! - JetStream: acked publishes of 1 KiB with `Nats-Msg-Id` into a temporary
+//!   file-storage stream, pipelined (up to `--in-flight` acks outstanding) and
+//!   synchronous (await each ack).
+//! - MongoDB: inserts of invoice-sized documents with `w: majority` (as the store
+//!   writes) into a temporary database carrying the store's indexes: `insert_one` from
+//!   `--concurrency` tasks, and `insert_many` batches of 100 from `--bulk-concurrency`
+//!   tasks.
+//!
+//! Each measurement runs for `--duration`; the temporary stream and database are
+//! removed at the end, also when a measurement failed.
+
+use crate::{
+    cli::CeilingsArgs,
+    stats::{round2, table, Samples, Summary},
+};
+use async_nats::jetstream::{self, message::PublishMessage, stream};
+use futures_util::{stream::FuturesUnordered, StreamExt};
+use mongodb::{
+    bson::{doc, Document},
+    options::{ClientOptions, IndexOptions, WriteConcern},
+    IndexModel,
+};
+use serde_json::{json, Value};
+use std::{
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc, Mutex,
+    },
+    time::Duration,
+};
+use tokio::time::Instant;
+
+/// One measurement: operations (messages or documents) per second and per-call latency.
+struct Rate {
+    name: &'static str,
+    ops: u64,
+    secs: f64,
+    latency: Summary,
+    errors: u64,
+}
+
+impl Rate {
+    fn per_s(&self) -> f64 {
+        self.ops as f64 / self.secs.max(1e-9)
+    }
+
+    fn to_json(&self) -> Value {
+        json!({
+            "per_s": round2(self.per_s()),
+            "ops": self.ops,
+            "secs": round2(self.secs),
+            "latency_ms": self.latency.to_json(),
+            "errors": self.errors,
+        })
+    }
+}
+
+pub async fn run(args: CeilingsArgs) -> Result<(), String> {
+    let tag = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
+    let mut rates = Vec::new();
+    let mut problems = Vec::new();
+
+    match nats_ceilings(&args, &tag).await {
+        Ok(mut r) => rates.append(&mut r),
+        Err(e) => problems.push(format!("jetstream: {e}")),
+    }
+    match mongo_ceilings(&args, &tag).await {
+        Ok(mut r) => rates.append(&mut r),
+        Err(e) => problems.push(format!("mongodb: {e}")),
+    }
+
+    let rows: Vec<(String, String)> = rates
+        .iter()
+        .map(|r| {
+            (
+                r.name.to_owned(),
+                format!(
+                    "{:>9.0}/s   per call {}{}",
+                    r.per_s(),
+                    r.latency.line(),
+                    if r.errors > 0 {
+                        format!("   errors {}", r.errors)
+                    } else {
+                        String::new()
+                    }
+                ),
+            )
+        })
+        .chain(problems.iter().map(|p| ("FAILED".to_owned(), p.clone())))
+        .collect();
+    let title = format!(
+        "loadgen ceilings ({} s each; {} acks in flight, insert_one × {}, insert_many(100) × {})",
+        args.duration.as_secs_f64(),
+        args.in_flight,
+        args.concurrency,
+        args.bulk_concurrency
+    );
+    let text = table(&title, &rows);
+    if args.json {
+        eprint!("{text}");
+    } else {
+        print!("{text}");
+    }
+    let mut result = serde_json::Map::new();
+    result.insert("kind".into(), json!("ceilings"));
+    result.insert("duration_s".into(), json!(args.duration.as_secs_f64()));
+    result.insert("in_flight".into(), json!(args.in_flight));
+    result.insert("concurrency".into(), json!(args.concurrency));
+    result.insert("bulk_concurrency".into(), json!(args.bulk_concurrency));
+    for r in &rates {
+        result.insert(r.name.into(), r.to_json());
+    }
+    result.insert("problems".into(), json!(problems));
+    println!("{}", Value::Object(result));
+    if rates.is_empty() {
+        return Err(problems.join("; "));
+    }
+    Ok(())
+}
+
+// ------------------------------------------------------------------ JetStream
+
+async fn nats_ceilings(args: &CeilingsArgs, tag: &str) -> Result<Vec<Rate>, String> {
+    let client = async_nats::connect(args.nats.as_str())
+        .await
+        .map_err(|e| format!("connect {}: {e}", args.nats))?;
+    let js = jetstream::new(client.clone());
+    let name = format!("LOADGEN_CEILINGS_{tag}");
+    let subject = format!("loadgen.ceilings.{tag}");
+    js.create_stream(stream::Config {
+        name: name.clone(),
+        subjects: vec![format!("{subject}.>")],
+        storage: stream::StorageType::File,
+        // a stream left behind by a killed run removes its messages by itself
+        max_age: Duration::from_secs(600),
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| format!("create stream {name}: {e}"))?;
+    eprintln!("loadgen: JetStream ceilings on temporary stream {name} (file storage, R1)");
+
+    let payload: bytes::Bytes = vec![b'x'; 1024].into();
+    let pipelined = publish_pipelined(args, &js, &subject, &payload).await;
+    let sync = publish_sync(args, &js, &subject, &payload).await;
+
+    if let Err(e) = js.delete_stream(&name).await {
+        eprintln!("loadgen: could not delete stream {name}: {e}");
+    }
+    let _ = client.flush().await;
+    Ok(vec![pipelined?, sync?])
+}
+
+fn message(subject_id: u64, payload: &bytes::Bytes) -> PublishMessage {
+    PublishMessage::build()
+        .payload(payload.clone())
+        .message_id(format!("m-{subject_id}"))
+}
+
+async fn publish_pipelined(
+    args: &CeilingsArgs,
+    js: &jetstream::Context,
+    subject: &str,
+    payload: &bytes::Bytes,
+) -> Result<Rate, String> {
+    let subject = format!("{subject}.pipelined");
+    let mut latency = Samples::default();
+    let mut pending = FuturesUnordered::new();
+    let (mut acked, mut errors, mut n) = (0u64, 0u64, 0u64);
+    let start = Instant::now();
+    let end = start + args.duration;
+    loop {
+        let now = Instant::now();
+        if now < end && pending.len() < args.in_flight {
+            n += 1;
+            match js.send_publish(subject.clone(), message(n, payload)).await {
+                Ok(ack) => pending.push(async move { (now, ack.await) }),
+                Err(e) => {
+                    errors += 1;
+                    if errors == 1 {
+                        eprintln!("loadgen: publish failed: {e}");
+                    }
+                }
+            }
+            continue;
+        }
+        match pending.next().await {
+            Some((sent, Ok(_))) => {
+                acked += 1;
+                latency.record(sent.elapsed());
+            }
+            Some((_, Err(e))) => {
+                errors += 1;
+                if errors == 1 {
+                    eprintln!("loadgen: publish ack failed: {e}");
+                }
+            }
+            None => break,
+        }
+    }
+    Ok(Rate {
+        name: "jetstream_publish_pipelined",
+        ops: acked,
+        secs: start.elapsed().as_secs_f64(),
+        latency: latency.summary(),
+        errors,
+    })
+}
+
+async fn publish_sync(
+    args: &CeilingsArgs,
+    js: &jetstream::Context,
+    subject: &str,
+    payload: &bytes::Bytes,
+) -> Result<Rate, String> {
+    let subject = format!("{subject}.sync");
+    let mut latency = Samples::default();
+    let (mut acked, mut errors, mut n) = (0u64, 0u64, 1u64 << 40);
+    let start = Instant::now();
+    while start.elapsed() < args.duration {
+        n += 1;
+        let sent = Instant::now();
+        let result = match js.send_publish(subject.clone(), message(n, payload)).await {
+            Ok(ack) => ack.await.map(|_| ()).map_err(|e| e.to_string()),
+            Err(e) => Err(e.to_string()),
+        };
+        match result {
+            Ok(()) => {
+                acked += 1;
+                latency.record(sent.elapsed());
+            }
+            Err(e) => {
+                errors += 1;
+                if errors == 1 {
+                    eprintln!("loadgen: sync publish failed: {e}");
+                }
+            }
+        }
+    }
+    Ok(Rate {
+        name: "jetstream_publish_sync",
+        ops: acked,
+        secs: start.elapsed().as_secs_f64(),
+        latency: latency.summary(),
+        errors,
+    })
+}
+
+// ------------------------------------------------------------------ MongoDB
+
+/// An invoice-shaped document of about 1 KiB, unique per `n`.
+fn invoice_doc(tag: &str, n: u64) -> Document {
+    let items: Vec<Document> = (0..4)
+        .map(|i| {
+            doc! {
+                "sku": format!("SKU-{i}"), "name": "Coffee large", "quantity": "2",
+                "unitPrice": "3.50", "discount": "0.00", "taxRate": "0.10",
+                "net": "7.00", "tax": "0.70", "total": "7.70",
+            }
+        })
+        .collect();
+    let now = mongodb::bson::DateTime::now();
+    doc! {
+        "tenantId": format!("ceilings-{tag}"),
+        "terminalId": format!("T{}", n % 8),
+        "idempotencyKey": format!("k-{n}"),
+        "state": "COMPLETED",
+        "currency": "EUR",
+        "taxInclusive": false,
+        "issuedAt": now, "createdAt": now, "updatedAt": now,
+        "customer": { "name": "ACME SL", "taxId": "B12345678" },
+        "items": items,
+        "payments": [ { "method": "card", "amount": "30.80" } ],
+        "totals": { "net": "28.00", "tax": "2.80", "total": "30.80", "paid": "30.80", "change": "0.00",
+                    "taxBreakdown": [ { "rate": "0.10", "net": "28.00", "tax": "2.80" } ] },
+        "attempts": 1, "error": null, "version": 3_i64,
+    }
+}
+
+async fn mongo_ceilings(args: &CeilingsArgs, tag: &str) -> Result<Vec<Rate>, String> {
+    let mut options = ClientOptions::parse(args.mongo.as_str())
+        .await
+        .map_err(|e| format!("bad URI {}: {e}", args.mongo))?;
+    options.write_concern = Some(WriteConcern::majority());
+    options.server_selection_timeout = Some(Duration::from_secs(5));
+    options.app_name = Some("loadgen-ceilings".into());
+    options.max_pool_size = Some(u32::try_from(args.concurrency.max(10)).unwrap_or(100));
+    let client =
+        mongodb::Client::with_options(options).map_err(|e| format!("client options: {e}"))?;
+    let db_name = format!("loadgen_ceilings_{tag}");
+    let db = client.database(&db_name);
+    eprintln!("loadgen: MongoDB ceilings in temporary database {db_name} (w: majority)");
+
+    let result = async {
+        let single = db.collection::<Document>("single");
+        let bulk = db.collection::<Document>("bulk");
+        for c in [&single, &bulk] {
+            create_indexes(c).await?;
+        }
+        let one = insert_one_rate(args, &single, tag).await;
+        let many = insert_many_rate(args, &bulk, tag).await;
+        Ok::<_, String>(vec![one, many])
+    }
+    .await;
+    if let Err(e) = db.drop().await {
+        eprintln!("loadgen: could not drop database {db_name}: {e}");
+    }
+    result
+}
+
+/// The store's indexes (libs/store), so that an insert costs what it costs there.
+async fn create_indexes(c: &mongodb::Collection<Document>) -> Result<(), String> {
+    let idx = |keys: Document, unique: bool| {
+        IndexModel::builder()
+            .keys(keys)
+            .options(IndexOptions::builder().unique(unique).build())
+            .build()
+    };
+    c.create_indexes([
+        idx(doc! { "tenantId": 1, "createdAt": -1, "_id": -1 }, false),
+        idx(
+            doc! { "tenantId": 1, "state": 1, "createdAt": -1, "_id": -1 },
+            false,
+        ),
+        idx(
+            doc! { "tenantId": 1, "terminalId": 1, "createdAt": -1, "_id": -1 },
+            false,
+        ),
+        idx(doc! { "tenantId": 1, "idempotencyKey": 1 }, true),
+    ])
+    .await
+    .map(|_| ())
+    .map_err(|e| format!("create indexes: {e}"))
+}
+
+/// Runs `tasks` copies of `op(n)` until the duration is over; `op` returns how many
+/// documents it wrote.
+async fn hammer<F, Fut>(duration: Duration, tasks: usize, op: F) -> (u64, f64, Summary, u64)
+where
+    F: Fn(u64) -> Fut + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Result<u64, String>> + Send,
+{
+    let op = Arc::new(op);
+    let next = Arc::new(AtomicU64::new(0));
+    let docs = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let latency = Arc::new(Mutex::new(Samples::default()));
+    let start = Instant::now();
+    let end = start + duration;
+    let mut handles = Vec::new();
+    for _ in 0..tasks {
+        let (op, next, docs, errors, latency) = (
+            op.clone(),
+            next.clone(),
+            docs.clone(),
+            errors.clone(),
+            latency.clone(),
+        );
+        handles.push(tokio::spawn(async move {
+            let mut local = Samples::default();
+            while Instant::now() < end {
+                let n = next.fetch_add(1, Ordering::Relaxed);
+                let t = Instant::now();
+                match op(n).await {
+                    Ok(written) => {
+                        local.record(t.elapsed());
+                        docs.fetch_add(written, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        if errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                            eprintln!("loadgen: insert failed: {e}");
+                        }
+                    }
+                }
+            }
+            if let Ok(mut all) = latency.lock() {
+                all.append(&mut local);
+            }
+        }));
+    }
+    for h in handles {
+        let _ = h.await;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    let summary = latency.lock().map(|mut s| s.summary()).unwrap_or_default();
+    (
+        docs.load(Ordering::Relaxed),
+        secs,
+        summary,
+        errors.load(Ordering::Relaxed),
+    )
+}
+
+async fn insert_one_rate(
+    args: &CeilingsArgs,
+    coll: &mongodb::Collection<Document>,
+    tag: &str,
+) -> Rate {
+    let (coll, tag) = (coll.clone(), tag.to_owned());
+    let (ops, secs, latency, errors) = hammer(args.duration, args.concurrency, move |n| {
+        let (coll, doc) = (coll.clone(), invoice_doc(&tag, n));
+        async move {
+            coll.insert_one(doc)
+                .await
+                .map(|_| 1)
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await;
+    Rate {
+        name: "mongo_insert_one",
+        ops,
+        secs,
+        latency,
+        errors,
+    }
+}
+
+async fn insert_many_rate(
+    args: &CeilingsArgs,
+    coll: &mongodb::Collection<Document>,
+    tag: &str,
+) -> Rate {
+    const BATCH: u64 = 100;
+    let (coll, tag) = (coll.clone(), tag.to_owned());
+    let (ops, secs, latency, errors) = hammer(args.duration, args.bulk_concurrency, move |n| {
+        let docs: Vec<Document> = (0..BATCH)
+            .map(|i| invoice_doc(&tag, n * BATCH + i))
+            .collect();
+        let coll = coll.clone();
+        async move {
+            coll.insert_many(docs)
+                .await
+                .map(|r| r.inserted_ids.len() as u64)
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await;
+    Rate {
+        name: "mongo_insert_many_100",
+        ops,
+        secs,
+        latency,
+        errors,
+    }
+}

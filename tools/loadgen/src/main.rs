@@ -1,0 +1,82 @@
+//! `loadgen`: load generator for the POS backend, measuring the pipeline only through
+//! its public API (contract: REST on ingress, WebSocket on fanout), plus the raw
+//! ceilings of the infrastructure underneath, on the same machine with the same tool.
+//!
+//! Data flow of `loadgen pipeline`:
+//!
+//! ```text
+//!  workers ──POST /invoices──▶ ingress ─▶ JetStream ─▶ processor ─▶ events ─▶ fanout
+//!     │  202 {id}  (accept latency)                                              │
+//!     ▼                                                                          ▼
+//!  Tracker: id → send time  ◀───────── COMPLETED frame {invoiceId} ◀── one socket per
+//!           (end-to-end latency = frame arrival − send)             tenant per fanout
+//! ```
+//!
+//! Sockets are opened before the first POST; a frame that beats its POST answer is
+//! held until the answer names the id. A share of requests resend an earlier body with
+//! its key and must come back `200` with the same id (`Idempotent-Replayed`).
+//!
+//! `loadgen ceilings` measures JetStream acked publishes (pipelined and synchronous)
+//! and MongoDB `w: majority` inserts (single and batches of 100) into temporary
+//! resources that it removes afterwards.
+//!
+//! Both print a table and one JSON line on stdout (`--json`: only the JSON line; the
+//! table goes to stderr), progress on stderr.
+//!
+//! Layout:
+//! - `cli`: std-only argument parsing and the usage text;
+//! - `invoice`: realistic request bodies and the PRNG behind them;
+//! - `pipeline`: the load (closed or open loop), the counters and the report;
+//! - `feed`: the WebSocket readers and the [`feed::Tracker`] pairing frames with POSTs;
+//! - `ceilings`: the raw JetStream and MongoDB rates;
+//! - `stats`: percentiles and the table printer.
+
+mod ceilings;
+mod cli;
+mod feed;
+mod invoice;
+mod pipeline;
+mod stats;
+
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let command = match cli::parse(std::env::args().skip(1)) {
+        Ok(c) => c,
+        Err(e) if e.is_empty() => {
+            print!("{}", cli::USAGE);
+            return ExitCode::SUCCESS;
+        }
+        Err(e) => {
+            eprintln!("loadgen: {e}\n\n{}", cli::USAGE);
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("loadgen: cannot start the Tokio runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match command {
+            cli::Command::Help => {
+                print!("{}", cli::USAGE);
+                Ok(())
+            }
+            cli::Command::Pipeline(args) => pipeline::run(args).await,
+            cli::Command::Ceilings(args) => ceilings::run(args).await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loadgen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
