@@ -1,7 +1,7 @@
 //! The publish path against a real JetStream: message ids make retries harmless.
 
 use crate::support::{stack::infra_settings, unique, Infra};
-use domain::{DraftInvoice, Invoice, InvoiceId, TenantId, Timestamp};
+use domain::{Invoice, InvoiceId, TenantId, Timestamp};
 use messaging::{Bus, Envelope, NatsSettings, Topology};
 use std::time::Duration;
 
@@ -21,21 +21,7 @@ async fn publishing_the_same_submission_or_event_twice_stores_it_once() {
     .await
     .unwrap();
     bus.ensure_topology().await.unwrap();
-    let draft = DraftInvoice::parse(domain::draft::RawDraft {
-        idempotency_key: Some("key-1".into()),
-        terminal_id: Some("T1".into()),
-        currency: Some("EUR".into()),
-        items: vec![domain::draft::RawLine {
-            sku: Some("A".into()),
-            name: Some("a".into()),
-            quantity: Some("1".into()),
-            unit_price: Some("1".into()),
-            tax_rate: Some("0".into()),
-            discount: None,
-        }],
-        ..Default::default()
-    })
-    .unwrap();
+    let draft = crate::support::sample_draft(Some("key-1"));
     let tenant = TenantId::parse(unique("shop")).unwrap();
     let first = Envelope {
         invoice: Invoice::queued(

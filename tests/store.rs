@@ -2,25 +2,12 @@
 //! one invoice's events leave exactly one document in its highest state.
 
 use crate::support::{stack::infra_settings, unique, Infra};
-use domain::{DraftInvoice, Invoice, InvoiceId, TenantId, Timestamp};
+use domain::{Invoice, InvoiceId, TenantId, Timestamp};
 use messaging::Envelope;
 use store::{Store, Written};
 
 fn lifecycle(tenant: &TenantId) -> Vec<Envelope> {
-    let draft = DraftInvoice::parse(domain::draft::RawDraft {
-        terminal_id: Some("T1".into()),
-        currency: Some("EUR".into()),
-        items: vec![domain::draft::RawLine {
-            sku: Some("A".into()),
-            name: Some("a".into()),
-            quantity: Some("1".into()),
-            unit_price: Some("2.00".into()),
-            tax_rate: Some("0.21".into()),
-            discount: None,
-        }],
-        ..Default::default()
-    })
-    .unwrap();
+    let draft = crate::support::sample_draft(None);
     let queued = Invoice::queued(
         InvoiceId::generate(),
         tenant.clone(),

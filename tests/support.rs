@@ -57,3 +57,22 @@ pub fn unique(prefix: &str) -> String {
         &uuid::Uuid::new_v4().simple().to_string()[..10]
     )
 }
+
+/// A valid one-line draft (for tests below the HTTP layer).
+pub fn sample_draft(key: Option<&str>) -> domain::DraftInvoice {
+    domain::DraftInvoice::parse(domain::draft::RawDraft {
+        idempotency_key: key.map(str::to_owned),
+        terminal_id: Some("T1".into()),
+        currency: Some("EUR".into()),
+        items: vec![domain::draft::RawLine {
+            sku: Some("A".into()),
+            name: Some("a".into()),
+            quantity: Some("1".into()),
+            unit_price: Some("2.00".into()),
+            tax_rate: Some("0.21".into()),
+            discount: None,
+        }],
+        ..Default::default()
+    })
+    .expect("a valid sample draft")
+}

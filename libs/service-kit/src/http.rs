@@ -130,3 +130,21 @@ pub async fn serve(
     });
     Ok(port)
 }
+
+/// Serves `GET /health` answered by `check` on `addr` (`None`: not served) until `stop`
+/// is triggered; returns the bound port. The queue workers' health endpoint.
+pub async fn serve_health<F, Fut>(
+    addr: Option<std::net::SocketAddr>,
+    stop: crate::Shutdown,
+    check: F,
+) -> std::io::Result<Option<u16>>
+where
+    F: Fn() -> Fut + Clone + Send + Sync + 'static,
+    Fut: std::future::Future<Output = Health> + Send + 'static,
+{
+    let Some(addr) = addr else { return Ok(None) };
+    let router = axum::Router::new().route("/health", axum::routing::get(check));
+    serve(addr, router, async move { stop.wait().await })
+        .await
+        .map(Some)
+}

@@ -59,6 +59,18 @@ impl Env {
         ))
     }
 
+    /// `JWT_SECRET`: required, at least 16 bytes (shared by ingress and fanout).
+    pub fn jwt_secret(&mut self) -> Secret {
+        let secret = self.required(
+            "JWT_SECRET",
+            "the HS256 secret terminals' tokens are signed with",
+        );
+        if !secret.is_empty() && secret.len() < 16 {
+            self.problem("JWT_SECRET is too short (expected at least 16 bytes)");
+        }
+        Secret::new(secret)
+    }
+
     /// Records a problem found by a cross-field check.
     pub fn problem(&mut self, message: impl Into<String>) {
         self.problems.push(message.into());

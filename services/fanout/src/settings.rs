@@ -35,13 +35,7 @@ impl Settings {
     pub fn from_env() -> Result<Self, SettingsError> {
         let mut env = Env::new();
         let infra = Infra::from_env(&mut env, "fanout", &["NATS_URL"]);
-        let jwt_secret = env.required(
-            "JWT_SECRET",
-            "the HS256 secret terminals' tokens are signed with",
-        );
-        if !jwt_secret.is_empty() && jwt_secret.len() < 16 {
-            env.problem("JWT_SECRET is too short (expected at least 16 bytes)");
-        }
+        let jwt_secret = env.jwt_secret();
         let listen = env.parse(
             "FANOUT_ADDR",
             SocketAddr::from(([0, 0, 0, 0], 3001)),
@@ -49,7 +43,7 @@ impl Settings {
         );
         let settings = Self {
             infra,
-            jwt_secret: Secret::new(jwt_secret),
+            jwt_secret,
             listen,
             max_connections_per_tenant: env.parse(
                 "FANOUT_MAX_CONNECTIONS_PER_TENANT",

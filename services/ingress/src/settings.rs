@@ -32,13 +32,7 @@ impl Settings {
             "ingress",
             &["NATS_URL", "REDIS_URL", "MONGODB_URI"],
         );
-        let jwt_secret = env.required(
-            "JWT_SECRET",
-            "the HS256 secret terminals' tokens are signed with",
-        );
-        if !jwt_secret.is_empty() && jwt_secret.len() < 16 {
-            env.problem("JWT_SECRET is too short (expected at least 16 bytes)");
-        }
+        let jwt_secret = env.jwt_secret();
         let listen = env.parse(
             "INGRESS_ADDR",
             SocketAddr::from(([0, 0, 0, 0], 3000)),
@@ -46,7 +40,7 @@ impl Settings {
         );
         let settings = Self {
             infra,
-            jwt_secret: Secret::new(jwt_secret),
+            jwt_secret,
             listen,
             dedupe_window: env.millis("SUBMIT_DEDUPE_WINDOW_MS", Duration::from_secs(600)),
             claim_ttl: env.millis("CLAIM_TTL_MS", Duration::from_secs(7 * 86400)),

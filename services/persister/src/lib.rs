@@ -57,30 +57,22 @@ impl App {
         let writer = batch::Batcher::start(store.clone(), settings.max_batch, settings.linger);
         let handler = Arc::new(Persister::new(bus.clone(), writer));
         let stop_health = Shutdown::new();
-        let health_port = match settings.worker.health_addr {
-            None => None,
-            Some(addr) => {
-                let (bus, store) = (bus.clone(), store.clone());
-                let router = axum::Router::new().route(
-                    "/health",
-                    axum::routing::get(move || {
-                        let (bus, store) = (bus.clone(), store.clone());
-                        async move {
-                            Health::new(
-                                "persister",
-                                [("nats", bus.is_connected()), ("mongo", store.ping().await)],
-                            )
-                        }
-                    }),
-                );
-                let stop = stop_health.clone();
-                Some(
-                    service_kit::http::serve(addr, router, async move { stop.wait().await })
-                        .await
-                        .context("binding HEALTH_ADDR")?,
-                )
-            }
-        };
+        let (b, st) = (bus.clone(), store.clone());
+        let health_port = service_kit::http::serve_health(
+            settings.worker.health_addr,
+            stop_health.clone(),
+            move || {
+                let (bus, store) = (b.clone(), st.clone());
+                async move {
+                    Health::new(
+                        "persister",
+                        [("nats", bus.is_connected()), ("mongo", store.ping().await)],
+                    )
+                }
+            },
+        )
+        .await
+        .context("binding HEALTH_ADDR")?;
         Ok(Self {
             bus,
             handler,

@@ -67,38 +67,30 @@ impl App {
             settings.retry.max_attempts,
         ));
         let stop_health = Shutdown::new();
-        let health_port = match settings.worker.health_addr {
-            None => None,
-            Some(addr) => {
-                let (bus, store, cache) = (bus.clone(), store.clone(), cache.clone());
-                let router = axum::Router::new().route(
-                    "/health",
-                    axum::routing::get(move || {
-                        let (bus, store, cache) = (bus.clone(), store.clone(), cache.clone());
-                        async move {
-                            let (mongo, redis, queue) =
-                                tokio::join!(store.ping(), cache.ping(), bus.queue_stats());
-                            let mut h = Health::new(
-                                "processor",
-                                [
-                                    ("nats", bus.is_connected()),
-                                    ("mongo", mongo),
-                                    ("redis", redis),
-                                ],
-                            );
-                            h.queue = queue.ok().and_then(|q| serde_json::to_value(q).ok());
-                            h
-                        }
-                    }),
-                );
-                let stop = stop_health.clone();
-                Some(
-                    service_kit::http::serve(addr, router, async move { stop.wait().await })
-                        .await
-                        .context("binding HEALTH_ADDR")?,
-                )
-            }
-        };
+        let (b, st, c) = (bus.clone(), store.clone(), cache.clone());
+        let health_port = service_kit::http::serve_health(
+            settings.worker.health_addr,
+            stop_health.clone(),
+            move || {
+                let (bus, store, cache) = (b.clone(), st.clone(), c.clone());
+                async move {
+                    let (mongo, redis, queue) =
+                        tokio::join!(store.ping(), cache.ping(), bus.queue_stats());
+                    let mut h = Health::new(
+                        "processor",
+                        [
+                            ("nats", bus.is_connected()),
+                            ("mongo", mongo),
+                            ("redis", redis),
+                        ],
+                    );
+                    h.queue = queue.ok().and_then(|q| serde_json::to_value(q).ok());
+                    h
+                }
+            },
+        )
+        .await
+        .context("binding HEALTH_ADDR")?;
         Ok(Self {
             bus,
             handler,
