@@ -223,7 +223,7 @@ impl DraftInvoice {
             let discount = errors.decimal(
                 &p("discount"),
                 item.discount.as_ref(),
-                Some(Decimal::ZERO),
+                Some(currency.map(crate::money::zero).unwrap_or(Decimal::ZERO)),
                 |d| d >= Decimal::ZERO,
                 "must be ≥ 0",
             );
@@ -364,7 +364,11 @@ pub(crate) mod tests {
     #[test]
     fn a_valid_request_parses() {
         let d = DraftInvoice::parse(raw("EUR", vec![raw_line("2", "3.50", "0.10")])).unwrap();
-        assert_eq!(d.lines[0].discount, Decimal::ZERO);
+        assert_eq!(
+            d.lines[0].discount.to_string(),
+            "0.00",
+            "a default discount is written in the minor unit"
+        );
         assert_eq!(d.currency.code(), "EUR");
     }
 
