@@ -2,7 +2,8 @@
 # Benchmark the POS pipeline through its public API (tools/loadgen), on localhost.
 #
 #   scripts/bench.sh [--instances "1 2"] [--duration 60] [--warmup 5] [--mode closed|open]
-#                    [--ceilings-duration 10] [--no-ceilings] [--no-build] [loadgen args...]
+#                    [--ceilings-duration 10] [--no-ceilings] [--no-build] [--sockets N]
+#                    [loadgen args...]
 #
 # For each instance count N in --instances (default "1"):
 #   1. a fresh private stack (NATS JetStream, Redis, MongoDB replica set) on free ports in
@@ -15,6 +16,10 @@
 #   5. everything stopped and the stack's data removed (also on Ctrl-C or failure).
 # Results: tables on the terminal, one JSON object per run appended to
 # .stack/bench/results-<UTC date-time>.jsonl; service logs stay in .stack/bench/logs-*.
+#
+# --sockets N: instead of step 4, one instance of each service and `loadgen sockets
+# --sockets N --fanout-pid <fanout-0>` (N concurrent sockets on one fanout: its memory per
+# socket and the delivery latency; the other arguments then go to `loadgen sockets`).
 #
 # Arguments not listed above go to `loadgen pipeline`, e.g. --concurrency 100,
 # --rate 800 (with --mode open), --tenants 8, --dup-share 0.1. See `loadgen --help`.
@@ -41,6 +46,7 @@ MODE=closed
 CEIL_DURATION=10
 CEILINGS=1
 BUILD=1
+SOCKETS=""
 PASS=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -56,6 +62,8 @@ while [ $# -gt 0 ]; do
     --ceilings-duration=*) CEIL_DURATION="${1#*=}"; shift ;;
     --no-ceilings) CEILINGS=0; shift ;;
     --no-build) BUILD=0; shift ;;
+    --sockets) SOCKETS="$2"; shift 2 ;;
+    --sockets=*) SOCKETS="${1#*=}"; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) PASS+=("$1"); shift ;;
   esac
@@ -66,6 +74,10 @@ done
 for d in "$DURATION" "$WARMUP" "$CEIL_DURATION"; do
   [[ "$d" =~ ^[0-9]+(\.[0-9]+)?(ms|s|m|h)?$ ]] || { echo "bench: bad duration '$d' (e.g. 60, 60s, 2m)" >&2; exit 2; }
 done
+if [ -n "$SOCKETS" ]; then
+  [[ "$SOCKETS" =~ ^[1-9][0-9]*$ ]] || { echo "bench: bad --sockets '$SOCKETS'" >&2; exit 2; }
+  INSTANCES="1"
+fi
 [ -n "${INSTANCES// /}" ] || { echo "bench: --instances is empty" >&2; exit 2; }
 
 export JWT_SECRET="${JWT_SECRET:-dev-secret-change-me-0123456789abcdef}"
@@ -75,6 +87,9 @@ export MONGODB_DB="${MONGODB_DB:-pos}"
 USER_NATS_URL="${NATS_URL:-}" USER_REDIS_URL="${REDIS_URL:-}" USER_MONGODB_URI="${MONGODB_URI:-}"
 
 log() { printf 'bench: %s\n' "$*" >&2; }
+
+# many sockets need many file descriptors, in fanout and loadgen alike (both inherit this)
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 
 STAMP="$(date -u +%Y%m%dT%H%M%SZ)"
 RESULTS="$BENCH_DIR/results-$STAMP.jsonl"
@@ -241,6 +256,22 @@ for N in $INSTANCES; do
   fi
   FIRST=0
 
+  if [ -n "$SOCKETS" ]; then
+    FANOUT_PID=""
+    for i in "${!NAMES[@]}"; do [ "${NAMES[$i]}" = fanout-0 ] && FANOUT_PID="${PIDS[$i]}"; done
+    log "loadgen sockets: --sockets $SOCKETS on ${FANOUT_URLS[0]} (fanout pid $FANOUT_PID, open files limit $(ulimit -n)) ${PASS[*]:-}"
+    set +e
+    "$BIN_DIR/loadgen" sockets --ingress "${INGRESS_URLS[0]}" --fanout "${FANOUT_URLS[0]}" \
+      --secret "$JWT_SECRET" --sockets "$SOCKETS" --fanout-pid "$FANOUT_PID" --json "${PASS[@]}" \
+      >"$LOGS/n$N-sockets.json"
+    rc=$?
+    set -e
+    [ "$rc" = 0 ] || log "loadgen sockets exited with status $rc"
+    record "$LOGS/n$N-sockets.json" sockets "$N" "" "" "" ""
+    stop_round
+    continue
+  fi
+
   # infrastructure pids (started by stack.sh in this round) join the CPU sampling
   CPU_NAMES=("${NAMES[@]}") CPU_PIDS=("${PIDS[@]}")
   for f in nats redis mongod; do
@@ -324,6 +355,12 @@ done
 python3 - "$RESULTS" <<'EOF'
 import json, sys
 rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+for r in rows:
+    if r["kind"] == "sockets":
+        d = r.get("delivery_ms", {})
+        print("\nsockets: %s open / %s failed on one fanout; %s KiB per socket; delivery p50 %s p99 %s ms; %s of %s COMPLETED frames missing" % (
+            r.get("sockets_open"), r.get("sockets_failed"), r.get("kib_per_socket"), d.get("p50"), d.get("p99"),
+            r.get("missing"), r.get("expected_completed_frames")))
 for r in rows:
     if r["kind"] == "ceilings":
         print("\nceilings (this machine, %s cores):" % r["machine"]["cpus"])

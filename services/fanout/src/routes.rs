@@ -27,6 +27,9 @@ use service_kit::http::{Detail, ErrorResponse, Health};
 /// is not a PoS terminal and ends the socket.
 const MAX_INBOUND_BYTES: usize = 4 * 1024;
 
+/// Per-socket read buffer (see the upgrade below).
+const READ_BUFFER_BYTES: usize = 4 * 1024;
+
 /// Longest an upgrade waits for its tenant's live feed to exist.
 const LIVE_START_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
@@ -138,6 +141,10 @@ async fn upgrade(
     };
     let socket_done = app.sockets_done.clone();
     upgrade
+        // tungstenite preallocates its read buffer (128 KiB by default) per socket;
+        // clients send nothing but pongs and closes, so a small one is plenty.
+        // Measured with 5 000 sockets: 144 KiB of RSS per socket with the default.
+        .read_buffer_size(READ_BUFFER_BYTES)
         .max_message_size(MAX_INBOUND_BYTES)
         .max_frame_size(MAX_INBOUND_BYTES)
         .on_upgrade(move |ws| async move {

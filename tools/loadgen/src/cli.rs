@@ -9,6 +9,7 @@ loadgen: load generator for the POS backend, through its public API
 USAGE
   loadgen pipeline [options]   drive ingress (REST) and fanout (WebSocket) end to end
   loadgen ceilings [options]   raw JetStream publish and MongoDB insert rates on this machine
+  loadgen sockets [options]    many concurrent sockets on ONE fanout: memory per socket, delivery latency
 
 PIPELINE OPTIONS
   --ingress URL[,URL…]   ingress base URLs, used round-robin   (default http://localhost:3000)
@@ -25,6 +26,19 @@ PIPELINE OPTIONS
   --drain D              wait for outstanding COMPLETED frames (default 10s)
   --persist-wait D       then wait until GET /invoices?state=COMPLETED lists every
                          completed invoice (the system of record caught up; 0 = skip) (default 60s)
+  --json                 stdout gets only the JSON line; the table goes to stderr
+
+SOCKETS OPTIONS
+  --fanout URL           one fanout base URL                    (default http://localhost:3001)
+  --ingress URL          ingress base URL                       (default http://localhost:3000)
+  --secret S             HS256 secret (default $JWT_SECRET, else the dev default)
+  --sockets N            concurrent sockets                     (default 5000)
+  --tenants N            tenants the sockets are spread over    (default 10)
+  --invoices N           invoices posted once all are open      (default 200)
+  --rate R               invoices per second                    (default 50)
+  --connect-concurrency C  handshakes at a time                 (default 200)
+  --wait D               wait for every COMPLETED frame         (default 30s)
+  --fanout-pid PID       read the fanout's VmRSS before, with all open, and after
   --json                 stdout gets only the JSON line; the table goes to stderr
 
 CEILINGS OPTIONS
@@ -44,6 +58,7 @@ pub const DEV_SECRET: &str = "dev-secret-change-me-0123456789abcdef";
 pub enum Command {
     Pipeline(PipelineArgs),
     Ceilings(CeilingsArgs),
+    Sockets(SocketsArgs),
     Help,
 }
 
@@ -79,6 +94,21 @@ pub struct CeilingsArgs {
     pub in_flight: usize,
     pub concurrency: usize,
     pub bulk_concurrency: usize,
+    pub json: bool,
+}
+
+#[derive(Debug, Clone)]
+pub struct SocketsArgs {
+    pub fanout: String,
+    pub ingress: String,
+    pub secret: String,
+    pub sockets: usize,
+    pub tenants: usize,
+    pub invoices: usize,
+    pub rate: f64,
+    pub connect_concurrency: usize,
+    pub wait: Duration,
+    pub fanout_pid: Option<u32>,
     pub json: bool,
 }
 
@@ -155,8 +185,11 @@ pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> 
     match sub.as_str() {
         "pipeline" => parse_pipeline(&mut opts).map(Command::Pipeline),
         "ceilings" => parse_ceilings(&mut opts).map(Command::Ceilings),
+        "sockets" => parse_sockets(&mut opts).map(Command::Sockets),
         "-h" | "--help" | "help" => Ok(Command::Help),
-        other => Err(format!("unknown command {other:?} (pipeline | ceilings)")),
+        other => Err(format!(
+            "unknown command {other:?} (pipeline | ceilings | sockets)"
+        )),
     }
 }
 
@@ -218,6 +251,52 @@ fn parse_pipeline(opts: &mut Options) -> Result<PipelineArgs, String> {
     }
     if a.duration.is_zero() {
         return Err("--duration must be > 0".into());
+    }
+    Ok(a)
+}
+
+fn parse_sockets(opts: &mut Options) -> Result<SocketsArgs, String> {
+    let mut a = SocketsArgs {
+        fanout: "http://localhost:3001".into(),
+        ingress: "http://localhost:3000".into(),
+        secret: env_or("JWT_SECRET", DEV_SECRET),
+        sockets: 5000,
+        tenants: 10,
+        invoices: 200,
+        rate: 50.0,
+        connect_concurrency: 200,
+        wait: Duration::from_secs(30),
+        fanout_pid: None,
+        json: false,
+    };
+    let url = |v: String| v.trim().trim_end_matches('/').to_owned();
+    while let Some((name, inline)) = opts.next() {
+        match name.as_str() {
+            "--json" => a.json = true,
+            "-h" | "--help" => return Err(String::new()),
+            "--fanout" => a.fanout = url(opts.value(&name, inline)?),
+            "--ingress" => a.ingress = url(opts.value(&name, inline)?),
+            "--secret" => a.secret = opts.value(&name, inline)?,
+            "--sockets" => a.sockets = number(&name, &opts.value(&name, inline)?)?,
+            "--tenants" => a.tenants = number(&name, &opts.value(&name, inline)?)?,
+            "--invoices" => a.invoices = number(&name, &opts.value(&name, inline)?)?,
+            "--rate" => a.rate = number(&name, &opts.value(&name, inline)?)?,
+            "--connect-concurrency" => {
+                a.connect_concurrency = number(&name, &opts.value(&name, inline)?)?
+            }
+            "--wait" => a.wait = parse_duration(&opts.value(&name, inline)?)?,
+            "--fanout-pid" => a.fanout_pid = Some(number(&name, &opts.value(&name, inline)?)?),
+            _ => return Err(format!("sockets: unknown option {name}")),
+        }
+    }
+    if a.fanout.contains(',') {
+        return Err("--fanout takes one URL in sockets mode".into());
+    }
+    if a.sockets == 0 || a.tenants == 0 || a.connect_concurrency == 0 {
+        return Err("--sockets, --tenants and --connect-concurrency must be ≥ 1".into());
+    }
+    if !(a.rate > 0.0 && a.rate.is_finite()) {
+        return Err("--rate must be > 0".into());
     }
     Ok(a)
 }
@@ -292,6 +371,20 @@ mod tests {
         assert_eq!(a.duration, Duration::from_secs(15));
         assert_eq!(a.warmup, Duration::from_secs(1));
         assert!(a.json);
+    }
+
+    #[test]
+    fn sockets_options() {
+        let Ok(Command::Sockets(a)) = parse(args(
+            "sockets --fanout http://f:1/ --sockets 2000 --tenants 4 --fanout-pid 42 --wait=10s",
+        )) else {
+            panic!("did not parse")
+        };
+        assert_eq!(a.fanout, "http://f:1");
+        assert_eq!((a.sockets, a.tenants, a.invoices), (2000, 4, 200));
+        assert_eq!(a.fanout_pid, Some(42));
+        assert_eq!(a.wait, Duration::from_secs(10));
+        assert!(parse(args("sockets --fanout http://a,http://b")).is_err());
     }
 
     #[test]

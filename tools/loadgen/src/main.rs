@@ -16,6 +16,9 @@
 //! held until the answer names the id. A share of requests resend an earlier body with
 //! its key and must come back `200` with the same id (`Idempotent-Replayed`).
 //!
+//! `loadgen sockets` holds many sockets on one fanout instance and reports its memory
+//! per socket and the delivery latency of `invoice.state` frames (`sockets`).
+//!
 //! `loadgen ceilings` measures JetStream acked publishes (pipelined and synchronous)
 //! and MongoDB `w: majority` inserts (single and batches of 100) into temporary
 //! resources that it removes afterwards.
@@ -36,6 +39,7 @@ mod cli;
 mod feed;
 mod invoice;
 mod pipeline;
+mod sockets;
 mod stats;
 
 use std::process::ExitCode;
@@ -70,6 +74,7 @@ fn main() -> ExitCode {
             }
             cli::Command::Pipeline(args) => pipeline::run(args).await,
             cli::Command::Ceilings(args) => ceilings::run(args).await,
+            cli::Command::Sockets(args) => sockets::run(args).await,
         }
     });
     match result {
