@@ -29,14 +29,19 @@ fn lifecycle(tenant: &TenantId) -> Vec<Envelope> {
         .collect()
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn racing_and_reordered_event_writes_keep_one_document_in_its_latest_state() {
+/// A store on a database of its own, and a tenant nobody else uses.
+async fn fresh_store() -> (Store, TenantId) {
     let infra = Infra::from_env();
     let settings = infra_settings(&infra, &unique("s"), &unique("s"));
     let store = Store::connect(&settings.mongodb_uri, &settings.mongodb_db)
         .await
         .unwrap();
-    let tenant = TenantId::parse(unique("shop")).unwrap();
+    (store, TenantId::parse(unique("shop")).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn racing_and_reordered_event_writes_keep_one_document_in_its_latest_state() {
+    let (store, tenant) = fresh_store().await;
     let invoices: Vec<_> = (0..50).map(|_| lifecycle(&tenant)).collect();
     // Every event of every invoice three times (redeliveries), all at once, newest first.
     let writes = invoices
@@ -65,12 +70,7 @@ async fn racing_and_reordered_event_writes_keep_one_document_in_its_latest_state
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_idempotency_lookup_uses_the_unique_index_not_a_scan_of_the_tenant() {
-    let infra = Infra::from_env();
-    let settings = infra_settings(&infra, &unique("s"), &unique("s"));
-    let store = Store::connect(&settings.mongodb_uri, &settings.mongodb_db)
-        .await
-        .unwrap();
-    let tenant = TenantId::parse(unique("shop")).unwrap();
+    let (store, tenant) = fresh_store().await;
     for _ in 0..30 {
         store.apply(&lifecycle(&tenant)[0]).await.unwrap();
     }

@@ -223,20 +223,25 @@ impl Run {
     }
 }
 
+/// A terminal's JWT for `tenant`, valid until `exp` (Unix seconds).
+pub(crate) fn terminal_token(secret: &str, tenant: &str, exp: i64) -> String {
+    auth::sign(
+        secret,
+        &auth::Claims {
+            sub: "loadgen".into(),
+            tenant: tenant.to_owned(),
+            role: auth::Role::Terminal,
+            exp,
+        },
+    )
+}
+
 fn mint_tenants(args: &PipelineArgs, run_id: &str) -> Vec<Tenant> {
     let exp = chrono::Utc::now().timestamp() + 3600;
     (0..args.tenants)
         .map(|i| {
             let name = format!("bench-{run_id}-{i}");
-            let token = auth::sign(
-                &args.secret,
-                &auth::Claims {
-                    sub: "loadgen".into(),
-                    tenant: name.clone(),
-                    role: auth::Role::Terminal,
-                    exp,
-                },
-            );
+            let token = terminal_token(&args.secret, &name, exp);
             Tenant {
                 bearer: format!("Bearer {token}"),
                 name,

@@ -165,15 +165,7 @@ pub async fn run(args: SocketsArgs) -> Result<(), String> {
     let tenants: Vec<(String, String)> = (0..args.tenants)
         .map(|i| {
             let name = format!("sockets-{run_id}-{i}");
-            let token = auth::sign(
-                &args.secret,
-                &auth::Claims {
-                    sub: "loadgen".into(),
-                    tenant: name.clone(),
-                    role: auth::Role::Terminal,
-                    exp,
-                },
-            );
+            let token = crate::pipeline::terminal_token(&args.secret, &name, exp);
             (name, token)
         })
         .collect();
