@@ -149,3 +149,86 @@ async fn keys_are_scoped_per_tenant_and_header_keys_count_too() {
     let v: serde_json::Value = r.json().await.unwrap();
     assert_eq!(v["id"], mine.body["id"]);
 }
+
+async fn pttl(stack: &TestStack, key: &str) -> i64 {
+    let mut c = stack.redis().await;
+    redis::cmd("PTTL")
+        .arg(key)
+        .query_async(&mut c)
+        .await
+        .unwrap()
+}
+
+/// Redis holds what is in flight, not the day's volume: once MongoDB stores an invoice,
+/// its claim and (final) job state keep at most `cache::SETTLED_TTL`; until then they keep
+/// their long TTLs.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_forgets_an_invoice_soon_after_mongodb_stored_it_and_not_before() {
+    let settled = cache::SETTLED_TTL.as_millis() as i64;
+    let unsettled = TestStack::with(Options {
+        start_persister: false,
+        ..Options::default()
+    })
+    .await;
+    let key = unique("k-");
+    let first = unsettled.api.post(&invoice_body(Some(&key), "T1")).await;
+    assert_eq!(first.status, 202);
+    let id = first.body["id"].as_str().unwrap();
+    unsettled
+        .api
+        .wait_state(id, "COMPLETED", Duration::from_secs(20))
+        .await;
+    let (ns, tenant) = (&unsettled.namespace, &unsettled.api.tenant);
+    for k in [
+        format!("{ns}:idem:{tenant}:{key}"),
+        format!("{ns}:job:{tenant}:{id}"),
+    ] {
+        let ttl = pttl(&unsettled, &k).await;
+        assert!(
+            ttl > settled,
+            "{k}: PTTL {ttl} ms while MongoDB has nothing"
+        );
+    }
+
+    let stack = TestStack::start().await;
+    let key = unique("k-");
+    let first = stack.api.post(&invoice_body(Some(&key), "T1")).await;
+    assert_eq!(first.status, 202);
+    let id = first.body["id"].as_str().unwrap().to_owned();
+    let (ns, tenant) = (&stack.namespace, &stack.api.tenant);
+    let keys = [
+        format!("{ns}:idem:{tenant}:{key}"),
+        format!("{ns}:job:{tenant}:{id}"),
+    ];
+    crate::support::eventually(
+        "claim and job state settled",
+        Duration::from_secs(20),
+        || {
+            let stack = &stack;
+            let keys = &keys;
+            async move {
+                for k in keys {
+                    let ttl = pttl(stack, k).await;
+                    // -2: already gone.
+                    if !(ttl == -2 || (0..=settled).contains(&ttl)) {
+                        return None;
+                    }
+                }
+                Some(())
+            }
+        },
+    )
+    .await;
+    let doc = stack
+        .mongo()
+        .await
+        .find_one(mongodb::bson::doc! { "_id": &id })
+        .await
+        .unwrap()
+        .expect("stored before Redis let go");
+    assert_eq!(doc.get_str("state").unwrap(), "COMPLETED");
+    // MongoDB answers the key from now on.
+    let again = stack.api.post(&invoice_body(Some(&key), "T1")).await;
+    assert_eq!(again.status, 200);
+    assert_eq!(again.body["id"], id.as_str());
+}

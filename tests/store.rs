@@ -7,7 +7,11 @@ use messaging::Envelope;
 use store::{Store, Written};
 
 fn lifecycle(tenant: &TenantId) -> Vec<Envelope> {
-    let draft = crate::support::sample_draft(None);
+    lifecycle_keyed(tenant, None)
+}
+
+fn lifecycle_keyed(tenant: &TenantId, key: Option<&str>) -> Vec<Envelope> {
+    let draft = crate::support::sample_draft(key);
     let queued = Invoice::queued(
         InvoiceId::generate(),
         tenant.clone(),
@@ -90,4 +94,78 @@ async fn the_idempotency_lookup_uses_the_unique_index_not_a_scan_of_the_tenant()
         plan.to_string().contains("tenant_idempotency_key"),
         "{plan}"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_batched_write_reports_each_invoice_outcome() {
+    let (store, tenant) = fresh_store().await;
+    let stored = lifecycle_keyed(&tenant, Some("k-1"));
+    let fresh = lifecycle_keyed(&tenant, Some("k-2"));
+    // Another invoice under k-1: a duplicate that got past every earlier guard.
+    let thief = lifecycle_keyed(&tenant, Some("k-1"));
+    assert_eq!(store.apply(&stored[1]).await.unwrap(), Written::Applied);
+
+    let batch = vec![
+        stored[0].clone(), // older than what is stored
+        stored[2].clone(), // newer
+        fresh[0].clone(),  // absent
+        thief[0].clone(),  // key owned by `stored`
+        fresh[2].clone(),  // the same invoice again in the batch, newer
+        fresh[1].clone(),  // ... and an older one after it
+    ];
+    let outcomes: Vec<_> = store
+        .apply_many(&batch)
+        .await
+        .into_iter()
+        .map(Result::unwrap)
+        .collect();
+    assert_eq!(
+        outcomes,
+        [
+            Written::Stale,
+            Written::Applied,
+            Written::Applied,
+            Written::KeyTaken,
+            Written::Applied,
+            Written::Stale,
+        ]
+    );
+    let state = |id| {
+        let store = store.clone();
+        let tenant = tenant.clone();
+        async move {
+            store
+                .find(&tenant, id)
+                .await
+                .unwrap()
+                .map(|e| e.invoice.state)
+        }
+    };
+    use domain::InvoiceState::Completed;
+    assert_eq!(state(stored[0].invoice.id).await, Some(Completed));
+    assert_eq!(state(fresh[0].invoice.id).await, Some(Completed));
+    assert_eq!(state(thief[0].invoice.id).await, None);
+    assert_eq!(store.count(&tenant, None).await.unwrap(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replay_replaces_the_document_so_no_field_of_the_failed_generation_survives() {
+    let (store, tenant) = fresh_store().await;
+    let mut failed = lifecycle(&tenant)[1].clone();
+    failed
+        .invoice
+        .fail("retries_exhausted", "gave up", Timestamp::now())
+        .unwrap();
+    assert_eq!(store.apply(&failed).await.unwrap(), Written::Applied);
+    let mut replayed = failed.clone();
+    replayed.invoice.replay(Timestamp::now()).unwrap();
+    assert_eq!(store.apply(&replayed).await.unwrap(), Written::Applied);
+    let now = store
+        .find(&tenant, failed.invoice.id)
+        .await
+        .unwrap()
+        .expect("stored");
+    assert_eq!(now.invoice.state, domain::InvoiceState::Queued);
+    assert_eq!(now.invoice.replays, 1);
+    assert!(now.invoice.error.is_none(), "{:?}", now.invoice.error);
 }

@@ -6,6 +6,11 @@
 //!   written only forward (a Lua script compares versions), so `GET /invoices/{id}` is
 //!   read-your-writes before MongoDB has the invoice.
 //!
+//! Both are only needed until MongoDB holds the invoice: the persister [`Cache::settle`]s
+//! them to a short TTL once it stored one (the claim) or a final state (the job), so
+//! Redis' memory follows the invoices in flight, not the daily volume. The long default
+//! TTLs are the fallback for a persister that cannot reach Redis.
+//!
 //! Every call is bounded by a short timeout and fails with [`CacheError`]; callers fall
 //! back to MongoDB and JetStream. Losing Redis makes the system slower, never wrong.
 
@@ -16,6 +21,14 @@ use serde::{Deserialize, Serialize};
 use std::{sync::Arc, time::Duration};
 use tokio::sync::OnceCell;
 use tracing::{info, warn};
+
+/// Default of `JOB_TTL_MS`: job state of an invoice the persister has not settled.
+pub const DEFAULT_JOB_TTL: Duration = Duration::from_secs(3600);
+/// Default of `CLAIM_TTL_MS`: a claim the persister has not settled.
+pub const DEFAULT_CLAIM_TTL: Duration = Duration::from_secs(24 * 3600);
+/// What is left of a claim or job state once MongoDB holds what it stands for: a margin
+/// for requests already past their Redis read, nothing more.
+pub const SETTLED_TTL: Duration = Duration::from_secs(30);
 
 /// Longest a request waits on Redis before treating it as down.
 const OP_TIMEOUT: Duration = Duration::from_millis(250);
@@ -61,15 +74,38 @@ impl std::fmt::Debug for Cache {
 }
 
 /// Sets the job key only if the stored version is lower (the value is `version|json`).
+/// An existing key keeps its TTL: one the persister already settled stays short.
 const PUT_FORWARD: &str = r#"
 local cur = redis.call('GET', KEYS[1])
 if cur then
   local v = tonumber(string.match(cur, '^(%d+)|'))
   if v and v >= tonumber(ARGV[1]) then return 0 end
+  redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'KEEPTTL')
+  return 1
 end
 redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'PX', ARGV[3])
 return 1
 "#;
+
+/// Sets a key, keeping its TTL if it exists (a settled claim stays short).
+const SET_KEEPING_TTL: &str = r#"
+if redis.call('EXISTS', KEYS[1]) == 1 then
+  redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
+else
+  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
+end
+return 1
+"#;
+
+/// What MongoDB now holds of one invoice, for [`Cache::settle`].
+#[derive(Debug, Clone)]
+pub struct Stored<'a> {
+    pub tenant: &'a TenantId,
+    pub id: InvoiceId,
+    pub key: Option<&'a IdempotencyKey>,
+    /// A final state is stored: the job state is no longer needed either.
+    pub is_final: bool,
+}
 
 impl Cache {
     /// Validates the URL at once, then connects in the background (retrying with logged
@@ -192,16 +228,37 @@ impl Cache {
     ) -> Result<(), CacheError> {
         let mut c = self.conn()?;
         let value = serde_json::to_string(claim).unwrap_or_default();
-        let ttl = self.claim_ttl.as_millis() as u64;
-        self.run(
-            redis::cmd("SET")
-                .arg(self.claim_key(tenant, key))
-                .arg(value)
-                .arg("PX")
-                .arg(ttl)
-                .query_async::<()>(&mut c),
-        )
-        .await
+        let script = Script::new(SET_KEEPING_TTL);
+        let mut invocation = script.key(self.claim_key(tenant, key));
+        invocation.arg(value).arg(self.claim_ttl.as_millis() as u64);
+        self.run(invocation.invoke_async::<i64>(&mut c))
+            .await
+            .map(|_| ())
+    }
+
+    /// Shortens the claims and job states of invoices MongoDB now holds to
+    /// [`SETTLED_TTL`] (never lengthens one): one round trip for the lot.
+    pub async fn settle(&self, stored: &[Stored<'_>]) -> Result<(), CacheError> {
+        let mut c = self.conn()?;
+        let ttl = SETTLED_TTL.as_millis() as u64;
+        let mut pipe = redis::pipe();
+        for s in stored {
+            if let Some(key) = s.key {
+                pipe.cmd("PEXPIRE")
+                    .arg(self.claim_key(s.tenant, key))
+                    .arg(ttl)
+                    .arg("LT")
+                    .ignore();
+            }
+            if s.is_final {
+                pipe.cmd("PEXPIRE")
+                    .arg(self.job_key(s.tenant, s.id))
+                    .arg(ttl)
+                    .arg("LT")
+                    .ignore();
+            }
+        }
+        self.run(pipe.query_async::<()>(&mut c)).await
     }
 
     /// Gives a claim up (our publish failed, so the next request may try).

@@ -12,12 +12,12 @@ use domain::{IdempotencyKey, Invoice, InvoiceId, InvoiceState, TenantId, Termina
 use futures_util::TryStreamExt;
 use messaging::Envelope;
 use mongodb::{
-    bson::{self, doc, Document},
-    options::{ClientOptions, FindOptions, IndexOptions, UpdateOptions, WriteConcern},
+    bson::{self, doc, rawdoc, Bson, Document, RawArrayBuf, RawDocumentBuf},
+    options::{ClientOptions, FindOptions, IndexOptions, WriteConcern},
     Client, Collection, IndexModel,
 };
 use serde::{Deserialize, Serialize};
-use std::time::Duration;
+use std::{collections::HashMap, time::Duration};
 use tracing::{info, warn};
 
 const COLLECTION: &str = "invoices";
@@ -58,6 +58,17 @@ struct StoredInvoice {
     #[serde(flatten)]
     invoice: Invoice,
     fingerprint: String,
+    version: i64,
+}
+
+/// [`StoredInvoice`] by reference, for writing without copying the invoice.
+#[derive(Serialize)]
+struct StoredRef<'a> {
+    #[serde(rename = "_id")]
+    id: &'a str,
+    #[serde(flatten)]
+    invoice: &'a Invoice,
+    fingerprint: &'a str,
     version: i64,
 }
 
@@ -160,44 +171,156 @@ impl Store {
 
     /// Writes the invoice of `envelope` if it is newer than what is stored.
     pub async fn apply(&self, envelope: &Envelope) -> Result<Written, StoreError> {
-        let invoice = &envelope.invoice;
-        let version = invoice.version().as_i64();
-        let stored = StoredInvoice {
-            id: invoice.id.to_string(),
-            invoice: invoice.clone(),
-            fingerprint: envelope.fingerprint.clone(),
-            version,
-        };
-        let mut set = bson::to_document(&stored).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        set.remove("_id");
-        let filter = doc! { "_id": invoice.id.to_string(), "version": { "$lt": version } };
-        let update = doc! { "$set": set };
-        let options = UpdateOptions::builder().upsert(true).build();
-        match self
-            .invoices
-            .update_one(filter.clone(), update.clone())
-            .with_options(options)
+        self.apply_many(std::slice::from_ref(envelope))
             .await
-        {
-            Ok(r) if r.matched_count > 0 || r.upserted_id.is_some() => Ok(Written::Applied),
-            Ok(_) => Ok(Written::Stale),
-            Err(e) => match duplicate_key_index(&e) {
-                // The upsert found no document with a lower version and tried to insert,
-                // but the document exists: either it already holds this version or a
-                // later one, or a concurrent first write created it a moment ago. Now that
-                // it exists, the plain conditional update decides which.
-                Some(DuplicateOn::Id) => {
-                    let r = self.invoices.update_one(filter, update).await?;
-                    Ok(if r.matched_count > 0 {
-                        Written::Applied
-                    } else {
-                        Written::Stale
-                    })
-                }
-                Some(DuplicateOn::IdempotencyKey) => Ok(Written::KeyTaken),
-                None => Err(e.into()),
-            },
+            .pop()
+            .unwrap_or_else(|| Err(StoreError::Unavailable("empty write reply".into())))
+    }
+
+    /// Writes each invoice that is newer than what is stored; one outcome per envelope,
+    /// in order.
+    ///
+    /// One `update` command carries many statements (unordered): one round trip and one
+    /// journal commit for the lot instead of one per invoice, which is what MongoDB spends
+    /// most of its time on under load. Each statement replaces the whole document if its
+    /// version is lower, or inserts it if absent (`upsert`), so its outcome is known
+    /// without reading back: upserted or matched → applied; a duplicate `_id` → the
+    /// document exists with this version or a later one (or a racing first write created
+    /// it a moment ago), settled by a plain conditional replace; a duplicate on the
+    /// idempotency-key index → another invoice owns the key.
+    pub async fn apply_many(&self, envelopes: &[Envelope]) -> Vec<Result<Written, StoreError>> {
+        let mut outcomes: Vec<Option<Result<Written, StoreError>>> =
+            envelopes.iter().map(|_| None).collect();
+        let mut statements = Vec::with_capacity(envelopes.len());
+        for (i, envelope) in envelopes.iter().enumerate() {
+            match replacement(envelope) {
+                Ok(s) => statements.push((i, s)),
+                Err(e) => outcomes[i] = Some(Err(e)),
+            }
         }
+        // MongoDB takes commands up to 16 MiB; large invoices split the batch.
+        let mut chunk: Vec<(usize, Statement)> = Vec::new();
+        let mut bytes = 0;
+        let mut chunks = Vec::new();
+        for (i, s) in statements {
+            let size = s.doc.as_bytes().len();
+            if !chunk.is_empty()
+                && (bytes + size > MAX_COMMAND_BYTES || chunk.len() >= MAX_STATEMENTS)
+            {
+                chunks.push(std::mem::take(&mut chunk));
+                bytes = 0;
+            }
+            bytes += size;
+            chunk.push((i, s));
+        }
+        if !chunk.is_empty() {
+            chunks.push(chunk);
+        }
+        for chunk in chunks {
+            for (i, outcome) in self.update_command(chunk).await {
+                outcomes[i] = Some(outcome);
+            }
+        }
+        outcomes
+            .into_iter()
+            .map(|o| o.unwrap_or_else(|| Err(StoreError::Unavailable("no write outcome".into()))))
+            .collect()
+    }
+
+    /// One unordered `update` command with a conditional replace-or-insert per statement.
+    async fn update_command(
+        &self,
+        chunk: Vec<(usize, Statement)>,
+    ) -> Vec<(usize, Result<Written, StoreError>)> {
+        let mut updates = RawArrayBuf::new();
+        for (_, s) in &chunk {
+            updates.push(rawdoc! {
+                "q": { "_id": s.id.as_str(), "version": { "$lt": s.version } },
+                "u": s.doc.clone(),
+                "upsert": true,
+            });
+        }
+        let command = rawdoc! {
+            "update": COLLECTION,
+            "updates": updates,
+            "ordered": false,
+            // An event is acked to the broker only once its write is journaled.
+            "writeConcern": { "w": "majority" },
+        };
+        let reply = match self.db().run_raw_command(command).await {
+            Ok(reply) => reply,
+            Err(e) => {
+                let message = e.to_string();
+                return chunk
+                    .into_iter()
+                    .map(|(i, _)| (i, Err(StoreError::Unavailable(message.clone()))))
+                    .collect();
+            }
+        };
+        if let Ok(wce) = reply.get_document("writeConcernError") {
+            // Written, but not known to be durable: the caller retries (idempotently).
+            let message = format!("write concern not satisfied: {wce}");
+            return chunk
+                .into_iter()
+                .map(|(i, _)| (i, Err(StoreError::Unavailable(message.clone()))))
+                .collect();
+        }
+        let mut errors: HashMap<usize, (i32, String)> = HashMap::new();
+        if let Ok(list) = reply.get_array("writeErrors") {
+            for e in list.iter().filter_map(Bson::as_document) {
+                let index = e.get_i32("index").unwrap_or(-1);
+                let code = e.get_i32("code").unwrap_or(0);
+                let message = e.get_str("errmsg").unwrap_or_default().to_owned();
+                if let Ok(index) = usize::try_from(index) {
+                    errors.insert(index, (code, message));
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(chunk.len());
+        for (position, (i, statement)) in chunk.into_iter().enumerate() {
+            let outcome = match errors.remove(&position) {
+                None => Ok(Written::Applied),
+                Some((11000, message)) if message.contains(KEY_INDEX) => Ok(Written::KeyTaken),
+                Some((11000, _)) => self.replace_if_newer(statement).await,
+                Some((code, message)) => Err(StoreError::Unavailable(format!(
+                    "write refused ({code}): {message}"
+                ))),
+            };
+            out.push((i, outcome));
+        }
+        out
+    }
+
+    /// The document exists: replace it only if its version is lower.
+    async fn replace_if_newer(&self, s: Statement) -> Result<Written, StoreError> {
+        let command = rawdoc! {
+            "update": COLLECTION,
+            "updates": [{
+                "q": { "_id": s.id.as_str(), "version": { "$lt": s.version } },
+                "u": s.doc,
+            }],
+            "writeConcern": { "w": "majority" },
+        };
+        let reply = self.db().run_raw_command(command).await?;
+        if let Ok(list) = reply.get_array("writeErrors") {
+            return Err(StoreError::Unavailable(format!("write refused: {list:?}")));
+        }
+        let matched = reply
+            .get_i32("n")
+            .map(i64::from)
+            .or_else(|_| reply.get_i64("n"))
+            .unwrap_or(0);
+        Ok(if matched > 0 {
+            Written::Applied
+        } else {
+            Written::Stale
+        })
+    }
+
+    fn db(&self) -> mongodb::Database {
+        self.invoices
+            .client()
+            .database(self.invoices.namespace().db.as_str())
     }
 
     pub async fn find(
@@ -232,12 +355,7 @@ impl Store {
             "explain": { "find": COLLECTION, "filter": key_filter(tenant, key), "limit": 1 },
             "verbosity": "executionStats",
         };
-        Ok(self
-            .invoices
-            .client()
-            .database(self.invoices.namespace().db.as_str())
-            .run_command(command)
-            .await?)
+        Ok(self.db().run_command(command).await?)
     }
 
     /// One page of a tenant's invoices, newest first, and the total matching.
@@ -324,24 +442,28 @@ fn key_filter(tenant: &TenantId, key: &IdempotencyKey) -> Document {
     }
 }
 
-enum DuplicateOn {
-    Id,
-    IdempotencyKey,
+/// Largest `update` command sent (MongoDB's limit is 16 MiB plus overhead).
+const MAX_COMMAND_BYTES: usize = 8 * 1024 * 1024;
+/// Most statements in one `update` command.
+const MAX_STATEMENTS: usize = 1000;
+
+/// One invoice as the document it replaces or becomes.
+struct Statement {
+    id: String,
+    version: i64,
+    doc: RawDocumentBuf,
 }
 
-fn duplicate_key_index(e: &mongodb::error::Error) -> Option<DuplicateOn> {
-    use mongodb::error::{ErrorKind, WriteFailure};
-    let (code, message) = match &*e.kind {
-        ErrorKind::Write(WriteFailure::WriteError(w)) => (w.code, w.message.as_str()),
-        ErrorKind::Command(c) => (c.code, c.message.as_str()),
-        _ => return None,
-    };
-    if code != 11000 {
-        return None;
-    }
-    Some(if message.contains(KEY_INDEX) {
-        DuplicateOn::IdempotencyKey
-    } else {
-        DuplicateOn::Id
+fn replacement(envelope: &Envelope) -> Result<Statement, StoreError> {
+    let invoice = &envelope.invoice;
+    let id = invoice.id.to_string();
+    let version = invoice.version().as_i64();
+    let doc = bson::to_raw_document_buf(&StoredRef {
+        id: &id,
+        invoice,
+        fingerprint: &envelope.fingerprint,
+        version,
     })
+    .map_err(|e| StoreError::Corrupt(e.to_string()))?;
+    Ok(Statement { id, version, doc })
 }

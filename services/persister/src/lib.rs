@@ -7,8 +7,12 @@
 //! without limit (capped backoff): an event is a fact and must reach the record; the lag
 //! shows in the consumer's pending count.
 //!
+//! Once MongoDB holds an invoice, its Redis claim and (final) job state are settled to a
+//! short TTL: Redis then holds only what is in flight.
+//!
 //! Layout: `settings.rs` (env), `handler.rs` (per-event logic), `batch.rs` (write
-//! coalescing: one MongoDB write per invoice per batch), this file (wiring).
+//! coalescing: one `update` command per batch, one statement per invoice), this file
+//! (wiring).
 
 mod batch;
 mod handler;
@@ -54,7 +58,15 @@ impl App {
                 "Projects invoice lifecycle events into MongoDB",
             )
             .await?;
-        let writer = batch::Batcher::start(store.clone(), settings.max_batch, settings.linger);
+        // Only to shorten the TTLs of what MongoDB now holds: the persister works without it.
+        let cache = cache::Cache::connect(
+            &infra.redis_url,
+            &infra.namespace,
+            cache::DEFAULT_JOB_TTL,
+            cache::DEFAULT_CLAIM_TTL,
+        )?;
+        let writer =
+            batch::Batcher::start(store.clone(), cache, settings.max_batch, settings.linger);
         let handler = Arc::new(Persister::new(bus.clone(), writer));
         let stop_health = Shutdown::new();
         let (b, st) = (bus.clone(), store.clone());

@@ -1,7 +1,7 @@
 //! One delivery of a submission: `handle` is callable without a broker loop, and holds
 //! every decision the processor makes about an invoice.
 
-use domain::{compute, Invoice, InvoiceError, Timestamp};
+use domain::{compute, Invoice, InvoiceError, InvoiceState, Timestamp};
 use messaging::{consume::Delivery, Bus, DeadLetter, Envelope, Handler, Outcome};
 use tracing::{info, warn};
 
@@ -32,6 +32,35 @@ impl Processor {
             warn!(error = %e, "job state not cached");
         }
         Ok(())
+    }
+
+    /// The final state this generation of the invoice already reached, if any: then a
+    /// redelivery after a crash, or a submission of a finished generation, is done.
+    ///
+    /// A first delivery asks Redis first: ingress cached the job as QUEUED a moment ago,
+    /// and a cached state is never ahead of the truth (it is written after the event is
+    /// published), so a non-final one means there is work to do. A redelivery, or a job
+    /// Redis does not know (expired, flushed, Redis down), asks MongoDB, the system of
+    /// record. One Redis read instead of one MongoDB read per invoice on the hot path.
+    async fn already_done(
+        &self,
+        invoice: &Invoice,
+        attempt: u32,
+    ) -> Result<Option<InvoiceState>, String> {
+        let done = |latest: &Invoice| {
+            (latest.replays > invoice.replays
+                || (latest.replays == invoice.replays && latest.state.is_final()))
+            .then_some(latest.state)
+        };
+        if attempt <= 1 {
+            if let Ok(Some(cached)) = self.cache.job(&invoice.tenant_id, invoice.id).await {
+                return Ok(done(&cached.invoice));
+            }
+        }
+        match self.store.find(&invoice.tenant_id, invoice.id).await {
+            Err(e) => Err(e.to_string()),
+            Ok(stored) => Ok(stored.and_then(|s| done(&s.invoice))),
+        }
     }
 
     async fn dead_letter(&self, submission: Envelope, failed: &Invoice) -> Result<(), String> {
@@ -85,19 +114,13 @@ impl Handler for Processor {
         let correlation = delivery.correlation();
         let mut invoice = submission.invoice.clone();
 
-        // The system of record decides whether there is anything left to do: a redelivery
-        // after a crash, or a submission of a generation already finished, is done.
-        match self.store.find(&invoice.tenant_id, invoice.id).await {
-            Err(e) => return Outcome::Retry(e.to_string()),
-            Ok(Some(stored))
-                if stored.invoice.replays > invoice.replays
-                    || (stored.invoice.replays == invoice.replays
-                        && stored.invoice.state.is_final()) =>
-            {
-                info!(invoice_id = %invoice.id, state = %stored.invoice.state, "already final; nothing to do");
+        match self.already_done(&invoice, delivery.attempt).await {
+            Err(e) => return Outcome::Retry(e),
+            Ok(Some(state)) => {
+                info!(invoice_id = %invoice.id, %state, "already final; nothing to do");
                 return Outcome::Done;
             }
-            Ok(_) => {}
+            Ok(None) => {}
         }
 
         // The QUEUED event first, under the id ingress gave it (JetStream drops whichever

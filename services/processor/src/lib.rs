@@ -54,7 +54,7 @@ impl App {
             &infra.redis_url,
             &infra.namespace,
             settings.job_ttl,
-            settings.job_ttl,
+            cache::DEFAULT_CLAIM_TTL,
         )?;
         let store = store::Store::connect(&infra.mongodb_uri, &infra.mongodb_db).await?;
         let service = admin::register(&bus, &store)

@@ -12,7 +12,8 @@ pub struct Settings {
     /// `MAX_ATTEMPTS` (default 4: the first try and 3 retries), `RETRY_BASE_MS` (default
     /// 1000: delays 1 s, 2 s, 4 s), `RETRY_MAX_MS` (default 30000).
     pub retry: RetryPolicy,
-    /// `JOB_TTL_MS`: lifetime of the Redis job state (default 1 h).
+    /// `JOB_TTL_MS`: lifetime of a Redis job state this processor creates (default 1 h;
+    /// normally ingress created it already, and its TTL is kept).
     pub job_ttl: Duration,
 }
 
@@ -34,7 +35,7 @@ impl Settings {
             base_delay: env.millis("RETRY_BASE_MS", Duration::from_secs(1)),
             max_delay: env.millis("RETRY_MAX_MS", Duration::from_secs(30)),
         };
-        let job_ttl = env.millis("JOB_TTL_MS", Duration::from_secs(3600));
+        let job_ttl = env.millis("JOB_TTL_MS", cache::DEFAULT_JOB_TTL);
         env.finish().map(|_| Self {
             infra,
             worker,
