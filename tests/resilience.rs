@@ -1,6 +1,11 @@
-//! Failure semantics with real faults (contract § Lifecycle): MongoDB outages inside and
-//! past the retry window, dead letters and their replay, kill -9 and SIGTERM of
-//! workers under load.
+//! Failure semantics with real faults (contract § Lifecycle): outages inside and past the
+//! retry window, dead letters and their replay, kill -9 and SIGTERM of workers under load.
+//!
+//! The processor needs no database to compute an invoice: it asks Redis (then MongoDB)
+//! only whether the invoice is already done. So a MongoDB outage alone delays only the
+//! system of record (the persister retries without limit), while MongoDB and Redis down
+//! together leave the processor unable to tell, and it retries: the outages below take
+//! both down.
 
 use crate::support::{
     eventually, infra::PrivateServer, invoice_body, stack::Options, unique, ProcessStack, TestStack,
@@ -42,21 +47,68 @@ async fn post_many(stack: &TestStack, n: usize) -> Vec<String> {
         .collect()
 }
 
+/// MongoDB and Redis of a test's own, to kill.
+async fn private_stores(retry_base: Duration) -> (PrivateServer, PrivateServer, TestStack) {
+    let mongo = PrivateServer::mongod().await;
+    let redis = PrivateServer::redis().await;
+    let stack = TestStack::with(Options {
+        mongodb_uri: Some(mongo.url.clone()),
+        redis_url: Some(redis.url.clone()),
+        retry_base,
+        ..Options::default()
+    })
+    .await;
+    (mongo, redis, stack)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_mongodb_outage_inside_the_retry_window_ends_with_every_invoice_completed_once() {
+async fn a_mongodb_outage_alone_completes_every_invoice_and_stores_them_when_it_is_back() {
     let mut mongo = PrivateServer::mongod().await;
     let stack = TestStack::with(Options {
         mongodb_uri: Some(mongo.url.clone()),
-        retry_base: Duration::from_millis(1000),
         ..Options::default()
     })
     .await;
     let mut ids = post_many(&stack, 10).await;
     mongo.kill().await;
     ids.extend(post_many(&stack, 10).await);
+    // Read from Redis' job state while MongoDB is down (each read waits out MongoDB's
+    // server selection, so all at once).
+    let done = futures_util::future::join_all(ids.iter().map(|id| {
+        stack
+            .api
+            .wait_state(id, "COMPLETED", Duration::from_secs(60))
+    }))
+    .await;
+    for invoice in done {
+        assert_eq!(invoice["attempts"], 1, "nothing to retry: {invoice}");
+    }
+    mongo.start().await;
+    eventually("all 20 stored", Duration::from_secs(60), || async {
+        let n = stack
+            .mongo()
+            .await
+            .count_documents(mongodb::bson::doc! { "state": "COMPLETED" })
+            .await
+            .ok()?;
+        (n == 20).then_some(())
+    })
+    .await;
+    assert_eq!(stack.stored_count(&stack.api.tenant).await, 20);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_mongodb_and_redis_outage_inside_the_retry_window_ends_with_every_invoice_completed_once()
+{
+    let (mut mongo, mut redis, stack) = private_stores(Duration::from_millis(1000)).await;
+    let mut ids = post_many(&stack, 10).await;
+    mongo.kill().await;
+    redis.kill().await;
+    ids.extend(post_many(&stack, 10).await);
     // Longer than the driver's 3 s server selection, so attempts really fail.
     tokio::time::sleep(Duration::from_millis(4000)).await;
     mongo.start().await;
+    redis.start().await;
 
     let mut retried = 0;
     for id in &ids {
@@ -76,21 +128,28 @@ async fn a_mongodb_outage_inside_the_retry_window_ends_with_every_invoice_comple
         (stack.stored_count(&stack.api.tenant).await == 20).then_some(())
     })
     .await;
-    println!("mongod outage of ~7 s: 20 invoices, 0 lost, 0 duplicated, {retried} completed after a retry");
+    println!("mongod + redis outage of ~7 s: 20 invoices, 0 lost, 0 duplicated, {retried} completed after a retry");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_outage_past_the_last_retry_dead_letters_and_a_replay_completes_them_once() {
-    let mut mongo = PrivateServer::mongod().await;
-    let stack = TestStack::with(Options {
-        mongodb_uri: Some(mongo.url.clone()),
-        retry_base: Duration::from_millis(50),
-        ..Options::default()
-    })
-    .await;
+    let (mut mongo, mut redis, stack) = private_stores(Duration::from_millis(50)).await;
     let nats = stack.nats().await;
     mongo.kill().await;
+    redis.kill().await;
     let ids = post_many(&stack, 5).await;
+    // Nothing can be read over HTTP while both are down; the DLQ is on NATS.
+    let listed = eventually("5 dead letters", Duration::from_secs(90), || async {
+        let listed = admin(&nats, &stack.namespace, "dlq.list", json!({})).await;
+        (listed["count"] == 5).then_some(listed)
+    })
+    .await;
+    assert_eq!(
+        listed["deadLetters"][0]["lastError"]["code"],
+        "retries_exhausted"
+    );
+    mongo.start().await;
+    redis.start().await;
     for id in &ids {
         let failed = stack
             .api
@@ -99,12 +158,6 @@ async fn an_outage_past_the_last_retry_dead_letters_and_a_replay_completes_them_
         assert_eq!(failed["error"]["code"], "retries_exhausted");
         assert_eq!(failed["attempts"], 4, "1 try + 3 retries");
     }
-    let listed = admin(&nats, &stack.namespace, "dlq.list", json!({})).await;
-    assert_eq!(listed["count"], 5, "{listed}");
-    assert_eq!(
-        listed["deadLetters"][0]["lastError"]["code"],
-        "retries_exhausted"
-    );
 
     // The cause is fixed; the persister catches up with the failures first.
     mongo.start().await;

@@ -36,7 +36,7 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-/// A server of our own (nats-server, mongod) that a test may kill and restart.
+/// A server of our own (nats-server, mongod, redis-server) that a test may kill and restart.
 pub struct PrivateServer {
     pub port: u16,
     pub url: String,
@@ -64,6 +64,37 @@ impl PrivateServer {
             url: format!("nats://127.0.0.1:{port}"),
             child: None,
             program: env("POS_NATS_SERVER_BIN"),
+            args,
+            dir,
+        };
+        s.start().await;
+        s
+    }
+
+    /// A redis-server without persistence: a restart comes back empty, as a flushed or
+    /// replaced Redis would.
+    pub async fn redis() -> Self {
+        let dir = tempdir("redis");
+        let port = free_port();
+        let args = [
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            &dir.display().to_string(),
+        ]
+        .map(str::to_owned)
+        .to_vec();
+        let mut s = Self {
+            port,
+            url: format!("redis://127.0.0.1:{port}"),
+            child: None,
+            program: env("POS_REDIS_SERVER_BIN"),
             args,
             dir,
         };

@@ -22,6 +22,7 @@ pub struct Options {
     /// Overrides of the URLs (tests that bring their own server to kill).
     pub nats_url: Option<String>,
     pub mongodb_uri: Option<String>,
+    pub redis_url: Option<String>,
 }
 
 impl Default for Options {
@@ -36,6 +37,7 @@ impl Default for Options {
             start_persister: true,
             nats_url: None,
             mongodb_uri: None,
+            redis_url: None,
         }
     }
 }
@@ -64,6 +66,9 @@ impl TestStack {
         }
         if let Some(u) = &options.mongodb_uri {
             infra.mongodb_uri = u.clone();
+        }
+        if let Some(u) = &options.redis_url {
+            infra.redis_url = u.clone();
         }
         let namespace = unique("t");
         let db = namespace.clone();
@@ -113,8 +118,11 @@ impl TestStack {
                     Duration::from_millis(100),
                     Duration::from_millis(500),
                 ),
-                max_batch: 256,
-                linger: Duration::from_millis(2),
+                coalescing: persister::Coalescing {
+                    max_batch: 256,
+                    linger: Duration::from_millis(2),
+                    hold: Duration::from_millis(50),
+                },
             })
             .await
             .expect("persister builds");

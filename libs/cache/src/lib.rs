@@ -294,6 +294,12 @@ impl Cache {
             .map(|_| ())
     }
 
+    /// Drops the job state of an invoice that was never accepted.
+    pub async fn forget_job(&self, tenant: &TenantId, id: InvoiceId) -> Result<(), CacheError> {
+        let mut c = self.conn()?;
+        self.run(c.del::<_, ()>(self.job_key(tenant, id))).await
+    }
+
     pub async fn job(
         &self,
         tenant: &TenantId,

@@ -11,13 +11,14 @@
 //! short TTL: Redis then holds only what is in flight.
 //!
 //! Layout: `settings.rs` (env), `handler.rs` (per-event logic), `batch.rs` (write
-//! coalescing: one `update` command per batch, one statement per invoice), this file
-//! (wiring).
+//! coalescing: an invoice's newest state only, many invoices per `update` command), this
+//! file (wiring).
 
 mod batch;
 mod handler;
 mod settings;
 
+pub use batch::Coalescing;
 pub use handler::Persister;
 pub use settings::Settings;
 
@@ -65,8 +66,7 @@ impl App {
             cache::DEFAULT_JOB_TTL,
             cache::DEFAULT_CLAIM_TTL,
         )?;
-        let writer =
-            batch::Batcher::start(store.clone(), cache, settings.max_batch, settings.linger);
+        let writer = batch::Batcher::start(store.clone(), cache, settings.coalescing);
         let handler = Arc::new(Persister::new(bus.clone(), writer));
         let stop_health = Shutdown::new();
         let (b, st) = (bus.clone(), store.clone());

@@ -1,5 +1,6 @@
 //! Persister settings, from env.
 
+use crate::batch::Coalescing;
 use messaging::RetryPolicy;
 use service_kit::settings::{Infra, Worker};
 use service_kit::Env;
@@ -12,12 +13,12 @@ pub struct Settings {
     /// Unlimited attempts; `RETRY_BASE_MS` (default 500) doubling up to `RETRY_MAX_MS`
     /// (default 10000).
     pub retry: RetryPolicy,
-    /// `WRITE_BATCH` (default 512): most events coalesced into one round of writes.
-    pub max_batch: usize,
-    /// `WRITE_LINGER_MS` (default 10): longest an event waits for others to share a
-    /// round. Long enough that an invoice's QUEUED, PROCESSING and COMPLETED events
-    /// usually share one (one write instead of three); terminals never wait on it.
-    pub linger: Duration,
+    /// `WRITE_BATCH` (default 512): most invoices in one `update` command;
+    /// `WRITE_LINGER_MS` (default 10): how often due states are sent; `WRITE_HOLD_MS`
+    /// (default 100): longest a QUEUED or PROCESSING state waits for its successor, so an
+    /// invoice is usually written once, in its final state. Terminals never wait on it
+    /// (they are told by the event stream); lists show a state up to that much later.
+    pub coalescing: Coalescing,
 }
 
 impl Settings {
@@ -33,16 +34,20 @@ impl Settings {
             env.millis("RETRY_BASE_MS", Duration::from_millis(500)),
             env.millis("RETRY_MAX_MS", Duration::from_secs(10)),
         );
-        let max_batch = env
-            .parse("WRITE_BATCH", 512usize, "a whole number ≥ 1")
-            .max(1);
-        let linger = env.millis("WRITE_LINGER_MS", Duration::from_millis(10));
+        let coalescing = Coalescing {
+            max_batch: env
+                .parse("WRITE_BATCH", 512usize, "a whole number ≥ 1")
+                .max(1),
+            linger: env
+                .millis("WRITE_LINGER_MS", Duration::from_millis(10))
+                .max(Duration::from_millis(1)),
+            hold: env.millis("WRITE_HOLD_MS", Duration::from_millis(100)),
+        };
         env.finish().map(|_| Self {
             infra,
             worker,
             retry,
-            max_batch,
-            linger,
+            coalescing,
         })
     }
 }

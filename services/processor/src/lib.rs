@@ -1,8 +1,9 @@
 //! processor: computes submitted invoices (contract § Money, § Lifecycle).
 //!
 //! One durable pull consumer (`processor`) on the submissions stream, shared by every
-//! instance. For each delivery, [`handler::Processor`] checks the system of record (an
-//! invoice already final in this generation is never recomputed), emits PROCESSING,
+//! instance. For each delivery, [`handler::Processor`] checks whether the invoice is
+//! already final in this generation (Redis' job state on a first delivery, MongoDB
+//! otherwise; a final one is never recomputed), emits PROCESSING,
 //! computes the money and emits COMPLETED — or FAILED plus a dead letter for a permanent
 //! fault. Transient faults go back to JetStream with a delayed NAK; the shared consume
 //! loop in `messaging` owns that policy.

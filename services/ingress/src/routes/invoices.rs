@@ -338,7 +338,8 @@ pub async fn create(
     .await
 }
 
-/// Publishes the submission and its QUEUED event; 202 once the broker acked.
+/// Publishes the submission (caching its job state meanwhile) and its QUEUED event; 202
+/// once the broker acked.
 async fn accept(
     state: &AppState,
     envelope: Envelope,
@@ -346,9 +347,20 @@ async fn accept(
     correlation: Option<&str>,
 ) -> Result<Response, ApiError> {
     let tenant = envelope.invoice.tenant_id.clone();
-    let published = match state.bus.publish_submission(&envelope, correlation).await {
+    // The job state goes to Redis alongside the publish, not after its ack: the processor
+    // reads it on the first delivery (instead of MongoDB), which can come before our ack.
+    let (cached, published) = tokio::join!(
+        state.cache.put_job(&envelope),
+        state.bus.publish_submission(&envelope, correlation)
+    );
+    if let Err(e) = &cached {
+        warn!(error = %e, "could not cache the job state");
+    }
+    let published = match published {
         Ok(p) => p,
         Err(e) => {
+            // Not accepted: nobody was told the id; leave nothing behind under it.
+            let _ = state.cache.forget_job(&tenant, envelope.invoice.id).await;
             if let Some(k) = &key {
                 let _ = state.cache.release(&tenant, k).await;
             }
@@ -357,6 +369,7 @@ async fn accept(
     };
     if published.duplicate {
         // Inside the dedupe window, with Redis unable to tell us: the stream has the original.
+        let _ = state.cache.forget_job(&tenant, envelope.invoice.id).await;
         let original = state
             .bus
             .submission_at(published.sequence)
@@ -389,9 +402,6 @@ async fn accept(
             if let Err(e) = state.cache.confirm(&tenant, k, &mine).await {
                 warn!(error = %e, "could not confirm the idempotency claim in Redis");
             }
-        }
-        if let Err(e) = state.cache.put_job(&envelope).await {
-            warn!(error = %e, "could not cache the job state");
         }
     };
     let event = async {
