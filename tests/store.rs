@@ -78,8 +78,12 @@ async fn the_idempotency_lookup_uses_the_unique_index_not_a_scan_of_the_tenant()
     for _ in 0..30 {
         store.apply(&lifecycle(&tenant)[0]).await.unwrap();
     }
-    let key = domain::IdempotencyKey::parse("absent-key").unwrap();
-    let plan = store.explain_key_lookup(&tenant, &key).await.unwrap();
+    let keys =
+        ["absent-1", "absent-2", "absent-3"].map(|k| domain::IdempotencyKey::parse(k).unwrap());
+    let plan = store
+        .explain_key_lookup(&tenant, &keys.iter().collect::<Vec<_>>())
+        .await
+        .unwrap();
     let stats = plan.get_document("executionStats").unwrap();
     let examined = |field: &str| {
         stats
@@ -89,7 +93,7 @@ async fn the_idempotency_lookup_uses_the_unique_index_not_a_scan_of_the_tenant()
             .unwrap()
     };
     assert_eq!(examined("totalDocsExamined"), 0, "{plan}");
-    assert!(examined("totalKeysExamined") <= 1, "{plan}");
+    assert!(examined("totalKeysExamined") <= 4, "{plan}");
     assert!(
         plan.to_string().contains("tenant_idempotency_key"),
         "{plan}"
@@ -146,6 +150,24 @@ async fn one_batched_write_reports_each_invoice_outcome() {
     assert_eq!(state(fresh[0].invoice.id).await, Some(Completed));
     assert_eq!(state(thief[0].invoice.id).await, None);
     assert_eq!(store.count(&tenant, None).await.unwrap(), 2);
+
+    // One query answers many keys, absent ones included.
+    let keys = ["k-1", "k-2", "k-3"].map(|k| domain::IdempotencyKey::parse(k).unwrap());
+    let mut found: Vec<_> = store
+        .find_by_keys(&tenant, &keys.iter().collect::<Vec<_>>())
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|e| (e.invoice.idempotency_key.unwrap().to_string(), e.invoice.id))
+        .collect();
+    found.sort();
+    assert_eq!(
+        found,
+        [
+            ("k-1".to_owned(), stored[0].invoice.id),
+            ("k-2".to_owned(), fresh[0].invoice.id)
+        ]
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

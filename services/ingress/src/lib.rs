@@ -8,10 +8,12 @@
 //! - `settings.rs`: env → typed settings
 //! - `error.rs`: the only mapping from failures to the contract's status + code
 //! - `extract.rs`: JSON body and query extractors with contract-shaped rejections
+//! - `lookup.rs`: the idempotency-key lookup in MongoDB, batched across requests
 //! - `routes/invoices.rs`: POST / GET / list; `routes/health.rs`: `/health`
 
 mod error;
 mod extract;
+mod lookup;
 mod routes;
 mod settings;
 
@@ -27,6 +29,7 @@ use tokio::net::TcpListener;
 pub struct AppState {
     bus: Bus,
     store: store::Store,
+    keys: lookup::KeyLookup,
     cache: cache::Cache,
     verifier: auth::Verifier,
     settings: Arc<Settings>,
@@ -81,6 +84,7 @@ impl App {
             listener,
             state: AppState {
                 bus,
+                keys: lookup::KeyLookup::start(store.clone()),
                 store,
                 cache,
                 verifier,

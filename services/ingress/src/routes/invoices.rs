@@ -303,7 +303,7 @@ pub async fn create(
     }
 
     // Keys older than Redis remembers (or Redis was flushed): MongoDB is the record.
-    match state.store.find_by_key(&tenant, &key).await {
+    match state.keys.find(tenant.clone(), key.clone()).await {
         Ok(Some(existing)) => {
             let _ = state.cache.release(&tenant, &key).await;
             let holder = Claim {
