@@ -39,10 +39,13 @@ async fn publishing_the_same_submission_or_event_twice_stores_it_once() {
     };
 
     let a = bus
-        .publish_submission(&first, Some("corr-1"))
+        .publish_submission(&first.encoded(), Some("corr-1"))
         .await
         .unwrap();
-    let b = bus.publish_submission(&second, None).await.unwrap();
+    let b = bus
+        .publish_submission(&second.encoded(), None)
+        .await
+        .unwrap();
     assert!(!a.duplicate);
     assert!(b.duplicate, "same tenant + key within the dedupe window");
     assert_eq!(
@@ -54,8 +57,8 @@ async fn publishing_the_same_submission_or_event_twice_stores_it_once() {
         first.invoice.id
     );
 
-    let e1 = bus.publish_event(&first, None).await.unwrap();
-    let e2 = bus.publish_event(&first, None).await.unwrap();
+    let e1 = bus.publish_event(&first.encoded(), None).await.unwrap();
+    let e2 = bus.publish_event(&first.encoded(), None).await.unwrap();
     assert!(
         e2.duplicate && e1.sequence == e2.sequence,
         "a re-emitted state change is stored once"

@@ -15,7 +15,7 @@
 //! back to MongoDB and JetStream. Losing Redis makes the system slower, never wrong.
 
 use domain::{IdempotencyKey, InvoiceId, TenantId};
-use messaging::Envelope;
+use messaging::{Encoded, Envelope};
 use redis::{aio::ConnectionManager, AsyncCommands, Script};
 use serde::{Deserialize, Serialize};
 use std::{sync::Arc, time::Duration};
@@ -278,16 +278,15 @@ impl Cache {
     }
 
     /// Records the latest state of an in-flight invoice, never going backwards.
-    pub async fn put_job(&self, envelope: &Envelope) -> Result<(), CacheError> {
+    pub async fn put_job(&self, message: &Encoded<'_>) -> Result<(), CacheError> {
         let mut c = self.conn()?;
-        let inv = &envelope.invoice;
+        let inv = &message.envelope.invoice;
         let key = self.job_key(&inv.tenant_id, inv.id);
-        let json = String::from_utf8_lossy(&envelope.encode()).into_owned();
         let script = Script::new(PUT_FORWARD);
         let mut inv_script = script.key(key);
         inv_script
             .arg(inv.version().as_i64())
-            .arg(json)
+            .arg(message.bytes.as_ref())
             .arg(self.job_ttl.as_millis() as u64);
         self.run(inv_script.invoke_async::<i64>(&mut c))
             .await

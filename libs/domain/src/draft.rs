@@ -317,23 +317,96 @@ impl DraftInvoice {
     /// `"3.50"`, do not change it; any change of meaning does. The idempotency key is not
     /// part of it (it is what the fingerprint is compared under).
     pub fn fingerprint(&self) -> String {
-        let n = |d: &Decimal| d.normalize().to_string();
-        let canonical = serde_json::json!({
-            "terminalId": self.terminal_id.as_str(),
-            "currency": self.currency.code(),
-            "issuedAt": self.issued_at.as_ref().map(|t| Timestamp::parse_rfc3339(t).map(|t| t.to_string()).unwrap_or_else(|_| t.clone())),
-            "taxInclusive": self.tax_inclusive,
-            "customer": self.customer.as_ref().map(|c| serde_json::json!({"name": c.name, "taxId": c.tax_id})),
-            "items": self.lines.iter().map(|l| serde_json::json!({
-                "sku": l.sku, "name": l.name, "quantity": n(&l.quantity), "unitPrice": n(&l.unit_price),
-                "taxRate": n(&l.tax_rate), "discount": n(&l.discount),
-            })).collect::<Vec<_>>(),
-            "payments": self.payments.iter().map(|p| serde_json::json!({
-                "method": p.method, "amount": n(&p.amount),
-            })).collect::<Vec<_>>(),
+        let mut hasher = HashWriter(Sha256::new());
+        // Writing into a hasher cannot fail.
+        let _ = self.write_canonical(&mut hasher);
+        hex::encode(hasher.0.finalize())
+    }
+
+    /// The canonical text the fingerprint digests: JSON with keys sorted and decimals
+    /// normalised, written out by hand so that it is fixed by this code alone (serde_json's
+    /// map order depends on a cargo feature that another crate may switch on), and
+    /// streamed into the hasher without building a document first.
+    fn write_canonical(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
+        fn text(w: &mut impl std::io::Write, s: &str) -> std::io::Result<()> {
+            serde_json::to_writer(&mut *w, s).map_err(std::io::Error::other)
+        }
+        fn opt(w: &mut impl std::io::Write, s: Option<&str>) -> std::io::Result<()> {
+            match s {
+                Some(s) => text(w, s),
+                None => w.write_all(b"null"),
+            }
+        }
+        fn dec(w: &mut impl std::io::Write, d: &Decimal) -> std::io::Result<()> {
+            write!(w, "\"{}\"", d.normalize())
+        }
+        w.write_all(b"{\"currency\":")?;
+        text(w, self.currency.code())?;
+        w.write_all(b",\"customer\":")?;
+        match &self.customer {
+            Some(c) => {
+                w.write_all(b"{\"name\":")?;
+                opt(w, c.name.as_deref())?;
+                w.write_all(b",\"taxId\":")?;
+                opt(w, c.tax_id.as_deref())?;
+                w.write_all(b"}")?;
+            }
+            None => w.write_all(b"null")?,
+        }
+        w.write_all(b",\"issuedAt\":")?;
+        let issued_at = self.issued_at.as_ref().map(|t| {
+            Timestamp::parse_rfc3339(t)
+                .map(|t| t.to_string())
+                .unwrap_or_else(|_| t.clone())
         });
-        // serde_json's map is ordered by key, so this text is canonical.
-        hex::encode(Sha256::digest(canonical.to_string().as_bytes()))
+        opt(w, issued_at.as_deref())?;
+        w.write_all(b",\"items\":[")?;
+        for (i, l) in self.lines.iter().enumerate() {
+            w.write_all(if i == 0 { b"{" } else { b",{" })?;
+            w.write_all(b"\"discount\":")?;
+            dec(w, &l.discount)?;
+            w.write_all(b",\"name\":")?;
+            text(w, &l.name)?;
+            w.write_all(b",\"quantity\":")?;
+            dec(w, &l.quantity)?;
+            w.write_all(b",\"sku\":")?;
+            text(w, &l.sku)?;
+            w.write_all(b",\"taxRate\":")?;
+            dec(w, &l.tax_rate)?;
+            w.write_all(b",\"unitPrice\":")?;
+            dec(w, &l.unit_price)?;
+            w.write_all(b"}")?;
+        }
+        w.write_all(b"],\"payments\":[")?;
+        for (i, p) in self.payments.iter().enumerate() {
+            w.write_all(if i == 0 { b"{" } else { b",{" })?;
+            w.write_all(b"\"amount\":")?;
+            dec(w, &p.amount)?;
+            w.write_all(b",\"method\":")?;
+            serde_json::to_writer(&mut *w, &p.method).map_err(std::io::Error::other)?;
+            w.write_all(b"}")?;
+        }
+        write!(
+            w,
+            "],\"taxInclusive\":{},\"terminalId\":",
+            self.tax_inclusive
+        )?;
+        text(w, self.terminal_id.as_str())?;
+        w.write_all(b"}")
+    }
+}
+
+/// Feeds what is written into a SHA-256.
+struct HashWriter(Sha256);
+
+impl std::io::Write for HashWriter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.update(buf);
+        Ok(buf.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
     }
 }
 
@@ -427,6 +500,34 @@ pub(crate) mod tests {
         assert!(
             DraftInvoice::parse(r).is_ok(),
             "trailing zeros are not extra precision"
+        );
+    }
+
+    #[test]
+    fn the_canonical_text_is_sorted_normalised_json() {
+        let mut r = raw("EUR", vec![raw_line("2.000", "3.50", "0.10")]);
+        r.customer = Some(Customer {
+            name: Some("ACME \"SL\"".into()),
+            tax_id: None,
+        });
+        r.issued_at = Some("2026-11-25T11:00:00+01:00".into());
+        r.payments = vec![RawPayment {
+            method: Some("card".into()),
+            amount: Some("10.0".into()),
+        }];
+        let d = DraftInvoice::parse(r).unwrap();
+        let mut text = Vec::new();
+        d.write_canonical(&mut text).unwrap();
+        let text = String::from_utf8(text).unwrap();
+        assert_eq!(
+            text,
+            r#"{"currency":"EUR","customer":{"name":"ACME \"SL\"","taxId":null},"issuedAt":"2026-11-25T10:00:00.000Z","items":[{"discount":"0","name":"Thing","quantity":"2","sku":"SKU-1","taxRate":"0.1","unitPrice":"3.5"}],"payments":[{"amount":"10","method":"card"}],"taxInclusive":false,"terminalId":"T1"}"#
+        );
+        // It is valid JSON, and the fingerprint is its digest.
+        assert!(serde_json::from_str::<serde_json::Value>(&text).is_ok());
+        assert_eq!(
+            d.fingerprint(),
+            hex::encode(Sha256::digest(text.as_bytes()))
         );
     }
 

@@ -3,7 +3,7 @@
 //! times out is retried with the same id: JetStream answers `duplicate` if the first
 //! try was stored after all (jetstream.md §0.5), so a retry can never double a message.
 
-use crate::{envelope::DeadLetter, Envelope, Topology};
+use crate::{envelope::DeadLetter, Encoded, Envelope, Topology};
 use async_nats::jetstream::{self, consumer::pull, message::PublishMessage, stream::Stream};
 use async_nats::{HeaderMap, ServerAddr};
 use std::{str::FromStr, sync::Arc, time::Duration};
@@ -240,14 +240,15 @@ impl Bus {
 
     pub async fn publish_submission(
         &self,
-        envelope: &Envelope,
+        message: &Encoded<'_>,
         correlation: Option<&str>,
     ) -> Result<Published, BusError> {
+        let envelope = message.envelope;
         let subject = self.topology.submit_subject(&envelope.invoice.tenant_id);
         self.publish(
             subject,
             Self::submission_id(envelope),
-            envelope.encode(),
+            message.bytes.clone(),
             correlation,
         )
         .await
@@ -257,15 +258,15 @@ impl Bus {
     /// state, attempt), so a stage that crashes and redoes its work emits nothing twice.
     pub async fn publish_event(
         &self,
-        envelope: &Envelope,
+        message: &Encoded<'_>,
         correlation: Option<&str>,
     ) -> Result<Published, BusError> {
-        let inv = &envelope.invoice;
+        let inv = &message.envelope.invoice;
         let id = format!("{}:{}:{}:{}", inv.id, inv.replays, inv.state, inv.attempts);
         self.publish(
             self.topology.event_subject(&inv.tenant_id),
             id,
-            envelope.encode(),
+            message.bytes.clone(),
             correlation,
         )
         .await

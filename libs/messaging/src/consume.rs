@@ -56,6 +56,11 @@ impl Delivery {
         &self.message.payload
     }
 
+    /// The payload as shared bytes (no copy), to pass on unchanged.
+    pub fn payload_bytes(&self) -> bytes::Bytes {
+        self.message.payload.clone()
+    }
+
     pub fn subject(&self) -> &str {
         self.message.subject.as_str()
     }

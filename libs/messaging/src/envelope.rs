@@ -25,10 +25,25 @@ pub struct DeadLetter {
     pub dead_at: Timestamp,
 }
 
+/// An envelope with its wire form, encoded once for every place it goes (the broker,
+/// Redis): a state change used to be serialised again for each.
+#[derive(Debug, Clone)]
+pub struct Encoded<'a> {
+    pub envelope: &'a Envelope,
+    pub bytes: bytes::Bytes,
+}
+
 impl Envelope {
     pub fn encode(&self) -> bytes::Bytes {
         // Serializing plain data with string keys cannot fail.
         serde_json::to_vec(self).map(Into::into).unwrap_or_default()
+    }
+
+    pub fn encoded(&self) -> Encoded<'_> {
+        Encoded {
+            envelope: self,
+            bytes: self.encode(),
+        }
     }
 
     pub fn decode(payload: &[u8]) -> Result<Self, serde_json::Error> {

@@ -28,7 +28,7 @@ pub mod topology;
 pub use async_nats::service::Service;
 pub use bus::{Bus, BusError, NatsSettings, Published};
 pub use consume::{Delivery, Handler, Outcome, RetryPolicy};
-pub use envelope::{DeadLetter, Envelope};
+pub use envelope::{DeadLetter, Encoded, Envelope};
 pub use stats::QueueStats;
 pub use topology::Topology;
 

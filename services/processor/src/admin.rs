@@ -171,10 +171,11 @@ async fn replay_one(
         invoice,
         fingerprint: submission.fingerprint,
     };
-    bus.publish_submission(&envelope, None)
+    let message = envelope.encoded();
+    bus.publish_submission(&message, None)
         .await
         .map_err(|e| e.to_string())?;
-    bus.publish_event(&envelope, None)
+    bus.publish_event(&message, None)
         .await
         .map_err(|e| e.to_string())?;
     bus.delete_dead_letter(seq)

@@ -2,7 +2,7 @@
 //! every decision the processor makes about an invoice.
 
 use domain::{compute, Invoice, InvoiceError, InvoiceState, Timestamp};
-use messaging::{consume::Delivery, Bus, DeadLetter, Envelope, Handler, Outcome};
+use messaging::{consume::Delivery, Bus, DeadLetter, Encoded, Envelope, Handler, Outcome};
 use tracing::{info, warn};
 
 pub struct Processor {
@@ -24,11 +24,12 @@ impl Processor {
 
     /// Publishes a state change (the durable fact), then caches it (best effort).
     async fn emit(&self, envelope: &Envelope, correlation: Option<&str>) -> Result<(), String> {
+        let message = envelope.encoded();
         self.bus
-            .publish_event(envelope, correlation)
+            .publish_event(&message, correlation)
             .await
             .map_err(|e| format!("publishing {}: {e}", envelope.invoice.state))?;
-        if let Err(e) = self.cache.put_job(envelope).await {
+        if let Err(e) = self.cache.put_job(&message).await {
             warn!(error = %e, "job state not cached");
         }
         Ok(())
@@ -126,7 +127,12 @@ impl Handler for Processor {
         // The QUEUED event first, under the id ingress gave it (JetStream drops whichever
         // copy comes second): ingress publishes it only after the submission's ack, so
         // without this PROCESSING could precede QUEUED in the log.
-        if let Err(e) = self.bus.publish_event(&submission, correlation).await {
+        let queued = Encoded {
+            envelope: &submission,
+            // The submission's payload is the QUEUED envelope already.
+            bytes: delivery.payload_bytes(),
+        };
+        if let Err(e) = self.bus.publish_event(&queued, correlation).await {
             return Outcome::Retry(format!("publishing QUEUED: {e}"));
         }
         if let Err(e) = invoice.start_attempt(delivery.attempt, Timestamp::now()) {

@@ -282,7 +282,7 @@ pub async fn create(
                 return Err(ApiError::KeyReused)
             }
             Ok(ClaimResult::HeldBy(holder)) if holder.accepted => {
-                return match current(&state, &tenant, holder.invoice_id).await {
+                return match current(&state, &tenant, holder.invoice_id).await? {
                     Some(env) => Ok(replayed(&env.invoice)),
                     // Accepted but unreadable (Redis job expired and not persisted yet):
                     // the key stays taken; the client retries the read shortly.
@@ -317,6 +317,8 @@ pub async fn create(
             let _ = state.cache.claim(&tenant, &key, &holder).await;
             let latest = current(&state, &tenant, existing.invoice.id)
                 .await
+                .ok()
+                .flatten()
                 .unwrap_or(existing);
             return Ok(replayed(&latest.invoice));
         }
@@ -349,9 +351,10 @@ async fn accept(
     let tenant = envelope.invoice.tenant_id.clone();
     // The job state goes to Redis alongside the publish, not after its ack: the processor
     // reads it on the first delivery (instead of MongoDB), which can come before our ack.
+    let message = envelope.encoded();
     let (cached, published) = tokio::join!(
-        state.cache.put_job(&envelope),
-        state.bus.publish_submission(&envelope, correlation)
+        state.cache.put_job(&message),
+        state.bus.publish_submission(&message, correlation)
     );
     if let Err(e) = &cached {
         warn!(error = %e, "could not cache the job state");
@@ -388,6 +391,8 @@ async fn accept(
         }
         let latest = current(state, &tenant, original.invoice.id)
             .await
+            .ok()
+            .flatten()
             .unwrap_or(original);
         return Ok(replayed(&latest.invoice));
     }
@@ -407,7 +412,7 @@ async fn accept(
     let event = async {
         // The submission is durable already; a lost QUEUED event only delays what the
         // persister and terminals learn until the processor's PROCESSING event.
-        if let Err(e) = state.bus.publish_event(&envelope, correlation).await {
+        if let Err(e) = state.bus.publish_event(&message, correlation).await {
             warn!(error = %e, "QUEUED event not published");
         }
     };
@@ -416,25 +421,38 @@ async fn accept(
 }
 
 /// The freshest known state of an invoice: the higher version of Redis' job state and
-/// MongoDB's record.
-async fn current(state: &AppState, tenant: &TenantId, id: InvoiceId) -> Option<Envelope> {
+/// MongoDB's record. Unknown to Redis while MongoDB cannot answer is `Unavailable`, not
+/// "no such invoice": Redis forgets invoices once MongoDB holds them.
+async fn current(
+    state: &AppState,
+    tenant: &TenantId,
+    id: InvoiceId,
+) -> Result<Option<Envelope>, ApiError> {
     let (cached, stored) = tokio::join!(state.cache.job(tenant, id), state.store.find(tenant, id));
     let cached = cached.unwrap_or_else(|e| {
         warn!(error = %e, "job state unavailable from Redis");
         None
     });
-    let stored = stored.unwrap_or_else(|e| {
-        warn!(error = %e, "invoice unavailable from MongoDB");
-        None
-    });
-    match (cached, stored) {
+    let stored = match stored {
+        Ok(s) => s,
+        Err(e) if cached.is_none() => {
+            return Err(ApiError::Unavailable(format!(
+                "the invoice cannot be read right now: {e}"
+            )))
+        }
+        Err(e) => {
+            warn!(error = %e, "invoice unavailable from MongoDB; answering from Redis");
+            None
+        }
+    };
+    Ok(match (cached, stored) {
         (Some(c), Some(s)) => Some(if c.invoice.version() > s.invoice.version() {
             c
         } else {
             s
         }),
         (c, s) => c.or(s),
-    }
+    })
 }
 
 /// GET /invoices/{id}
@@ -445,7 +463,7 @@ pub async fn get(
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(&claims)?;
     let id = InvoiceId::parse(&id).map_err(|_| ApiError::NotFound)?;
-    match current(&state, &tenant, id).await {
+    match current(&state, &tenant, id).await? {
         Some(env) => Ok(Json(env.invoice).into_response()),
         None => Err(ApiError::NotFound),
     }
