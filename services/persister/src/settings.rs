@@ -15,7 +15,7 @@ pub struct Settings {
     pub retry: RetryPolicy,
     /// `WRITE_BATCH` (default 512): most invoices in one `update` command;
     /// `WRITE_LINGER_MS` (default 10): how often due states are sent; `WRITE_HOLD_MS`
-    /// (default 100): longest a QUEUED or PROCESSING state waits for its successor, so an
+    /// (default 250): longest a QUEUED or PROCESSING state waits for its successor, so an
     /// invoice is usually written once, in its final state. Terminals never wait on it
     /// (they are told by the event stream); lists show a state up to that much later.
     pub coalescing: Coalescing,
@@ -29,7 +29,7 @@ impl Settings {
             "persister",
             &["NATS_URL", "REDIS_URL", "MONGODB_URI"],
         );
-        let worker = Worker::from_env(&mut env, 3003, 1024);
+        let worker = Worker::from_env(&mut env, 3003, 2048);
         let retry = crate::unlimited_retries(
             env.millis("RETRY_BASE_MS", Duration::from_millis(500)),
             env.millis("RETRY_MAX_MS", Duration::from_secs(10)),
@@ -41,7 +41,7 @@ impl Settings {
             linger: env
                 .millis("WRITE_LINGER_MS", Duration::from_millis(10))
                 .max(Duration::from_millis(1)),
-            hold: env.millis("WRITE_HOLD_MS", Duration::from_millis(100)),
+            hold: env.millis("WRITE_HOLD_MS", Duration::from_millis(250)),
         };
         env.finish().map(|_| Self {
             infra,

@@ -10,7 +10,8 @@
 //!    Redis remembers;
 //! 4. publish to JetStream with `Nats-Msg-Id` = tenant + key, and answer 202 only after
 //!    the ack. A `duplicate` ack (Redis was down or flushed) is resolved by reading the
-//!    original submission back from the stream.
+//!    original submission back from the stream. The QUEUED event is published after
+//!    the answer (the processor publishes it too, before PROCESSING).
 
 use crate::{
     error::ApiError,
@@ -30,7 +31,7 @@ use domain::{
     Customer, DraftInvoice, FieldError, IdempotencyKey, Invoice, InvoiceId, InvoiceState, TenantId,
     TerminalId, Timestamp,
 };
-use messaging::Envelope;
+use messaging::{Encoded, Envelope};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
@@ -340,8 +341,8 @@ pub async fn create(
     .await
 }
 
-/// Publishes the submission (caching its job state meanwhile) and its QUEUED event; 202
-/// once the broker acked.
+/// Publishes the submission (caching its job state meanwhile); 202 once the broker acked
+/// it. The QUEUED event follows in the background.
 async fn accept(
     state: &AppState,
     envelope: Envelope,
@@ -397,26 +398,32 @@ async fn accept(
         return Ok(replayed(&latest.invoice));
     }
     info!(invoice_id = %envelope.invoice.id, tenant_id = %tenant, seq = published.sequence, "invoice accepted");
-    let confirm = async {
-        if let Some(k) = &key {
-            let mine = Claim {
-                invoice_id: envelope.invoice.id,
-                fingerprint: envelope.fingerprint.clone(),
-                accepted: true,
-            };
-            if let Err(e) = state.cache.confirm(&tenant, k, &mine).await {
-                warn!(error = %e, "could not confirm the idempotency claim in Redis");
-            }
+    if let Some(k) = &key {
+        let mine = Claim {
+            invoice_id: envelope.invoice.id,
+            fingerprint: envelope.fingerprint.clone(),
+            accepted: true,
+        };
+        if let Err(e) = state.cache.confirm(&tenant, k, &mine).await {
+            warn!(error = %e, "could not confirm the idempotency claim in Redis");
         }
-    };
-    let event = async {
-        // The submission is durable already; a lost QUEUED event only delays what the
-        // persister and terminals learn until the processor's PROCESSING event.
-        if let Err(e) = state.bus.publish_event(&message, correlation).await {
-            warn!(error = %e, "QUEUED event not published");
+    }
+    // The QUEUED event does not hold up the 202 (one broker round trip less per request):
+    // the submission is durable already, and the processor publishes the same event
+    // (same message id, so whichever comes second is dropped) before PROCESSING.
+    let bus = state.bus.clone();
+    let bytes = message.bytes.clone();
+    let correlation = correlation.map(str::to_owned);
+    let queued = envelope.clone();
+    tokio::spawn(async move {
+        let message = Encoded {
+            envelope: &queued,
+            bytes,
+        };
+        if let Err(e) = bus.publish_event(&message, correlation.as_deref()).await {
+            warn!(error = %e, "QUEUED event not published (the processor publishes it too)");
         }
-    };
-    tokio::join!(confirm, event);
+    });
     Ok(accepted(&envelope.invoice))
 }
 
