@@ -3,6 +3,7 @@
 #
 #   scripts/bench.sh [--instances "1 2"] [--duration 60] [--warmup 5] [--mode closed|open]
 #                    [--ceilings-duration 10] [--no-ceilings] [--no-build] [--sockets N]
+#                    [--rss-every 15]
 #                    [loadgen args...]
 #
 # For each instance count N in --instances (default "1"):
@@ -12,7 +13,8 @@
 #      on free ports; waits for every ingress and fanout /health;
 #   3. `loadgen ceilings` (first N only: the raw JetStream / MongoDB rates of this machine);
 #   4. `loadgen pipeline` against all ingress and fanout URLs, sampling the CPU time of
-#      every process meanwhile;
+#      every process meanwhile, and its RSS every --rss-every seconds (memory over a
+#      long run: first / last / max per process in the results);
 #   5. everything stopped and the stack's data removed (also on Ctrl-C or failure).
 # Results: tables on the terminal, one JSON object per run appended to
 # .stack/bench/results-<UTC date-time>.jsonl; service logs stay in .stack/bench/logs-*.
@@ -47,6 +49,7 @@ CEIL_DURATION=10
 CEILINGS=1
 BUILD=1
 SOCKETS=""
+RSS_EVERY=15
 PASS=()
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -62,6 +65,8 @@ while [ $# -gt 0 ]; do
     --ceilings-duration=*) CEIL_DURATION="${1#*=}"; shift ;;
     --no-ceilings) CEILINGS=0; shift ;;
     --no-build) BUILD=0; shift ;;
+    --rss-every) RSS_EVERY="$2"; shift 2 ;;
+    --rss-every=*) RSS_EVERY="${1#*=}"; shift ;;
     --sockets) SOCKETS="$2"; shift 2 ;;
     --sockets=*) SOCKETS="${1#*=}"; shift ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
@@ -71,6 +76,7 @@ done
 for n in $INSTANCES; do
   [[ "$n" =~ ^[1-9][0-9]*$ ]] || { echo "bench: bad instance count '$n' in --instances" >&2; exit 2; }
 done
+[[ "$RSS_EVERY" =~ ^[1-9][0-9]*$ ]] || { echo "bench: bad --rss-every '$RSS_EVERY' (whole seconds)" >&2; exit 2; }
 for d in "$DURATION" "$WARMUP" "$CEIL_DURATION"; do
   [[ "$d" =~ ^[0-9]+(\.[0-9]+)?(ms|s|m|h)?$ ]] || { echo "bench: bad duration '$d' (e.g. 60, 60s, 2m)" >&2; exit 2; }
 done
@@ -180,10 +186,10 @@ NCPU="$(nproc 2>/dev/null || echo 0)"
 TICKS="$(getconf CLK_TCK 2>/dev/null || echo 100)"
 
 # Writes one JSON line to $RESULTS: the loadgen result ($1, a file) plus context.
-record() {  # result-file kind instances cpu-json health-json warnings-json consumers-json
-  python3 - "$@" "$GIT" "$NCPU" "$CPU_MODEL" "$STAMP" >>"$RESULTS" <<'EOF'
+record() {  # result-file kind instances cpu-json health-json warnings-json consumers-json [rss-json]
+  python3 - "$1" "$2" "$3" "$4" "$5" "$6" "$7" "${8:-}" "$GIT" "$NCPU" "$CPU_MODEL" "$STAMP" >>"$RESULTS" <<'EOF'
 import json, sys, datetime
-path, kind, n, cpu, health, warns, consumers, git, ncpu, model, stamp = sys.argv[1:12]
+path, kind, n, cpu, health, warns, consumers, rss, git, ncpu, model, stamp = sys.argv[1:13]
 line = [l for l in open(path).read().splitlines() if l.startswith("{")]
 result = json.loads(line[-1]) if line else {"error": "loadgen printed no result"}
 out = {"kind": kind, "instances": int(n), "at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
@@ -194,6 +200,7 @@ if cpu: out["cpu_pct_of_one_core"] = json.loads(cpu)
 if health: out["health_after"] = json.loads(health)
 if warns: out["log_warnings"] = json.loads(warns)
 if consumers: out["consumers_mid_run"] = json.loads(consumers)
+if rss: out["rss_mib"] = json.loads(rss)
 print(json.dumps(out))
 EOF
 }
@@ -318,6 +325,22 @@ for line in sys.stdin:
 print(json.dumps(out))' "$tb" "$ta" "$TICKS" >"$LOGS/n$N-cpu.json"
   ) &
   OBSERVER=$!
+  # Memory, in the background: RSS of every process every $RSS_EVERY s while loadgen runs.
+  rm -f "$LOGS/n$N-rss.txt"
+  (
+    set +e +o pipefail
+    start=$SECONDS
+    while :; do
+      line="t=$((SECONDS - start))s"
+      for i in "${!CPU_PIDS[@]}"; do
+        kb="$(awk '/^VmRSS:/ {print $2}' "/proc/${CPU_PIDS[$i]}/status" 2>/dev/null)"
+        [ -n "$kb" ] && line="$line ${CPU_NAMES[$i]}=$((kb / 1024))"
+      done
+      echo "$line" >>"$LOGS/n$N-rss.txt"
+      sleep "$RSS_EVERY"
+    done
+  ) &
+  RSS_SAMPLER=$!
 
   log "loadgen pipeline: --mode $MODE --duration $DURATION --warmup $WARMUP ${PASS[*]:-}"
   set +e
@@ -327,6 +350,16 @@ print(json.dumps(out))' "$tb" "$ta" "$TICKS" >"$LOGS/n$N-cpu.json"
   rc=$?
   set -e
   wait "$OBSERVER" 2>/dev/null || true
+  kill "$RSS_SAMPLER" 2>/dev/null || true
+  wait "$RSS_SAMPLER" 2>/dev/null || true
+  rss_json="$(python3 -c '
+import json, sys
+rows = [dict(kv.split("=") for kv in l.split()[1:]) for l in open(sys.argv[1]) if l.strip()]
+out = {}
+for name in (rows[0] if rows else {}):
+    v = [int(r[name]) for r in rows if name in r]
+    out[name] = {"first": v[0], "last": v[-1], "max": max(v), "samples": len(v)}
+print(json.dumps(out))' "$LOGS/n$N-rss.txt" 2>/dev/null || true)"
   cpu_json="$(cat "$LOGS/n$N-cpu.json" 2>/dev/null || true)"
   health="$(curl -fsS --max-time 2 "${INGRESS_URLS[0]}/health" 2>/dev/null || true)"
   warns="$(
@@ -343,8 +376,9 @@ print(json.dumps(out))'
   )"
   [ "$rc" = 0 ] || log "loadgen pipeline exited with status $rc"
   consumers="$(cat "$LOGS/n$N-consumers.json" 2>/dev/null || true)"
-  record "$LOGS/n$N-pipeline.json" pipeline "$N" "$cpu_json" "$health" "$warns" "$consumers"
+  record "$LOGS/n$N-pipeline.json" pipeline "$N" "$cpu_json" "$health" "$warns" "$consumers" "$rss_json"
   log "CPU during the run (% of one core; $NCPU cores): $cpu_json"
+  log "RSS in MiB (first / last / max, every ${RSS_EVERY}s; all samples in $LOGS/n$N-rss.txt): $rss_json"
   [ -n "$consumers" ] && log "durable consumers mid-run (pending = not yet delivered): $consumers"
   [ -f "$LOGS/n$N-top.txt" ] && { log "top, mid-run:"; sed -n '1,20p' "$LOGS/n$N-top.txt" >&2; }
 
