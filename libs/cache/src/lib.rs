@@ -28,7 +28,7 @@ pub const DEFAULT_JOB_TTL: Duration = Duration::from_secs(3600);
 pub const DEFAULT_CLAIM_TTL: Duration = Duration::from_secs(24 * 3600);
 /// What is left of a claim or job state once MongoDB holds what it stands for: a margin
 /// for requests already past their Redis read, nothing more.
-pub const SETTLED_TTL: Duration = Duration::from_secs(30);
+pub const SETTLED_TTL: Duration = Duration::from_secs(5);
 
 /// Longest a request waits on Redis before treating it as down.
 const OP_TIMEOUT: Duration = Duration::from_millis(250);

@@ -328,72 +328,105 @@ impl DraftInvoice {
     /// map order depends on a cargo feature that another crate may switch on), and
     /// streamed into the hasher without building a document first.
     fn write_canonical(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
-        fn text(w: &mut impl std::io::Write, s: &str) -> std::io::Result<()> {
-            serde_json::to_writer(&mut *w, s).map_err(std::io::Error::other)
-        }
-        fn opt(w: &mut impl std::io::Write, s: Option<&str>) -> std::io::Result<()> {
-            match s {
-                Some(s) => text(w, s),
-                None => w.write_all(b"null"),
-            }
-        }
-        fn dec(w: &mut impl std::io::Write, d: &Decimal) -> std::io::Result<()> {
-            write!(w, "\"{}\"", d.normalize())
-        }
-        w.write_all(b"{\"currency\":")?;
-        text(w, self.currency.code())?;
-        w.write_all(b",\"customer\":")?;
-        match &self.customer {
-            Some(c) => {
-                w.write_all(b"{\"name\":")?;
-                opt(w, c.name.as_deref())?;
-                w.write_all(b",\"taxId\":")?;
-                opt(w, c.tax_id.as_deref())?;
-                w.write_all(b"}")?;
-            }
-            None => w.write_all(b"null")?,
-        }
-        w.write_all(b",\"issuedAt\":")?;
+        use Canonical::{Bool, Dec, Opt, Text};
         let issued_at = self.issued_at.as_ref().map(|t| {
             Timestamp::parse_rfc3339(t)
                 .map(|t| t.to_string())
                 .unwrap_or_else(|_| t.clone())
         });
-        opt(w, issued_at.as_deref())?;
-        w.write_all(b",\"items\":[")?;
-        for (i, l) in self.lines.iter().enumerate() {
-            w.write_all(if i == 0 { b"{" } else { b",{" })?;
-            w.write_all(b"\"discount\":")?;
-            dec(w, &l.discount)?;
-            w.write_all(b",\"name\":")?;
-            text(w, &l.name)?;
-            w.write_all(b",\"quantity\":")?;
-            dec(w, &l.quantity)?;
-            w.write_all(b",\"sku\":")?;
-            text(w, &l.sku)?;
-            w.write_all(b",\"taxRate\":")?;
-            dec(w, &l.tax_rate)?;
-            w.write_all(b",\"unitPrice\":")?;
-            dec(w, &l.unit_price)?;
-            w.write_all(b"}")?;
+        w.write_all(b"{\"currency\":")?;
+        Text(self.currency.code()).write(w)?;
+        w.write_all(b",\"customer\":")?;
+        match &self.customer {
+            Some(c) => object(
+                w,
+                &[
+                    ("name", Opt(c.name.as_deref())),
+                    ("taxId", Opt(c.tax_id.as_deref())),
+                ],
+            )?,
+            None => w.write_all(b"null")?,
         }
-        w.write_all(b"],\"payments\":[")?;
-        for (i, p) in self.payments.iter().enumerate() {
-            w.write_all(if i == 0 { b"{" } else { b",{" })?;
-            w.write_all(b"\"amount\":")?;
-            dec(w, &p.amount)?;
-            w.write_all(b",\"method\":")?;
-            serde_json::to_writer(&mut *w, &p.method).map_err(std::io::Error::other)?;
-            w.write_all(b"}")?;
-        }
-        write!(
-            w,
-            "],\"taxInclusive\":{},\"terminalId\":",
-            self.tax_inclusive
-        )?;
-        text(w, self.terminal_id.as_str())?;
+        w.write_all(b",\"issuedAt\":")?;
+        Opt(issued_at.as_deref()).write(w)?;
+        w.write_all(b",\"items\":")?;
+        array(w, &self.lines, |w, l| {
+            object(
+                w,
+                &[
+                    ("discount", Dec(&l.discount)),
+                    ("name", Text(&l.name)),
+                    ("quantity", Dec(&l.quantity)),
+                    ("sku", Text(&l.sku)),
+                    ("taxRate", Dec(&l.tax_rate)),
+                    ("unitPrice", Dec(&l.unit_price)),
+                ],
+            )
+        })?;
+        w.write_all(b",\"payments\":")?;
+        array(w, &self.payments, |w, p| {
+            object(
+                w,
+                &[
+                    ("amount", Dec(&p.amount)),
+                    ("method", Text(p.method.as_str())),
+                ],
+            )
+        })?;
+        w.write_all(b",\"taxInclusive\":")?;
+        Bool(self.tax_inclusive).write(w)?;
+        w.write_all(b",\"terminalId\":")?;
+        Text(self.terminal_id.as_str()).write(w)?;
         w.write_all(b"}")
     }
+}
+
+/// A value of the canonical text.
+enum Canonical<'a> {
+    Text(&'a str),
+    Opt(Option<&'a str>),
+    /// Normalised (`3.50` → `"3.5"`) and quoted.
+    Dec(&'a Decimal),
+    Bool(bool),
+}
+
+impl Canonical<'_> {
+    fn write(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
+        match self {
+            Canonical::Text(s) | Canonical::Opt(Some(s)) => {
+                serde_json::to_writer(&mut *w, s).map_err(std::io::Error::other)
+            }
+            Canonical::Opt(None) => w.write_all(b"null"),
+            Canonical::Dec(d) => write!(w, "\"{}\"", d.normalize()),
+            Canonical::Bool(b) => write!(w, "{b}"),
+        }
+    }
+}
+
+/// `{"k":v,...}` with the keys in the (sorted) order given.
+fn object(w: &mut impl std::io::Write, fields: &[(&str, Canonical<'_>)]) -> std::io::Result<()> {
+    for (i, (key, value)) in fields.iter().enumerate() {
+        w.write_all(if i == 0 { b"{\"" } else { b",\"" })?;
+        w.write_all(key.as_bytes())?;
+        w.write_all(b"\":")?;
+        value.write(w)?;
+    }
+    w.write_all(if fields.is_empty() { b"{}" } else { b"}" })
+}
+
+fn array<W: std::io::Write, T>(
+    w: &mut W,
+    items: &[T],
+    mut each: impl FnMut(&mut W, &T) -> std::io::Result<()>,
+) -> std::io::Result<()> {
+    w.write_all(b"[")?;
+    for (i, item) in items.iter().enumerate() {
+        if i > 0 {
+            w.write_all(b",")?;
+        }
+        each(w, item)?;
+    }
+    w.write_all(b"]")
 }
 
 /// Feeds what is written into a SHA-256.
@@ -529,6 +562,18 @@ pub(crate) mod tests {
             d.fingerprint(),
             hex::encode(Sha256::digest(text.as_bytes()))
         );
+    }
+
+    #[test]
+    fn payment_method_names_are_the_serialised_ones() {
+        use PaymentMethod::*;
+        for m in [Cash, Card, Voucher, Other] {
+            assert_eq!(
+                serde_json::to_string(&m).unwrap(),
+                format!("\"{}\"", m.as_str())
+            );
+            assert_eq!(PaymentMethod::parse(m.as_str()), Some(m));
+        }
     }
 
     #[test]

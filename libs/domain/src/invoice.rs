@@ -36,6 +36,16 @@ impl PaymentMethod {
             _ => None,
         }
     }
+
+    /// The contract's name, as serialised.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Cash => "cash",
+            Self::Card => "card",
+            Self::Voucher => "voucher",
+            Self::Other => "other",
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -13,10 +13,10 @@ pub struct Settings {
     /// `SUBMIT_DEDUPE_WINDOW_MS`: JetStream's dedupe window on submissions (default 10 min).
     pub dedupe_window: Duration,
     /// `CLAIM_TTL_MS`: how long Redis remembers an idempotency key the persister has not
-    /// settled (default 24 h; settled: 30 s). Past it, MongoDB's unique index answers.
+    /// settled (default 24 h; settled: 5 s). Past it, MongoDB's unique index answers.
     pub claim_ttl: Duration,
     /// `JOB_TTL_MS`: how long Redis keeps the job state of an invoice the persister has
-    /// not settled, counted from acceptance (default 1 h; settled: 30 s).
+    /// not settled, counted from acceptance (default 1 h; settled: 5 s).
     pub job_ttl: Duration,
     /// `CLAIM_WAIT_MS`: how long a request waits for a concurrent request with the same key
     /// to finish before answering 409 (default 2 s).
