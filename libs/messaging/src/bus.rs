@@ -261,15 +261,34 @@ impl Bus {
         message: &Encoded<'_>,
         correlation: Option<&str>,
     ) -> Result<Published, BusError> {
+        let (subject, id) = self.event_target(message);
+        self.publish(subject, id, message.bytes.clone(), correlation)
+            .await
+    }
+
+    /// [`Bus::publish_event`] as a task of its own, for an event the caller's answer does
+    /// not depend on; a failure is logged.
+    pub fn publish_event_detached(&self, message: &Encoded<'_>, correlation: Option<&str>) {
+        let (subject, id) = self.event_target(message);
+        let (bus, payload) = (self.clone(), message.bytes.clone());
+        let correlation = correlation.map(str::to_owned);
+        tokio::spawn(async move {
+            if let Err(e) = bus
+                .publish(subject, id.clone(), payload, correlation.as_deref())
+                .await
+            {
+                warn!(error = %e, event = %id, "event not published");
+            }
+        });
+    }
+
+    /// The subject and message id of an event.
+    fn event_target(&self, message: &Encoded<'_>) -> (String, String) {
         let inv = &message.envelope.invoice;
-        let id = format!("{}:{}:{}:{}", inv.id, inv.replays, inv.state, inv.attempts);
-        self.publish(
+        (
             self.topology.event_subject(&inv.tenant_id),
-            id,
-            message.bytes.clone(),
-            correlation,
+            format!("{}:{}:{}:{}", inv.id, inv.replays, inv.state, inv.attempts),
         )
-        .await
     }
 
     pub async fn publish_dead_letter(&self, letter: &DeadLetter) -> Result<Published, BusError> {

@@ -31,7 +31,7 @@ use domain::{
     Customer, DraftInvoice, FieldError, IdempotencyKey, Invoice, InvoiceId, InvoiceState, TenantId,
     TerminalId, Timestamp,
 };
-use messaging::{Encoded, Envelope};
+use messaging::Envelope;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
@@ -411,19 +411,7 @@ async fn accept(
     // The QUEUED event does not hold up the 202 (one broker round trip less per request):
     // the submission is durable already, and the processor publishes the same event
     // (same message id, so whichever comes second is dropped) before PROCESSING.
-    let bus = state.bus.clone();
-    let bytes = message.bytes.clone();
-    let correlation = correlation.map(str::to_owned);
-    let queued = envelope.clone();
-    tokio::spawn(async move {
-        let message = Encoded {
-            envelope: &queued,
-            bytes,
-        };
-        if let Err(e) = bus.publish_event(&message, correlation.as_deref()).await {
-            warn!(error = %e, "QUEUED event not published (the processor publishes it too)");
-        }
-    });
+    state.bus.publish_event_detached(&message, correlation);
     Ok(accepted(&envelope.invoice))
 }
 
