@@ -234,11 +234,7 @@ impl Store {
     ) -> Vec<(usize, Result<Written, StoreError>)> {
         let mut updates = RawArrayBuf::new();
         for (_, s) in &chunk {
-            updates.push(rawdoc! {
-                "q": { "_id": s.id.as_str(), "version": { "$lt": s.version } },
-                "u": s.doc.clone(),
-                "upsert": true,
-            });
+            updates.push(rawdoc! { "q": s.filter(), "u": s.doc.clone(), "upsert": true });
         }
         let command = rawdoc! {
             "update": COLLECTION,
@@ -248,23 +244,25 @@ impl Store {
             "writeConcern": { "w": "majority" },
         };
         let reply = match self.db().run_raw_command(command).await {
+            Ok(reply) => {
+                // Written, but not known to be durable: the caller retries (idempotently).
+                let unsure = reply
+                    .get_document("writeConcernError")
+                    .ok()
+                    .map(|wce| format!("write concern not satisfied: {wce}"));
+                unsure.map_or(Ok(reply), Err)
+            }
+            Err(e) => Err(e.to_string()),
+        };
+        let reply = match reply {
             Ok(reply) => reply,
-            Err(e) => {
-                let message = e.to_string();
+            Err(message) => {
                 return chunk
                     .into_iter()
                     .map(|(i, _)| (i, Err(StoreError::Unavailable(message.clone()))))
-                    .collect();
+                    .collect()
             }
         };
-        if let Ok(wce) = reply.get_document("writeConcernError") {
-            // Written, but not known to be durable: the caller retries (idempotently).
-            let message = format!("write concern not satisfied: {wce}");
-            return chunk
-                .into_iter()
-                .map(|(i, _)| (i, Err(StoreError::Unavailable(message.clone()))))
-                .collect();
-        }
         let mut errors: HashMap<usize, (i32, String)> = HashMap::new();
         if let Ok(list) = reply.get_array("writeErrors") {
             for e in list.iter().filter_map(Bson::as_document) {
@@ -296,7 +294,7 @@ impl Store {
         let command = rawdoc! {
             "update": COLLECTION,
             "updates": [{
-                "q": { "_id": s.id.as_str(), "version": { "$lt": s.version } },
+                "q": s.filter(),
                 "u": s.doc,
             }],
             "writeConcern": { "w": "majority" },
@@ -459,6 +457,13 @@ struct Statement {
     id: String,
     version: i64,
     doc: RawDocumentBuf,
+}
+
+impl Statement {
+    /// The stored document, only while its version is lower than this one.
+    fn filter(&self) -> RawDocumentBuf {
+        rawdoc! { "_id": self.id.as_str(), "version": { "$lt": self.version } }
+    }
 }
 
 fn replacement(envelope: &Envelope) -> Result<Statement, StoreError> {
