@@ -690,7 +690,7 @@ async fn since_older_than_the_retention_window_gets_a_resync_frame_first() {
         .unwrap();
     stream
         .purge()
-        .filter(format!("{}.events.{tenant}", stack.namespace))
+        .filter(format!("{}.events.{tenant}.*", stack.namespace))
         .sequence(last_seen + 1)
         .await
         .unwrap();

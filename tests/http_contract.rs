@@ -3,10 +3,9 @@
 use crate::support::{
     invoice_body,
     stack::{token, Options},
-    unique, TestStack,
+    TestStack,
 };
 use serde_json::json;
-use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn malformed_and_invalid_bodies_get_400_listing_every_failing_field() {
@@ -177,57 +176,4 @@ async fn unknown_ids_oversized_and_non_json_bodies_get_their_codes() {
         (text.status.as_u16(), text.error_code()),
         (415, "unsupported_media_type")
     );
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_key_whose_first_request_is_still_in_flight_gets_409_with_retry_after() {
-    let stack = TestStack::with(Options {
-        start_processor: false,
-        start_persister: false,
-        claim_wait: Duration::from_millis(200),
-        ..Options::default()
-    })
-    .await;
-    let key = unique("k-");
-    let body = invoice_body(Some(&key), "T1");
-    // Another ingress instance holds the key and has not heard back from the broker yet.
-    let draft = domain::DraftInvoice::parse(domain::draft::RawDraft {
-        idempotency_key: Some(key.clone()),
-        terminal_id: Some("T1".into()),
-        currency: Some("EUR".into()),
-        issued_at: Some("2026-11-25T10:00:00Z".into()),
-        tax_inclusive: false,
-        customer: Some(domain::Customer {
-            name: Some("ACME SL".into()),
-            tax_id: Some("B12345678".into()),
-        }),
-        items: vec![domain::draft::RawLine {
-            sku: Some("COFFEE-L".into()),
-            name: Some("Coffee large".into()),
-            quantity: Some("2".into()),
-            unit_price: Some("3.50".into()),
-            tax_rate: Some("0.10".into()),
-            discount: Some("0.00".into()),
-        }],
-        payments: vec![domain::draft::RawPayment {
-            method: Some("cash".into()),
-            amount: Some("10.00".into()),
-        }],
-    })
-    .unwrap();
-    let claim = json!({ "invoiceId": uuid::Uuid::now_v7().to_string(), "fingerprint": draft.fingerprint(), "accepted": false });
-    let mut redis = stack.redis().await;
-    let _: () = redis::cmd("SET")
-        .arg(format!(
-            "{}:idem:{}:{key}",
-            stack.namespace, stack.api.tenant
-        ))
-        .arg(claim.to_string())
-        .query_async(&mut redis)
-        .await
-        .unwrap();
-    let a = stack.api.post(&body).await;
-    assert_eq!(a.status, 409, "{}", a.body);
-    assert_eq!(a.error_code(), "idempotency_conflict");
-    assert_eq!(a.header("retry-after"), Some("1"));
 }

@@ -10,6 +10,7 @@ mod support;
 mod config;
 mod failure;
 mod fanout;
+mod flaky;
 mod http_contract;
 mod idempotency;
 mod messaging;

@@ -37,9 +37,15 @@ fn lifecycle_keyed(tenant: &TenantId, key: Option<&str>) -> Vec<Envelope> {
 async fn fresh_store() -> (Store, TenantId) {
     let infra = Infra::from_env();
     let settings = infra_settings(&infra, &unique("s"), &unique("s"));
-    let store = Store::connect(&settings.mongodb_uri, &settings.mongodb_db)
-        .await
-        .unwrap();
+    let store = Store::connect(
+        &settings.mongodb_uri,
+        &settings.mongodb_db,
+        settings.mongodb_timeout,
+    )
+    .await
+    .unwrap();
+    // Writers wait for the unique key index (the persister does too).
+    store.wait_indexed().await;
     (store, TenantId::parse(unique("shop")).unwrap())
 }
 

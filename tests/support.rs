@@ -6,13 +6,23 @@
 
 pub mod infra;
 pub mod process;
+pub mod proxy;
 pub mod stack;
 
 pub use infra::Infra;
+pub use nix::sys::signal::Signal;
 pub use process::ProcessStack;
 pub use stack::TestStack;
 
 use std::time::Duration;
+
+/// Sends `signal` to a child process. From Rust, not by running `kill`: a minimal Debian
+/// has no procps, and a missing `kill` program would fail silently.
+pub fn signal(pid: u32, signal: Signal) {
+    let pid = nix::unistd::Pid::from_raw(i32::try_from(pid).expect("a pid"));
+    nix::sys::signal::kill(pid, signal)
+        .unwrap_or_else(|e| panic!("sending {signal} to {pid}: {e}"));
+}
 
 /// Polls `check` until it yields `Some`, or panics naming `what` after `timeout`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T

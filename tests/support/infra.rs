@@ -154,6 +154,22 @@ impl PrivateServer {
         .await;
     }
 
+    /// SIGSTOP: the process stays, holds its connections and answers nothing — a stalled
+    /// dependency, not a dead one.
+    pub fn stall(&self) {
+        self.send(super::Signal::SIGSTOP);
+    }
+
+    /// SIGCONT after [`PrivateServer::stall`].
+    pub fn resume(&self) {
+        self.send(super::Signal::SIGCONT);
+    }
+
+    fn send(&self, signal: super::Signal) {
+        let pid = self.child.as_ref().and_then(Child::id).expect("running");
+        super::signal(pid, signal);
+    }
+
     /// kill -9.
     pub async fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {

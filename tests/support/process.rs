@@ -123,11 +123,7 @@ impl ProcessStack {
         timeout: Duration,
     ) -> Option<std::process::ExitStatus> {
         let child = &mut self.instances[instance].child;
-        let pid = child.id().expect("running") as i32;
-        let _ = std::process::Command::new("kill")
-            .arg("-TERM")
-            .arg(pid.to_string())
-            .status();
+        super::signal(child.id().expect("running"), super::Signal::SIGTERM);
         tokio::time::timeout(timeout, child.wait())
             .await
             .ok()

@@ -13,7 +13,6 @@ pub const SECRET: &str = "test-secret-0123456789abcdef";
 #[derive(Debug, Clone)]
 pub struct Options {
     pub dedupe_window: Duration,
-    pub claim_wait: Duration,
     pub retry_base: Duration,
     pub max_attempts: u32,
     pub ack_wait: Duration,
@@ -29,7 +28,6 @@ impl Default for Options {
     fn default() -> Self {
         Self {
             dedupe_window: Duration::from_secs(600),
-            claim_wait: Duration::from_secs(2),
             retry_base: Duration::from_millis(100),
             max_attempts: 4,
             ack_wait: Duration::from_secs(30),
@@ -79,9 +77,7 @@ impl TestStack {
             jwt_secret: Secret::new(SECRET.into()),
             listen: "127.0.0.1:0".parse().unwrap(),
             dedupe_window: options.dedupe_window,
-            claim_ttl: Duration::from_secs(3600),
             job_ttl: Duration::from_secs(3600),
-            claim_wait: options.claim_wait,
             publish_timeout: Duration::from_secs(1),
         })
         .await
@@ -200,6 +196,7 @@ pub fn infra_settings(infra: &Infra, namespace: &str, db: &str) -> InfraSettings
         redis_url: infra.redis_url.clone(),
         mongodb_uri: infra.mongodb_uri.clone(),
         mongodb_db: db.to_owned(),
+        mongodb_timeout: Duration::from_secs(2),
         namespace: namespace.to_owned(),
         instance: unique("test-"),
     }

@@ -1,32 +1,30 @@
 //! Redis: the fast path, never the truth. The only crate that names redis.
 //!
-//! - Idempotency claims `<ns>:idem:<tenant>:<key>` → `{invoiceId, fingerprint, accepted}`:
-//!   `SET NX` decides which of two concurrent first requests publishes.
-//! - Job state `<ns>:job:<tenant>:<id>` → the latest envelope of an in-flight invoice,
-//!   written only forward (a Lua script compares versions), so `GET /invoices/{id}` is
-//!   read-your-writes before MongoDB has the invoice.
+//! Job state `<ns>:job:<tenant>:<id>` → the latest envelope of an in-flight invoice,
+//! written only forward (a Lua script compares versions), so `GET /invoices/{id}` and the
+//! processor's "already done?" check are answered without MongoDB while MongoDB has not
+//! stored the invoice yet. It is needed only until then: the persister [`Cache::settle`]s
+//! it to a short TTL once it stored a final state, so Redis' memory follows the invoices
+//! in flight, not the daily volume. The long default TTL is the fallback for a persister
+//! that cannot reach Redis.
 //!
-//! Both are only needed until MongoDB holds the invoice: the persister [`Cache::settle`]s
-//! them to a short TTL once it stored one (the claim) or a final state (the job), so
-//! Redis' memory follows the invoices in flight, not the daily volume. The long default
-//! TTLs are the fallback for a persister that cannot reach Redis.
+//! Idempotency keys are not kept here: the broker's per-key submission subject is their
+//! record (see `messaging::Bus::publish_submission`), so nothing Redis forgets or holds
+//! on to can double or block a key.
 //!
 //! Every call is bounded by a short timeout and fails with [`CacheError`]; callers fall
 //! back to MongoDB and JetStream. Losing Redis makes the system slower, never wrong.
 
-use domain::{IdempotencyKey, InvoiceId, TenantId};
+use domain::{InvoiceId, TenantId};
 use messaging::{Encoded, Envelope};
 use redis::{aio::ConnectionManager, AsyncCommands, Script};
-use serde::{Deserialize, Serialize};
 use std::{sync::Arc, time::Duration};
 use tokio::sync::OnceCell;
 use tracing::{info, warn};
 
 /// Default of `JOB_TTL_MS`: job state of an invoice the persister has not settled.
 pub const DEFAULT_JOB_TTL: Duration = Duration::from_secs(3600);
-/// Default of `CLAIM_TTL_MS`: a claim the persister has not settled.
-pub const DEFAULT_CLAIM_TTL: Duration = Duration::from_secs(24 * 3600);
-/// What is left of a claim or job state once MongoDB holds what it stands for: a margin
+/// What is left of a job state once MongoDB holds the invoice's final state: a margin
 /// for requests already past their Redis read, nothing more.
 pub const SETTLED_TTL: Duration = Duration::from_secs(5);
 
@@ -41,28 +39,11 @@ pub enum CacheError {
     Unavailable(String),
 }
 
-/// Who holds an idempotency key.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct Claim {
-    pub invoice_id: InvoiceId,
-    pub fingerprint: String,
-    /// false while the claimant's publish is in flight; true once the broker acked it.
-    pub accepted: bool,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum ClaimResult {
-    Claimed,
-    HeldBy(Claim),
-}
-
 #[derive(Clone)]
 pub struct Cache {
     conn: Arc<OnceCell<ConnectionManager>>,
     ns: Arc<str>,
     job_ttl: Duration,
-    claim_ttl: Duration,
 }
 
 impl std::fmt::Debug for Cache {
@@ -87,41 +68,22 @@ redis.call('SET', KEYS[1], ARGV[1] .. '|' .. ARGV[2], 'PX', ARGV[3])
 return 1
 "#;
 
-/// Sets a key, keeping its TTL if it exists (a settled claim stays short).
-const SET_KEEPING_TTL: &str = r#"
-if redis.call('EXISTS', KEYS[1]) == 1 then
-  redis.call('SET', KEYS[1], ARGV[1], 'KEEPTTL')
-else
-  redis.call('SET', KEYS[1], ARGV[1], 'PX', ARGV[2])
-end
-return 1
-"#;
-
 /// What MongoDB now holds of one invoice, for [`Cache::settle`].
 #[derive(Debug, Clone)]
 pub struct Stored<'a> {
     pub tenant: &'a TenantId,
     pub id: InvoiceId,
-    pub key: Option<&'a IdempotencyKey>,
-    /// A final state is stored: the job state is no longer needed either.
-    pub is_final: bool,
 }
 
 impl Cache {
     /// Validates the URL at once, then connects in the background (retrying with logged
     /// backoff): a service starts and serves, slower, while Redis is down.
-    pub fn connect(
-        url: &str,
-        namespace: &str,
-        job_ttl: Duration,
-        claim_ttl: Duration,
-    ) -> Result<Self, CacheError> {
+    pub fn connect(url: &str, namespace: &str, job_ttl: Duration) -> Result<Self, CacheError> {
         let client = redis::Client::open(url).map_err(|e| CacheError::BadUrl(e.to_string()))?;
         let cache = Self {
             conn: Arc::new(OnceCell::new()),
             ns: namespace.into(),
             job_ttl,
-            claim_ttl,
         };
         let cell = cache.conn.clone();
         let url = url.to_owned();
@@ -166,10 +128,6 @@ impl Cache {
         }
     }
 
-    fn claim_key(&self, tenant: &TenantId, key: &IdempotencyKey) -> String {
-        format!("{}:idem:{tenant}:{key}", self.ns)
-    }
-
     fn job_key(&self, tenant: &TenantId, id: InvoiceId) -> String {
         format!("{}:job:{tenant}:{id}", self.ns)
     }
@@ -181,100 +139,23 @@ impl Cache {
             .is_ok()
     }
 
-    /// Claims `key` for `claim` unless someone holds it.
-    pub async fn claim(
-        &self,
-        tenant: &TenantId,
-        key: &IdempotencyKey,
-        claim: &Claim,
-    ) -> Result<ClaimResult, CacheError> {
-        let mut c = self.conn()?;
-        let k = self.claim_key(tenant, key);
-        let value = serde_json::to_string(claim).unwrap_or_default();
-        let ttl = self.claim_ttl.as_millis() as u64;
-        let set: Option<String> = self
-            .run(
-                redis::cmd("SET")
-                    .arg(&k)
-                    .arg(&value)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ttl)
-                    .query_async(&mut c),
-            )
-            .await?;
-        if set.is_some() {
-            return Ok(ClaimResult::Claimed);
-        }
-        let held: Option<String> = self.run(c.get(&k)).await?;
-        match held.and_then(|h| serde_json::from_str::<Claim>(&h).ok()) {
-            Some(claim) => Ok(ClaimResult::HeldBy(claim)),
-            // Expired between SET and GET, or garbage: claim again once.
-            None => {
-                let _: () = self
-                    .run(c.set_ex(&k, &value, self.claim_ttl.as_secs().max(1)))
-                    .await?;
-                Ok(ClaimResult::Claimed)
-            }
-        }
-    }
-
-    /// Marks our claim as accepted (the broker acked the submission).
-    pub async fn confirm(
-        &self,
-        tenant: &TenantId,
-        key: &IdempotencyKey,
-        claim: &Claim,
-    ) -> Result<(), CacheError> {
-        let mut c = self.conn()?;
-        let value = serde_json::to_string(claim).unwrap_or_default();
-        let script = Script::new(SET_KEEPING_TTL);
-        let mut invocation = script.key(self.claim_key(tenant, key));
-        invocation.arg(value).arg(self.claim_ttl.as_millis() as u64);
-        self.run(invocation.invoke_async::<i64>(&mut c))
-            .await
-            .map(|_| ())
-    }
-
-    /// Shortens the claims and job states of invoices MongoDB now holds to
+    /// Shortens the job states of invoices whose final state MongoDB now holds to
     /// [`SETTLED_TTL`] (never lengthens one): one round trip for the lot.
     pub async fn settle(&self, stored: &[Stored<'_>]) -> Result<(), CacheError> {
+        if stored.is_empty() {
+            return Ok(());
+        }
         let mut c = self.conn()?;
         let ttl = SETTLED_TTL.as_millis() as u64;
         let mut pipe = redis::pipe();
         for s in stored {
-            if let Some(key) = s.key {
-                pipe.cmd("PEXPIRE")
-                    .arg(self.claim_key(s.tenant, key))
-                    .arg(ttl)
-                    .arg("LT")
-                    .ignore();
-            }
-            if s.is_final {
-                pipe.cmd("PEXPIRE")
-                    .arg(self.job_key(s.tenant, s.id))
-                    .arg(ttl)
-                    .arg("LT")
-                    .ignore();
-            }
+            pipe.cmd("PEXPIRE")
+                .arg(self.job_key(s.tenant, s.id))
+                .arg(ttl)
+                .arg("LT")
+                .ignore();
         }
         self.run(pipe.query_async::<()>(&mut c)).await
-    }
-
-    /// Gives a claim up (our publish failed, so the next request may try).
-    pub async fn release(&self, tenant: &TenantId, key: &IdempotencyKey) -> Result<(), CacheError> {
-        let mut c = self.conn()?;
-        self.run(c.del::<_, ()>(self.claim_key(tenant, key))).await
-    }
-
-    pub async fn lookup(
-        &self,
-        tenant: &TenantId,
-        key: &IdempotencyKey,
-    ) -> Result<Option<Claim>, CacheError> {
-        let mut c = self.conn()?;
-        let held: Option<String> = self.run(c.get(self.claim_key(tenant, key))).await?;
-        Ok(held.and_then(|h| serde_json::from_str(&h).ok()))
     }
 
     /// Records the latest state of an in-flight invoice, never going backwards.

@@ -4,8 +4,15 @@
 //! try was stored after all (jetstream.md §0.5), so a retry can never double a message.
 
 use crate::{envelope::DeadLetter, Encoded, Envelope, Topology};
-use async_nats::jetstream::{self, consumer::pull, message::PublishMessage, stream::Stream};
+use async_nats::jetstream::{
+    self,
+    consumer::pull,
+    context::PublishErrorKind,
+    message::PublishMessage,
+    stream::{DirectGetErrorKind, Stream},
+};
 use async_nats::{HeaderMap, ServerAddr};
+use domain::{IdempotencyKey, InvoiceId, TenantId};
 use std::{str::FromStr, sync::Arc, time::Duration};
 use tracing::{info, warn};
 
@@ -28,8 +35,17 @@ pub struct NatsSettings {
 pub enum BusError {
     #[error("NATS_URL `{0}` is not a NATS server address (expected e.g. nats://127.0.0.1:4222)")]
     BadUrl(String),
+    /// Nothing was handed to the broker: the message is certainly not stored.
     #[error("the broker did not acknowledge the publish: {0}")]
     Unavailable(String),
+    /// A publish was sent but its ack never came: it may or may not be stored. Retrying
+    /// with the same message id settles it.
+    #[error("the broker may have stored the publish but did not confirm it: {0}")]
+    Unconfirmed(String),
+    /// A keyed first submission found its key's subject taken: the key belongs to the
+    /// submission stored there ([`Bus::submission_of_key`]).
+    #[error("the idempotency key already has a submission")]
+    SubjectTaken,
     #[error("JetStream request failed: {0}")]
     Request(String),
     #[error(transparent)]
@@ -190,22 +206,41 @@ impl Bus {
         id: String,
         payload: bytes::Bytes,
         correlation: Option<&str>,
+        expect_empty_subject: bool,
     ) -> Result<Published, BusError> {
         let mut last_error = String::new();
+        // Once one try may have reached the server, a failure no longer means "not
+        // stored": the client library sends what it buffered when it reconnects.
+        let mut maybe_sent = false;
         for attempt in 1..=self.settings.publish_tries.max(1) {
+            if !self.is_connected() {
+                // Never hand a publish to a disconnected client: it would be buffered and
+                // sent on reconnect, long after we answered "not accepted".
+                last_error = "not connected to NATS".into();
+                if attempt < self.settings.publish_tries {
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                continue;
+            }
             let mut headers = HeaderMap::new();
             if let Some(c) = correlation {
                 headers.insert(CORRELATION_HEADER, c);
             }
             // Headers first: `headers()` replaces the map, so calling it after
             // `message_id()` would silently drop the id and with it all deduplication.
-            let message = PublishMessage::build()
+            let mut message = PublishMessage::build()
                 .payload(payload.clone())
                 .headers(headers)
                 .message_id(id.as_str());
+            if expect_empty_subject {
+                message = message.expected_last_subject_sequence(0);
+            }
             let result = match self.js.send_publish(subject.clone(), message).await {
-                Ok(ack) => ack.await.map_err(|e| e.to_string()),
-                Err(e) => Err(e.to_string()),
+                Ok(ack) => {
+                    maybe_sent = true;
+                    ack.await
+                }
+                Err(e) => Err(e),
             };
             match result {
                 Ok(ack) => {
@@ -214,44 +249,96 @@ impl Bus {
                         duplicate: ack.duplicate,
                     })
                 }
+                Err(e) if e.kind() == PublishErrorKind::WrongLastSequence => {
+                    return Err(BusError::SubjectTaken)
+                }
                 Err(e) => {
                     warn!(%subject, msg_id = %id, attempt, error = %e, "publish not acknowledged; retrying with the same id");
-                    last_error = e;
+                    last_error = e.to_string();
                 }
             }
         }
-        Err(BusError::Unavailable(last_error))
+        Err(if maybe_sent {
+            BusError::Unconfirmed(last_error)
+        } else {
+            BusError::Unavailable(last_error)
+        })
     }
 
-    /// Id of a submission: the tenant's idempotency key (or the invoice id when the client
-    /// sent none), plus the replay generation so an operator's replay is a new message.
+    /// Id of a submission: tenant, replay generation, then the idempotency key (or the
+    /// invoice id when the client sent none). The two fixed-format fields come first, so
+    /// no key can produce another key's id (`K:r1` at generation 0 is not `K` replayed).
     pub fn submission_id(envelope: &Envelope) -> String {
         let inv = &envelope.invoice;
-        let base = match &inv.idempotency_key {
-            Some(k) => format!("{}:k:{k}", inv.tenant_id),
-            None => format!("{}:i:{}", inv.tenant_id, inv.id),
-        };
-        if inv.replays == 0 {
-            base
-        } else {
-            format!("{base}:r{}", inv.replays)
+        match &inv.idempotency_key {
+            Some(k) => format!("{}:{}:k:{k}", inv.tenant_id, inv.replays),
+            None => format!("{}:{}:i:{}", inv.tenant_id, inv.replays, inv.id),
         }
     }
 
+    /// Publishes a submission. A keyed first submission (generation 0) is stored only if
+    /// its key's subject is empty, else [`BusError::SubjectTaken`]: the broker decides
+    /// once and for all which invoice a key belongs to, whatever Redis or MongoDB know.
+    /// Replays go to the same subject unconditionally (their id names the generation).
     pub async fn publish_submission(
         &self,
         message: &Encoded<'_>,
         correlation: Option<&str>,
     ) -> Result<Published, BusError> {
-        let envelope = message.envelope;
-        let subject = self.topology.submit_subject(&envelope.invoice.tenant_id);
+        let inv = &message.envelope.invoice;
+        let key = inv.idempotency_key.as_ref();
+        let subject = self.topology.submit_subject(&inv.tenant_id, key);
+        let first_of_key = key.is_some() && inv.replays == 0;
         self.publish(
             subject,
-            Self::submission_id(envelope),
+            Self::submission_id(message.envelope),
             message.bytes.clone(),
             correlation,
+            first_of_key,
         )
         .await
+    }
+
+    /// The newest submission stored under `key` (the first one, or its latest replay);
+    /// `None` if the broker holds none (never used, or older than the stream keeps).
+    pub async fn submission_of_key(
+        &self,
+        tenant: &TenantId,
+        key: &IdempotencyKey,
+    ) -> Result<Option<Envelope>, BusError> {
+        self.last_on(
+            &self.topology.invoices_stream(),
+            self.topology.submit_subject(tenant, Some(key)),
+        )
+        .await
+    }
+
+    /// The latest lifecycle event of an invoice, i.e. its freshest state, from the event
+    /// log (within its retention).
+    pub async fn latest_event(
+        &self,
+        tenant: &TenantId,
+        id: InvoiceId,
+    ) -> Result<Option<Envelope>, BusError> {
+        self.last_on(
+            &self.topology.events_stream(),
+            self.topology.event_subject(tenant, id),
+        )
+        .await
+    }
+
+    /// The last message on `subject`, read with a direct get (no stream-info round trip).
+    async fn last_on(&self, stream: &str, subject: String) -> Result<Option<Envelope>, BusError> {
+        let stream = self
+            .js
+            .get_stream_no_info(stream)
+            .await
+            .map_err(request_error)?;
+        match stream.direct_get_last_for_subject(subject).await {
+            Ok(m) => Ok(Some(Envelope::decode(&m.payload)?)),
+            Err(e) if e.kind() == DirectGetErrorKind::NotFound => Ok(None),
+            Err(e) => Err(request_error(e)),
+        }
     }
 
     /// Publishes a lifecycle event. Its id names the state reached (invoice, generation,
@@ -262,7 +349,7 @@ impl Bus {
         correlation: Option<&str>,
     ) -> Result<Published, BusError> {
         let (subject, id) = self.event_target(message);
-        self.publish(subject, id, message.bytes.clone(), correlation)
+        self.publish(subject, id, message.bytes.clone(), correlation, false)
             .await
     }
 
@@ -274,7 +361,7 @@ impl Bus {
         let correlation = correlation.map(str::to_owned);
         tokio::spawn(async move {
             if let Err(e) = bus
-                .publish(subject, id.clone(), payload, correlation.as_deref())
+                .publish(subject, id.clone(), payload, correlation.as_deref(), false)
                 .await
             {
                 warn!(error = %e, event = %id, "event not published");
@@ -286,7 +373,7 @@ impl Bus {
     fn event_target(&self, message: &Encoded<'_>) -> (String, String) {
         let inv = &message.envelope.invoice;
         (
-            self.topology.event_subject(&inv.tenant_id),
+            self.topology.event_subject(&inv.tenant_id, inv.id),
             format!("{}:{}:{}:{}", inv.id, inv.replays, inv.state, inv.attempts),
         )
     }
@@ -299,6 +386,7 @@ impl Bus {
             id,
             letter.encode(),
             None,
+            false,
         )
         .await
     }
@@ -343,5 +431,51 @@ impl Bus {
             sequence: ack.sequence,
             duplicate: ack.duplicate,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::{draft::RawDraft, draft::RawLine, DraftInvoice, Invoice, Timestamp};
+
+    fn submission(key: &str, replays: u32) -> Envelope {
+        let draft = DraftInvoice::parse(RawDraft {
+            idempotency_key: Some(key.into()),
+            terminal_id: Some("T1".into()),
+            currency: Some("EUR".into()),
+            items: vec![RawLine {
+                sku: Some("A".into()),
+                name: Some("a".into()),
+                quantity: Some("1".into()),
+                unit_price: Some("1.00".into()),
+                tax_rate: Some("0.10".into()),
+                discount: None,
+            }],
+            ..Default::default()
+        })
+        .unwrap();
+        let fingerprint = draft.fingerprint();
+        let mut invoice = Invoice::queued(
+            InvoiceId::generate(),
+            TenantId::parse("acme").unwrap(),
+            draft,
+            Timestamp::now(),
+        );
+        invoice.replays = replays;
+        Envelope {
+            invoice,
+            fingerprint,
+        }
+    }
+
+    #[test]
+    fn no_key_can_take_the_message_id_of_another_keys_replay() {
+        // Before: `acme:k:K:r1` for both, so JetStream dropped one as a duplicate.
+        let replayed = Bus::submission_id(&submission("K", 1));
+        let lookalike = Bus::submission_id(&submission("K:r1", 0));
+        assert_ne!(replayed, lookalike);
+        assert_eq!(replayed, "acme:1:k:K");
+        assert_eq!(lookalike, "acme:0:k:K:r1");
     }
 }

@@ -131,7 +131,7 @@ impl Bus {
             FeedStart::At(seq) => seq.max(1),
             FeedStart::New => stream.cached_info().state.last_sequence + 1,
         };
-        let filter = self.topology().event_subject(tenant);
+        let filter = self.topology().tenant_events(tenant);
         let (messages, initial_pending) = open(&stream, &filter, start_seq).await?;
         let reader = Reader {
             stream,

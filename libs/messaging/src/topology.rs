@@ -7,7 +7,7 @@
 //! random namespace each, so they never share a stream.
 
 use async_nats::jetstream::{consumer::pull, stream};
-use domain::TenantId;
+use domain::{IdempotencyKey, InvoiceId, TenantId};
 use std::time::Duration;
 
 const INVOICES_JSON: &str = include_str!("../../../nats/streams/invoices.json");
@@ -68,15 +68,25 @@ impl Topology {
         self.stream_name("DLQ")
     }
 
-    pub fn submit_subject(&self, tenant: &TenantId) -> String {
-        format!("{}.submit.{tenant}", self.ns)
+    /// Where a submission is published. A keyed submission has a subject of its own,
+    /// `<ns>.submit.<tenant>.<key>`: the broker then holds every key's first submission
+    /// (published only if the subject is still empty), which makes it the durable judge of
+    /// whether a key is new. Unkeyed submissions share `<ns>.submit.<tenant>`.
+    pub fn submit_subject(&self, tenant: &TenantId, key: Option<&IdempotencyKey>) -> String {
+        match key {
+            Some(k) => format!("{}.submit.{tenant}.{}", self.ns, key_token(k)),
+            None => format!("{}.submit.{tenant}", self.ns),
+        }
     }
-    pub fn event_subject(&self, tenant: &TenantId) -> String {
-        format!("{}.events.{tenant}", self.ns)
+    /// One subject per invoice, `<ns>.events.<tenant>.<id>`: the last message on it is the
+    /// invoice's latest state, which the broker can answer by id (read-your-writes
+    /// without Redis).
+    pub fn event_subject(&self, tenant: &TenantId, id: InvoiceId) -> String {
+        format!("{}.events.{tenant}.{id}", self.ns)
     }
-    /// Every tenant's events (the persister's filter; fanout's shared consumer).
-    pub fn all_events(&self) -> String {
-        format!("{}.events.*", self.ns)
+    /// Every event of one tenant (fanout's per-tenant feed).
+    pub fn tenant_events(&self, tenant: &TenantId) -> String {
+        format!("{}.events.{tenant}.*", self.ns)
     }
     pub fn dlq_subject(&self, tenant: &TenantId) -> String {
         format!("{}.dlq.{tenant}", self.ns)
@@ -133,6 +143,12 @@ impl Topology {
     }
 }
 
+/// An idempotency key as one subject token. Keys are `[A-Za-z0-9._:-]`; only `.` would
+/// split the token, and `~` (never in a key) stands for it, so the mapping is one to one.
+fn key_token(key: &IdempotencyKey) -> String {
+    key.as_str().replace('.', "~")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -143,7 +159,7 @@ mod tests {
         let streams = t.stream_configs().unwrap();
         assert_eq!(streams.len(), 3);
         assert_eq!(streams[0].name, "POS_INVOICES");
-        assert_eq!(streams[0].subjects, vec!["pos.submit.*".to_string()]);
+        assert_eq!(streams[0].subjects, vec!["pos.submit.>".to_string()]);
         assert_eq!(streams[0].duplicate_window, Duration::from_secs(600));
         let p = t.processor_consumer().unwrap();
         assert_eq!(p.durable_name.as_deref(), Some("processor"));
@@ -164,14 +180,39 @@ mod tests {
         t.submit_dedupe_window = Some(Duration::from_secs(1));
         let s = t.stream_configs().unwrap();
         assert_eq!(s[1].name, "T0ABC_EVENTS");
-        assert_eq!(s[1].subjects, vec!["t0abc.events.*".to_string()]);
+        assert_eq!(s[1].subjects, vec!["t0abc.events.>".to_string()]);
         assert_eq!(s[0].duplicate_window, Duration::from_secs(1));
         assert_eq!(
             t.processor_consumer().unwrap().filter_subject,
-            "t0abc.submit.*"
+            "t0abc.submit.>"
+        );
+        assert_eq!(
+            t.persister_consumer().unwrap().filter_subject,
+            "t0abc.events.>"
         );
         let tenant = TenantId::parse("acme").unwrap();
-        assert_eq!(t.event_subject(&tenant), "t0abc.events.acme");
-        assert!(s[1].subjects[0].starts_with(&t.event_subject(&tenant)[..13]));
+        let id = InvoiceId::generate();
+        assert_eq!(
+            t.event_subject(&tenant, id),
+            format!("t0abc.events.acme.{id}")
+        );
+        assert_eq!(t.tenant_events(&tenant), "t0abc.events.acme.*");
+    }
+
+    #[test]
+    fn every_key_gets_a_subject_token_of_its_own() {
+        let t = Topology::new("pos");
+        let tenant = TenantId::parse("acme").unwrap();
+        let key = |k: &str| IdempotencyKey::parse(k).unwrap();
+        assert_eq!(
+            t.submit_subject(&tenant, Some(&key("T7.0001:a-b_c"))),
+            "pos.submit.acme.T7~0001:a-b_c"
+        );
+        // Distinct keys, distinct subjects (the token is one to one).
+        assert_ne!(
+            t.submit_subject(&tenant, Some(&key("a.b"))),
+            t.submit_subject(&tenant, Some(&key("a_b")))
+        );
+        assert_eq!(t.submit_subject(&tenant, None), "pos.submit.acme");
     }
 }

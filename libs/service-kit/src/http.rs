@@ -17,6 +17,9 @@ pub struct ErrorResponse {
     pub message: String,
     pub details: Option<Vec<Detail>>,
     pub retry_after_secs: Option<u64>,
+    /// `"unknown"` when a 503 cannot say whether the request took effect (contract §
+    /// Idempotency under failure); written beside `error` and inside it.
+    pub outcome: Option<&'static str>,
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
@@ -33,6 +36,7 @@ impl ErrorResponse {
             message: message.into(),
             details: None,
             retry_after_secs: None,
+            outcome: None,
         }
     }
 }
@@ -42,6 +46,8 @@ impl IntoResponse for ErrorResponse {
         #[derive(Serialize)]
         struct Body<'a> {
             error: Inner<'a>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            outcome: Option<&'a str>,
         }
         #[derive(Serialize)]
         struct Inner<'a> {
@@ -49,13 +55,17 @@ impl IntoResponse for ErrorResponse {
             message: &'a str,
             #[serde(skip_serializing_if = "Option::is_none")]
             details: Option<&'a [Detail]>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            outcome: Option<&'a str>,
         }
         let body = Body {
             error: Inner {
                 code: self.code,
                 message: &self.message,
                 details: self.details.as_deref(),
+                outcome: self.outcome,
             },
+            outcome: self.outcome,
         };
         let mut response = (self.status, Json(body)).into_response();
         if let Some(secs) = self.retry_after_secs {

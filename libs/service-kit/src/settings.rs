@@ -111,6 +111,10 @@ pub struct Infra {
     pub redis_url: String,
     pub mongodb_uri: String,
     pub mongodb_db: String,
+    /// `MONGODB_TIMEOUT_MS`: longest one MongoDB operation may take before it counts as an
+    /// outage (a stalled mongod answers nothing). Default 2 s on the request paths, 10 s
+    /// for the persister's batch writes.
+    pub mongodb_timeout: Duration,
     /// Prefix of every stream, subject and Redis key (`pos`); tests use a random one.
     pub namespace: String,
     /// This process's name in NATS connection lists and the services API.
@@ -133,6 +137,10 @@ impl Infra {
             "a MongoDB URI such as mongodb://127.0.0.1:27017/?replicaSet=rs0",
         );
         let mongodb_db = env.string("MONGODB_DB", "pos");
+        let mongodb_timeout = env.millis(
+            "MONGODB_TIMEOUT_MS",
+            Duration::from_secs(if service == "persister" { 10 } else { 2 }),
+        );
         let namespace = env.string("POS_NAMESPACE", "pos");
         if namespace.is_empty()
             || !namespace
@@ -151,6 +159,7 @@ impl Infra {
             redis_url,
             mongodb_uri,
             mongodb_db,
+            mongodb_timeout,
             namespace,
             instance,
         }

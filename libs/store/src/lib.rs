@@ -17,7 +17,7 @@ use mongodb::{
     Client, Collection, IndexModel,
 };
 use serde::{Deserialize, Serialize};
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, sync::Arc, time::Duration};
 use tracing::{info, warn};
 
 const COLLECTION: &str = "invoices";
@@ -87,12 +87,17 @@ pub struct ListQuery {
 pub struct Store {
     client: Client,
     invoices: Collection<StoredInvoice>,
+    op_timeout: Duration,
+    indexed: Arc<tokio::sync::OnceCell<()>>,
 }
 
 impl Store {
-    /// Parses the URI (a bad one fails at once), then waits for the server, retrying
-    /// with logged backoff, and creates the indexes.
-    pub async fn connect(uri: &str, db: &str) -> Result<Self, StoreError> {
+    /// Parses the URI (a bad one fails at once) and returns without waiting for the
+    /// server: the indexes are created in the background, retried with logged backoff,
+    /// so a service restarted during a MongoDB outage starts and serves what the other
+    /// dependencies allow. Every operation is bounded by `op_timeout` (a stalled mongod
+    /// answers nothing, and the driver has no socket timeout of its own).
+    pub async fn connect(uri: &str, db: &str, op_timeout: Duration) -> Result<Self, StoreError> {
         let mut options = ClientOptions::parse(uri)
             .await
             .map_err(|e| StoreError::BadUri(e.to_string()))?;
@@ -106,21 +111,54 @@ impl Store {
         let store = Self {
             invoices: client.database(db).collection(COLLECTION),
             client,
+            op_timeout,
+            indexed: Arc::new(tokio::sync::OnceCell::new()),
         };
-        let mut delay = Duration::from_millis(250);
-        loop {
-            match store.ensure_indexes().await {
-                Ok(()) => break,
-                Err(e) => {
-                    warn!(error = %e, retry_in_ms = delay.as_millis() as u64,
-                        "MongoDB unreachable; retrying (is mongod running as a replica set? check MONGODB_URI)");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
+        let background = store.clone();
+        let db = db.to_owned();
+        tokio::spawn(async move {
+            let mut delay = Duration::from_millis(250);
+            loop {
+                match background.bounded(background.ensure_indexes()).await {
+                    Ok(()) => break,
+                    Err(e) => {
+                        warn!(error = %e, retry_in_ms = delay.as_millis() as u64,
+                            "MongoDB unreachable; retrying (is mongod running as a replica set? check MONGODB_URI)");
+                        tokio::time::sleep(delay).await;
+                        delay = (delay * 2).min(Duration::from_secs(5));
+                    }
                 }
             }
-        }
-        info!(db, "connected to MongoDB");
+            let _ = background.indexed.set(());
+            info!(%db, "connected to MongoDB");
+        });
         Ok(store)
+    }
+
+    /// Waits until the indexes exist: a writer must not store invoices before the unique
+    /// (tenant, key) index guards them.
+    pub async fn wait_indexed(&self) {
+        loop {
+            if self.indexed.initialized() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// `op` within the operation timeout, a timeout being an outage like any other.
+    async fn bounded<T>(
+        &self,
+        op: impl std::future::Future<Output = Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        tokio::time::timeout(self.op_timeout, op)
+            .await
+            .unwrap_or_else(|_| {
+                Err(StoreError::Unavailable(format!(
+                    "no answer within {} ms",
+                    self.op_timeout.as_millis()
+                )))
+            })
     }
 
     async fn ensure_indexes(&self) -> Result<(), StoreError> {
@@ -162,11 +200,8 @@ impl Store {
 
     pub async fn ping(&self) -> bool {
         let admin = self.client.database("admin");
-        let ping = admin.run_command(doc! { "ping": 1 });
-        matches!(
-            tokio::time::timeout(Duration::from_secs(2), ping).await,
-            Ok(Ok(_))
-        )
+        let ping = async { Ok(admin.run_command(doc! { "ping": 1 }).await?) };
+        self.bounded(ping).await.is_ok()
     }
 
     /// Writes the invoice of `envelope` if it is newer than what is stored.
@@ -243,7 +278,8 @@ impl Store {
             // An event is acked to the broker only once its write is journaled.
             "writeConcern": { "w": "majority" },
         };
-        let reply = match self.db().run_raw_command(command).await {
+        let sent = async { Ok(self.db().run_raw_command(command).await?) };
+        let reply = match self.bounded(sent).await {
             Ok(reply) => {
                 // Written, but not known to be durable: the caller retries (idempotently).
                 let unsure = reply
@@ -299,7 +335,9 @@ impl Store {
             }],
             "writeConcern": { "w": "majority" },
         };
-        let reply = self.db().run_raw_command(command).await?;
+        let reply = self
+            .bounded(async { Ok(self.db().run_raw_command(command).await?) })
+            .await?;
         if let Ok(list) = reply.get_array("writeErrors") {
             return Err(StoreError::Unavailable(format!("write refused: {list:?}")));
         }
@@ -327,7 +365,8 @@ impl Store {
         id: InvoiceId,
     ) -> Result<Option<Envelope>, StoreError> {
         let filter = doc! { "_id": id.to_string(), "tenantId": tenant.as_str() };
-        Ok(self.invoices.find_one(filter).await?.map(Into::into))
+        self.bounded(async { Ok(self.invoices.find_one(filter).await?.map(Into::into)) })
+            .await
     }
 
     /// The invoices of `tenant` holding any of `keys`: one query, answered by the unique
@@ -337,15 +376,18 @@ impl Store {
         tenant: &TenantId,
         keys: &[&IdempotencyKey],
     ) -> Result<Vec<Envelope>, StoreError> {
-        Ok(self
-            .invoices
-            .find(key_filter(tenant, keys))
-            .await?
-            .try_collect::<Vec<_>>()
-            .await?
-            .into_iter()
-            .map(Into::into)
-            .collect())
+        self.bounded(async {
+            Ok(self
+                .invoices
+                .find(key_filter(tenant, keys))
+                .await?
+                .try_collect::<Vec<_>>()
+                .await?
+                .into_iter()
+                .map(Into::into)
+                .collect())
+        })
+        .await
     }
 
     /// How MongoDB would run the idempotency-key lookup (the `explain` output), so a test
@@ -391,17 +433,21 @@ impl Store {
             .skip(q.page.saturating_sub(1) * q.limit)
             .limit(q.limit as i64)
             .build();
-        let (page, total) = tokio::try_join!(
-            async {
-                self.invoices
-                    .find(filter.clone())
-                    .with_options(options)
-                    .await?
-                    .try_collect::<Vec<_>>()
-                    .await
-            },
-            async { self.invoices.count_documents(filter.clone()).await },
-        )?;
+        let (page, total) = self
+            .bounded(async {
+                Ok(tokio::try_join!(
+                    async {
+                        self.invoices
+                            .find(filter.clone())
+                            .with_options(options)
+                            .await?
+                            .try_collect::<Vec<_>>()
+                            .await
+                    },
+                    async { self.invoices.count_documents(filter.clone()).await },
+                )?)
+            })
+            .await?;
         Ok((page.into_iter().map(|s| s.invoice).collect(), total))
     }
 
@@ -423,7 +469,8 @@ impl Store {
         if let Some(s) = state {
             filter.insert("state", s.as_str());
         }
-        Ok(self.invoices.count_documents(filter).await?)
+        self.bounded(async { Ok(self.invoices.count_documents(filter).await?) })
+            .await
     }
 }
 

@@ -20,9 +20,6 @@ pub enum ApiError {
     /// 404 `not_found` (also for another tenant's id).
     #[error("invoice not found")]
     NotFound,
-    /// 409 `idempotency_conflict`: a concurrent request holds the key; retry shortly.
-    #[error("a request with this idempotency key is being accepted right now; retry shortly")]
-    Conflict,
     /// 413 `payload_too_large`.
     #[error("request body is larger than {0} bytes")]
     TooLarge(usize),
@@ -32,9 +29,14 @@ pub enum ApiError {
     /// 422 `idempotency_key_reused`.
     #[error("idempotency key was already used for a different request body")]
     KeyReused,
-    /// 503 `unavailable`: the broker cannot accept the invoice now.
+    /// 503 `unavailable`: the broker cannot accept the invoice now (or a read cannot be
+    /// answered); nothing was accepted.
     #[error("the invoice cannot be accepted right now; retry later")]
     Unavailable(String),
+    /// 503 `unavailable` with `"outcome": "unknown"`: the submission reached the broker
+    /// but its ack did not come back; a retry with the same key converges on one invoice.
+    #[error("the invoice may or may not have been accepted; retry with the same idempotency key")]
+    Unconfirmed(String),
 }
 
 impl ApiError {
@@ -73,12 +75,6 @@ impl IntoResponse for ApiError {
                 ErrorResponse::new(StatusCode::UNAUTHORIZED, "unauthorized", m)
             }
             ApiError::NotFound => ErrorResponse::new(StatusCode::NOT_FOUND, "not_found", message),
-            ApiError::Conflict => {
-                let mut r =
-                    ErrorResponse::new(StatusCode::CONFLICT, "idempotency_conflict", message);
-                r.retry_after_secs = Some(1);
-                r
-            }
             ApiError::TooLarge(_) => {
                 ErrorResponse::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
             }
@@ -97,6 +93,14 @@ impl IntoResponse for ApiError {
                 let mut r =
                     ErrorResponse::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
                 r.retry_after_secs = Some(2);
+                r
+            }
+            ApiError::Unconfirmed(cause) => {
+                tracing::warn!(%cause, "answering 503, outcome unknown");
+                let mut r =
+                    ErrorResponse::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
+                r.retry_after_secs = Some(1);
+                r.outcome = Some("unknown");
                 r
             }
         };

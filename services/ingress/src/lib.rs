@@ -1,19 +1,24 @@
 //! ingress: the HTTP edge for terminals (contract § REST API).
 //!
-//! A request is authenticated (JWT → tenant), parsed into a valid domain draft, claimed
-//! under its idempotency key, published to JetStream and answered 202 once the broker
-//! acknowledged it. Reads come from Redis job state and MongoDB.
+//! A request is authenticated (JWT → tenant), parsed into a valid domain draft, published
+//! to JetStream under its idempotency key's own subject (the broker is the record of
+//! keys) and answered 202 once the broker acknowledged it. Reads come from Redis job
+//! state, MongoDB and, for what neither has, the event log.
 //!
 //! Layout:
 //! - `settings.rs`: env → typed settings
 //! - `error.rs`: the only mapping from failures to the contract's status + code
 //! - `extract.rs`: JSON body and query extractors with contract-shaped rejections
+//! - `acceptance.rs`: the idempotency algorithm of POST, without HTTP
 //! - `lookup.rs`: the idempotency-key lookup in MongoDB, batched across requests
+//! - `read.rs`: the freshest state of one invoice (Redis, MongoDB, event log)
 //! - `routes/invoices.rs`: POST / GET / list; `routes/health.rs`: `/health`
 
+mod acceptance;
 mod error;
 mod extract;
 mod lookup;
+mod read;
 mod routes;
 mod settings;
 
@@ -22,17 +27,17 @@ pub use settings::Settings;
 use anyhow::Context;
 use axum::extract::FromRef;
 use messaging::{Bus, NatsSettings, Topology};
-use std::{future::Future, sync::Arc};
+use std::future::Future;
 use tokio::net::TcpListener;
 
 #[derive(Clone)]
 pub struct AppState {
     bus: Bus,
     store: store::Store,
-    keys: lookup::KeyLookup,
     cache: cache::Cache,
+    acceptor: acceptance::Acceptor,
+    reader: read::Reader,
     verifier: auth::Verifier,
-    settings: Arc<Settings>,
 }
 
 impl FromRef<AppState> for auth::Verifier {
@@ -69,26 +74,30 @@ impl App {
             .await
             .context("applying the stream definitions from nats/")?;
         let service = bus.announce("ingress", "REST API for terminals").await?;
-        let cache = cache::Cache::connect(
-            &infra.redis_url,
-            &infra.namespace,
-            settings.job_ttl,
-            settings.claim_ttl,
-        )?;
-        let store = store::Store::connect(&infra.mongodb_uri, &infra.mongodb_db).await?;
+        let cache = cache::Cache::connect(&infra.redis_url, &infra.namespace, settings.job_ttl)?;
+        let store =
+            store::Store::connect(&infra.mongodb_uri, &infra.mongodb_db, infra.mongodb_timeout)
+                .await?;
         let listener = TcpListener::bind(settings.listen)
             .await
             .with_context(|| format!("binding INGRESS_ADDR {}", settings.listen))?;
         let verifier = auth::Verifier::new(settings.jwt_secret.expose());
+        let reader = read::Reader::new(bus.clone(), cache.clone(), store.clone());
+        let acceptor = acceptance::Acceptor::new(
+            bus.clone(),
+            cache.clone(),
+            lookup::KeyLookup::start(store.clone()),
+            reader.clone(),
+        );
         Ok(Self {
             listener,
             state: AppState {
                 bus,
-                keys: lookup::KeyLookup::start(store.clone()),
                 store,
                 cache,
+                acceptor,
+                reader,
                 verifier,
-                settings: Arc::new(settings),
             },
             _service: service,
         })

@@ -12,15 +12,9 @@ pub struct Settings {
     pub listen: SocketAddr,
     /// `SUBMIT_DEDUPE_WINDOW_MS`: JetStream's dedupe window on submissions (default 10 min).
     pub dedupe_window: Duration,
-    /// `CLAIM_TTL_MS`: how long Redis remembers an idempotency key the persister has not
-    /// settled (default 24 h; settled: 5 s). Past it, MongoDB's unique index answers.
-    pub claim_ttl: Duration,
     /// `JOB_TTL_MS`: how long Redis keeps the job state of an invoice the persister has
     /// not settled, counted from acceptance (default 1 h; settled: 5 s).
     pub job_ttl: Duration,
-    /// `CLAIM_WAIT_MS`: how long a request waits for a concurrent request with the same key
-    /// to finish before answering 409 (default 2 s).
-    pub claim_wait: Duration,
     /// `PUBLISH_TIMEOUT_MS`: wait for one publish ack (default 2 s; 2 tries, then 503).
     pub publish_timeout: Duration,
 }
@@ -44,9 +38,7 @@ impl Settings {
             jwt_secret,
             listen,
             dedupe_window: env.millis("SUBMIT_DEDUPE_WINDOW_MS", Duration::from_secs(600)),
-            claim_ttl: env.millis("CLAIM_TTL_MS", cache::DEFAULT_CLAIM_TTL),
             job_ttl: env.millis("JOB_TTL_MS", cache::DEFAULT_JOB_TTL),
-            claim_wait: env.millis("CLAIM_WAIT_MS", Duration::from_secs(2)),
             publish_timeout: env.millis("PUBLISH_TIMEOUT_MS", Duration::from_secs(2)),
         };
         if settings.dedupe_window < Duration::from_millis(100) {

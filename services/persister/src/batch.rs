@@ -173,13 +173,13 @@ impl Writer {
         let outcomes = self.store.apply_many(&newest).await;
         let mut settled = Vec::with_capacity(newest.len());
         for ((envelope, outcome), waiters) in newest.iter().zip(outcomes).zip(waiters) {
-            if let Ok(Written::Applied | Written::Stale) = outcome {
-                // MongoDB holds this version (or a later one).
+            if let (Ok(Written::Applied | Written::Stale), true) =
+                (&outcome, envelope.invoice.state.is_final())
+            {
+                // MongoDB holds this final state (or a later version).
                 settled.push(cache::Stored {
                     tenant: &envelope.invoice.tenant_id,
                     id: envelope.invoice.id,
-                    key: envelope.invoice.idempotency_key.as_ref(),
-                    is_final: envelope.invoice.state.is_final(),
                 });
             }
             let outcome = outcome.map_err(|e| e.to_string());

@@ -7,7 +7,7 @@
 //! without limit (capped backoff): an event is a fact and must reach the record; the lag
 //! shows in the consumer's pending count.
 //!
-//! Once MongoDB holds an invoice, its Redis claim and (final) job state are settled to a
+//! Once MongoDB holds an invoice's final state, its Redis job state is settled to a
 //! short TTL: Redis then holds only what is in flight.
 //!
 //! Layout: `settings.rs` (env), `handler.rs` (per-event logic), `batch.rs` (write
@@ -52,7 +52,15 @@ impl App {
         bus.ensure_topology()
             .await
             .context("applying the stream definitions from nats/")?;
-        let store = store::Store::connect(&infra.mongodb_uri, &infra.mongodb_db).await?;
+        let store = store::Store::connect(
+            &infra.mongodb_uri,
+            &infra.mongodb_db,
+            settings.infra.mongodb_timeout,
+        )
+        .await?;
+        // The persister's one job is writing MongoDB, and it must not write before the
+        // unique key index exists: it waits (logging retries) where the others serve.
+        store.wait_indexed().await;
         let service = bus
             .announce(
                 "persister",
@@ -60,12 +68,8 @@ impl App {
             )
             .await?;
         // Only to shorten the TTLs of what MongoDB now holds: the persister works without it.
-        let cache = cache::Cache::connect(
-            &infra.redis_url,
-            &infra.namespace,
-            cache::DEFAULT_JOB_TTL,
-            cache::DEFAULT_CLAIM_TTL,
-        )?;
+        let cache =
+            cache::Cache::connect(&infra.redis_url, &infra.namespace, cache::DEFAULT_JOB_TTL)?;
         let writer = batch::Batcher::start(store.clone(), cache, settings.coalescing);
         let handler = Arc::new(Persister::new(bus.clone(), writer));
         let stop_health = Shutdown::new();

@@ -51,13 +51,15 @@ impl App {
         bus.ensure_topology()
             .await
             .context("applying the stream definitions from nats/")?;
-        let cache = cache::Cache::connect(
-            &infra.redis_url,
-            &infra.namespace,
-            settings.job_ttl,
-            cache::DEFAULT_CLAIM_TTL,
-        )?;
-        let store = store::Store::connect(&infra.mongodb_uri, &infra.mongodb_db).await?;
+        let cache = cache::Cache::connect(&infra.redis_url, &infra.namespace, settings.job_ttl)?;
+        // Returns at once: a processor restarted during a MongoDB outage still computes
+        // what Redis can vouch for (see handler.rs).
+        let store = store::Store::connect(
+            &infra.mongodb_uri,
+            &infra.mongodb_db,
+            settings.infra.mongodb_timeout,
+        )
+        .await?;
         let service = admin::register(&bus, &store)
             .await
             .context("registering with the NATS services API")?;

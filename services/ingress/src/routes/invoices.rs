@@ -1,18 +1,11 @@
 //! `POST /invoices`, `GET /invoices`, `GET /invoices/{id}` (contract § REST API).
 //!
-//! Acceptance (POST), in order:
-//! 1. parse: DTO (`validator` for shapes) → [`DraftInvoice`] (domain rules); every failing
-//!    field is reported;
-//! 2. idempotency, fast path: claim the key in Redis (`SET NX`); a held key answers the
-//!    holder's invoice (200 replay), 422 for a different body, or — while the holder's
-//!    publish is in flight — waits briefly, then 409;
-//! 3. idempotency, truth: MongoDB's unique (tenant, key) record, for keys older than
-//!    Redis remembers;
-//! 4. publish to JetStream with `Nats-Msg-Id` = tenant + key, and answer 202 only after
-//!    the ack. A `duplicate` ack (Redis was down or flushed) is resolved by reading the
-//!    original submission back from the stream. The QUEUED event is published after
-//!    the answer (the processor publishes it too, before PROCESSING).
+//! POST: the body is parsed — DTO (`validator` for shapes) → [`DraftInvoice`] (domain
+//! rules), every failing field reported — then handed to [`crate::acceptance`], which
+//! owns idempotency and the publish; this file only maps its outcome to HTTP. GET reads
+//! through [`crate::read`].
 
+use crate::acceptance::{AcceptError, Accepted};
 use crate::{
     error::ApiError,
     extract::{JsonBody, QueryParams},
@@ -25,17 +18,15 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use cache::{Claim, ClaimResult};
 use domain::draft::{RawDraft, RawLine, RawPayment};
 use domain::{
-    Customer, DraftInvoice, FieldError, IdempotencyKey, Invoice, InvoiceId, InvoiceState, TenantId,
-    TerminalId, Timestamp,
+    Customer, DraftInvoice, FieldError, Invoice, InvoiceId, InvoiceState, TenantId, TerminalId,
+    Timestamp,
 };
 use messaging::Envelope;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use std::collections::BTreeMap;
-use tracing::{info, warn};
 use validator::{Validate, ValidationErrors, ValidationErrorsKind};
 
 /// A decimal as the client wrote it: a JSON string or number literal, kept as text so
@@ -249,205 +240,24 @@ pub async fn create(
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
-
-    let Some(key) = draft.idempotency_key.clone() else {
-        let invoice = Invoice::queued(InvoiceId::generate(), tenant, draft, Timestamp::now());
-        return accept(
-            &state,
-            Envelope {
-                invoice,
-                fingerprint,
-            },
-            None,
-            correlation.as_deref(),
-        )
-        .await;
+    let envelope = Envelope {
+        invoice: Invoice::queued(InvoiceId::generate(), tenant, draft, Timestamp::now()),
+        fingerprint,
     };
-
-    let invoice = Invoice::queued(
-        InvoiceId::generate(),
-        tenant.clone(),
-        draft,
-        Timestamp::now(),
-    );
-    let mine = Claim {
-        invoice_id: invoice.id,
-        fingerprint: fingerprint.clone(),
-        accepted: false,
-    };
-    let deadline = tokio::time::Instant::now() + state.settings.claim_wait;
-    loop {
-        match state.cache.claim(&tenant, &key, &mine).await {
-            Ok(ClaimResult::Claimed) => break,
-            Ok(ClaimResult::HeldBy(holder)) if holder.fingerprint != fingerprint => {
-                return Err(ApiError::KeyReused)
-            }
-            Ok(ClaimResult::HeldBy(holder)) if holder.accepted => {
-                return match current(&state, &tenant, holder.invoice_id).await? {
-                    Some(env) => Ok(replayed(&env.invoice)),
-                    // Accepted but unreadable (Redis job expired and not persisted yet):
-                    // the key stays taken; the client retries the read shortly.
-                    None => Err(ApiError::Conflict),
-                };
-            }
-            Ok(ClaimResult::HeldBy(_)) => {
-                if tokio::time::Instant::now() >= deadline {
-                    return Err(ApiError::Conflict);
-                }
-                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-            }
-            Err(e) => {
-                warn!(error = %e, "Redis unavailable for the idempotency claim; relying on MongoDB and JetStream dedupe");
-                break;
-            }
-        }
-    }
-
-    // Keys older than Redis remembers (or Redis was flushed): MongoDB is the record.
-    match state.keys.find(tenant.clone(), key.clone()).await {
-        Ok(Some(existing)) => {
-            let _ = state.cache.release(&tenant, &key).await;
-            let holder = Claim {
-                invoice_id: existing.invoice.id,
-                fingerprint: existing.fingerprint.clone(),
-                accepted: true,
-            };
-            if existing.fingerprint != fingerprint {
-                return Err(ApiError::KeyReused);
-            }
-            let _ = state.cache.claim(&tenant, &key, &holder).await;
-            let latest = current(&state, &tenant, existing.invoice.id)
-                .await
-                .ok()
-                .flatten()
-                .unwrap_or(existing);
-            return Ok(replayed(&latest.invoice));
-        }
-        Ok(None) => {}
-        // JetStream's dedupe window still protects a key inside it.
-        Err(e) => {
-            warn!(error = %e, "MongoDB unavailable for the idempotency lookup; relying on JetStream dedupe")
-        }
-    }
-    accept(
-        &state,
-        Envelope {
-            invoice,
-            fingerprint,
-        },
-        Some(key),
-        correlation.as_deref(),
-    )
-    .await
-}
-
-/// Publishes the submission (caching its job state meanwhile); 202 once the broker acked
-/// it. The QUEUED event follows in the background.
-async fn accept(
-    state: &AppState,
-    envelope: Envelope,
-    key: Option<IdempotencyKey>,
-    correlation: Option<&str>,
-) -> Result<Response, ApiError> {
-    let tenant = envelope.invoice.tenant_id.clone();
-    // The job state goes to Redis alongside the publish, not after its ack: the processor
-    // reads it on the first delivery (instead of MongoDB), which can come before our ack.
-    let message = envelope.encoded();
-    let (cached, published) = tokio::join!(
-        state.cache.put_job(&message),
-        state.bus.publish_submission(&message, correlation)
-    );
-    if let Err(e) = &cached {
-        warn!(error = %e, "could not cache the job state");
-    }
-    let published = match published {
-        Ok(p) => p,
-        Err(e) => {
-            // Not accepted: nobody was told the id; leave nothing behind under it.
-            let _ = state.cache.forget_job(&tenant, envelope.invoice.id).await;
-            if let Some(k) = &key {
-                let _ = state.cache.release(&tenant, k).await;
-            }
-            return Err(ApiError::Unavailable(e.to_string()));
-        }
-    };
-    if published.duplicate {
-        // Inside the dedupe window, with Redis unable to tell us: the stream has the original.
-        let _ = state.cache.forget_job(&tenant, envelope.invoice.id).await;
-        let original = state
-            .bus
-            .submission_at(published.sequence)
+    // A task of its own: a client that gives up (its future is dropped) must not cut the
+    // acceptance short between the broker's ack and the job state, nor leave work undone.
+    let acceptor = state.acceptor.clone();
+    let outcome =
+        tokio::spawn(async move { acceptor.accept(envelope, correlation.as_deref()).await })
             .await
-            .map_err(|e| ApiError::Unavailable(format!("reading the original submission: {e}")))?;
-        if original.fingerprint != envelope.fingerprint {
-            return Err(ApiError::KeyReused);
-        }
-        if let Some(k) = &key {
-            let holder = Claim {
-                invoice_id: original.invoice.id,
-                fingerprint: original.fingerprint.clone(),
-                accepted: true,
-            };
-            let _ = state.cache.confirm(&tenant, k, &holder).await;
-        }
-        let latest = current(state, &tenant, original.invoice.id)
-            .await
-            .ok()
-            .flatten()
-            .unwrap_or(original);
-        return Ok(replayed(&latest.invoice));
+            .map_err(|e| ApiError::Unconfirmed(format!("acceptance task failed: {e}")))?;
+    match outcome {
+        Ok(Accepted::New(invoice)) => Ok(accepted(&invoice)),
+        Ok(Accepted::Replayed(invoice)) => Ok(replayed(&invoice)),
+        Err(AcceptError::KeyReused) => Err(ApiError::KeyReused),
+        Err(AcceptError::Unavailable(e)) => Err(ApiError::Unavailable(e)),
+        Err(AcceptError::Unconfirmed(e)) => Err(ApiError::Unconfirmed(e)),
     }
-    info!(invoice_id = %envelope.invoice.id, tenant_id = %tenant, seq = published.sequence, "invoice accepted");
-    if let Some(k) = &key {
-        let mine = Claim {
-            invoice_id: envelope.invoice.id,
-            fingerprint: envelope.fingerprint.clone(),
-            accepted: true,
-        };
-        if let Err(e) = state.cache.confirm(&tenant, k, &mine).await {
-            warn!(error = %e, "could not confirm the idempotency claim in Redis");
-        }
-    }
-    // The QUEUED event does not hold up the 202 (one broker round trip less per request):
-    // the submission is durable already, and the processor publishes the same event
-    // (same message id, so whichever comes second is dropped) before PROCESSING.
-    state.bus.publish_event_detached(&message, correlation);
-    Ok(accepted(&envelope.invoice))
-}
-
-/// The freshest known state of an invoice: the higher version of Redis' job state and
-/// MongoDB's record. Unknown to Redis while MongoDB cannot answer is `Unavailable`, not
-/// "no such invoice": Redis forgets invoices once MongoDB holds them.
-async fn current(
-    state: &AppState,
-    tenant: &TenantId,
-    id: InvoiceId,
-) -> Result<Option<Envelope>, ApiError> {
-    let (cached, stored) = tokio::join!(state.cache.job(tenant, id), state.store.find(tenant, id));
-    let cached = cached.unwrap_or_else(|e| {
-        warn!(error = %e, "job state unavailable from Redis");
-        None
-    });
-    let stored = match stored {
-        Ok(s) => s,
-        Err(e) if cached.is_none() => {
-            return Err(ApiError::Unavailable(format!(
-                "the invoice cannot be read right now: {e}"
-            )))
-        }
-        Err(e) => {
-            warn!(error = %e, "invoice unavailable from MongoDB; answering from Redis");
-            None
-        }
-    };
-    Ok(match (cached, stored) {
-        (Some(c), Some(s)) => Some(if c.invoice.version() > s.invoice.version() {
-            c
-        } else {
-            s
-        }),
-        (c, s) => c.or(s),
-    })
 }
 
 /// GET /invoices/{id}
@@ -458,7 +268,12 @@ pub async fn get(
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(&claims)?;
     let id = InvoiceId::parse(&id).map_err(|_| ApiError::NotFound)?;
-    match current(&state, &tenant, id).await? {
+    let found = state
+        .reader
+        .current(&tenant, id)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    match found {
         Some(env) => Ok(Json(env.invoice).into_response()),
         None => Err(ApiError::NotFound),
     }
