@@ -70,13 +70,13 @@ impl TestStack {
         }
         let namespace = unique("t");
         let db = namespace.clone();
-        let settings = infra_settings(&infra, &namespace, &db);
+        let mut settings = infra_settings(&infra, &namespace, &db);
+        settings.submit_dedupe_window = options.dedupe_window;
 
         let ingress = ingress::App::build(ingress::Settings {
             infra: settings.clone(),
             jwt_secret: Secret::new(SECRET.into()),
             listen: "127.0.0.1:0".parse().unwrap(),
-            dedupe_window: options.dedupe_window,
             job_ttl: Duration::from_secs(3600),
             publish_timeout: Duration::from_secs(1),
         })
@@ -197,6 +197,7 @@ pub fn infra_settings(infra: &Infra, namespace: &str, db: &str) -> InfraSettings
         mongodb_uri: infra.mongodb_uri.clone(),
         mongodb_db: db.to_owned(),
         mongodb_timeout: Duration::from_secs(2),
+        submit_dedupe_window: Duration::from_secs(600),
         namespace: namespace.to_owned(),
         instance: unique("test-"),
     }
@@ -243,7 +244,11 @@ impl Api {
     pub fn new(base: String, tenant: &str) -> Self {
         Self {
             base,
-            http: reqwest::Client::new(),
+            // A hung server fails the test instead of hanging the suite.
+            http: reqwest::Client::builder()
+                .timeout(Duration::from_secs(60))
+                .build()
+                .unwrap(),
             token: token(tenant, 3600),
             tenant: tenant.to_owned(),
         }

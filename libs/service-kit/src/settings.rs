@@ -115,6 +115,10 @@ pub struct Infra {
     /// outage (a stalled mongod answers nothing). Default 2 s on the request paths, 10 s
     /// for the persister's batch writes.
     pub mongodb_timeout: Duration,
+    /// `SUBMIT_DEDUPE_WINDOW_MS`: JetStream's dedupe window on submissions (default
+    /// 10 min). Read by every service, since each applies the stream definitions and
+    /// would otherwise put its own default back.
+    pub submit_dedupe_window: Duration,
     /// Prefix of every stream, subject and Redis key (`pos`); tests use a random one.
     pub namespace: String,
     /// This process's name in NATS connection lists and the services API.
@@ -141,6 +145,10 @@ impl Infra {
             "MONGODB_TIMEOUT_MS",
             Duration::from_secs(if service == "persister" { 10 } else { 2 }),
         );
+        let submit_dedupe_window = env.millis("SUBMIT_DEDUPE_WINDOW_MS", Duration::from_secs(600));
+        if submit_dedupe_window < Duration::from_millis(100) {
+            env.problem("SUBMIT_DEDUPE_WINDOW_MS must be at least 100");
+        }
         let namespace = env.string("POS_NAMESPACE", "pos");
         if namespace.is_empty()
             || !namespace
@@ -160,6 +168,7 @@ impl Infra {
             mongodb_uri,
             mongodb_db,
             mongodb_timeout,
+            submit_dedupe_window,
             namespace,
             instance,
         }

@@ -102,6 +102,8 @@ impl App {
             problems.join("\n  - ")
         );
         let infra = &settings.infra;
+        let mut topology = Topology::new(&infra.namespace);
+        topology.submit_dedupe_window = Some(infra.submit_dedupe_window);
         let bus = Bus::connect(
             NatsSettings {
                 url: infra.nats_url.clone(),
@@ -109,7 +111,7 @@ impl App {
                 ack_timeout: NATS_REQUEST_TIMEOUT,
                 publish_tries: 1,
             },
-            Topology::new(&infra.namespace),
+            topology,
         )
         .await?;
         bus.ensure_topology()

@@ -59,7 +59,7 @@ impl App {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let infra = &settings.infra;
         let mut topology = Topology::new(&infra.namespace);
-        topology.submit_dedupe_window = Some(settings.dedupe_window);
+        topology.submit_dedupe_window = Some(infra.submit_dedupe_window);
         let bus = Bus::connect(
             NatsSettings {
                 url: infra.nats_url.clone(),

@@ -10,8 +10,6 @@ pub struct Settings {
     pub jwt_secret: Secret,
     /// `INGRESS_ADDR`, default `0.0.0.0:3000`; port 0 picks a free port.
     pub listen: SocketAddr,
-    /// `SUBMIT_DEDUPE_WINDOW_MS`: JetStream's dedupe window on submissions (default 10 min).
-    pub dedupe_window: Duration,
     /// `JOB_TTL_MS`: how long Redis keeps the job state of an invoice the persister has
     /// not settled, counted from acceptance (default 1 h; settled: 5 s).
     pub job_ttl: Duration,
@@ -37,13 +35,9 @@ impl Settings {
             infra,
             jwt_secret,
             listen,
-            dedupe_window: env.millis("SUBMIT_DEDUPE_WINDOW_MS", Duration::from_secs(600)),
             job_ttl: env.millis("JOB_TTL_MS", cache::DEFAULT_JOB_TTL),
             publish_timeout: env.millis("PUBLISH_TIMEOUT_MS", Duration::from_secs(2)),
         };
-        if settings.dedupe_window < Duration::from_millis(100) {
-            env.problem("SUBMIT_DEDUPE_WINDOW_MS must be at least 100");
-        }
         env.finish().map(|_| settings)
     }
 }

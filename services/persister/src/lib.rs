@@ -42,6 +42,7 @@ impl App {
         let infra = &settings.infra;
         let mut topology = Topology::new(&infra.namespace);
         topology.persister_ack_wait = Some(settings.worker.ack_wait);
+        topology.submit_dedupe_window = Some(infra.submit_dedupe_window);
         let nats = NatsSettings {
             url: infra.nats_url.clone(),
             client_name: infra.instance.clone(),

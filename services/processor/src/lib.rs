@@ -38,6 +38,7 @@ impl App {
         let infra = &settings.infra;
         let mut topology = Topology::new(&infra.namespace);
         topology.processor_ack_wait = Some(settings.worker.ack_wait);
+        topology.submit_dedupe_window = Some(infra.submit_dedupe_window);
         let bus = Bus::connect(
             NatsSettings {
                 url: infra.nats_url.clone(),
