@@ -68,9 +68,23 @@ impl ProcessStack {
     /// Starts one instance of `service`; ingress gets a port and is waited for.
     pub async fn spawn(&mut self, service: &'static str) -> usize {
         let port = (service == "ingress" || service == "fanout").then(free_port);
-        let log = self
-            .logs
-            .join(format!("{service}-{}.log", self.instances.len()));
+        let instance = self.start(service, port, self.instances.len()).await;
+        self.instances.push(instance);
+        self.instances.len() - 1
+    }
+
+    /// Starts `instance` again (after a kill) on the same port, so clients and proxies
+    /// pointed at it reach the new process.
+    pub async fn restart(&mut self, instance: usize) {
+        let (service, port) = (
+            self.instances[instance].service,
+            self.instances[instance].port,
+        );
+        self.instances[instance] = self.start(service, port, instance).await;
+    }
+
+    async fn start(&self, service: &'static str, port: Option<u16>, n: usize) -> Instance {
+        let log = self.logs.join(format!("{service}-{n}-{}.log", unique("")));
         let file = std::fs::File::create(&log).unwrap();
         let bin = bin_dir().join(service);
         let child = Command::new(&bin)
@@ -85,12 +99,6 @@ impl ProcessStack {
                     bin.display()
                 )
             });
-        self.instances.push(Instance {
-            service,
-            child,
-            port,
-            log,
-        });
         if let Some(p) = port {
             let url = format!("http://127.0.0.1:{p}/health");
             eventually(
@@ -103,7 +111,12 @@ impl ProcessStack {
             )
             .await;
         }
-        self.instances.len() - 1
+        Instance {
+            service,
+            child,
+            port,
+            log,
+        }
     }
 
     pub fn api(&self, tenant: &str, instance: usize) -> Api {
