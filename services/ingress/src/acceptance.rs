@@ -25,7 +25,7 @@
 
 use crate::{lookup::KeyLookup, read::Reader};
 use domain::{IdempotencyKey, Invoice, TenantId};
-use messaging::{Bus, BusError, Encoded, Envelope};
+use messaging::{Bus, BusError, Encoded, Envelope, Published};
 use tracing::{info, warn};
 
 /// How a submission ended.
@@ -100,27 +100,25 @@ impl Acceptor {
             self.cache.put_job(&message),
             self.bus.publish_submission(&message, correlation)
         );
-        match (published, envelope.invoice.idempotency_key.clone()) {
-            (Ok(p), _) if !p.duplicate => {
-                info!(invoice_id = %id, tenant_id = %tenant, seq = p.sequence, "invoice accepted");
+        match after_publish(published, envelope.invoice.idempotency_key.is_some()) {
+            AfterPublish::Stored(seq) => {
+                info!(invoice_id = %id, tenant_id = %tenant, seq, "invoice accepted");
                 self.queued(&message, cached.is_ok(), correlation).await;
                 Ok(Accepted::New(envelope.invoice))
             }
-            // A duplicate of an unkeyed submission can only be our own earlier try.
-            (Ok(_), None) => {
-                self.queued(&message, cached.is_ok(), correlation).await;
-                Ok(Accepted::New(envelope.invoice))
-            }
-            (Ok(_) | Err(BusError::SubjectTaken), Some(key)) => {
-                self.taken(&envelope, &tenant, &key, &message, correlation)
-                    .await
-            }
-            (Err(BusError::Unconfirmed(e)), _) => Err(AcceptError::Unconfirmed(e)),
-            (Err(e), _) => {
+            AfterPublish::AskTheKey => match &envelope.invoice.idempotency_key {
+                Some(key) => {
+                    self.taken(&envelope, &tenant, key, &message, correlation)
+                        .await
+                }
+                None => Err(AcceptError::Unconfirmed("a keyless duplicate".into())),
+            },
+            AfterPublish::Failed(e @ AcceptError::Unavailable(_)) => {
                 // Not accepted, and nobody was told the id: leave nothing behind under it.
                 let _ = self.cache.forget_job(&tenant, id).await;
-                Err(AcceptError::Unavailable(e.to_string()))
+                Err(e)
             }
+            AfterPublish::Failed(e) => Err(e),
         }
     }
 
@@ -141,30 +139,45 @@ impl Acceptor {
             .ok_or_else(|| {
                 AcceptError::Unconfirmed("the key's submission is not readable yet".into())
             })?;
-        if original.invoice.id == mine.invoice.id {
-            // Our own earlier try was stored; its ack was lost.
-            self.queued(message, true, correlation).await;
-            return Ok(Accepted::New(mine.invoice.clone()));
+        match judge(mine, &original) {
+            Holder::Mine => {
+                // Our own earlier try was stored; its ack was lost.
+                self.queued(message, true, correlation).await;
+                Ok(Accepted::New(mine.invoice.clone()))
+            }
+            Holder::SameBody => {
+                let _ = self.cache.forget_job(tenant, mine.invoice.id).await;
+                Ok(Accepted::Replayed(self.freshest(original).await))
+            }
+            Holder::OtherBody => {
+                let _ = self.cache.forget_job(tenant, mine.invoice.id).await;
+                Err(AcceptError::KeyReused)
+            }
         }
-        let _ = self.cache.forget_job(tenant, mine.invoice.id).await;
-        self.replay(mine, original).await
     }
 
-    /// The key belongs to `existing`: the same body replays it, another body is refused.
+    /// The key belongs to `existing` (MongoDB's record): the same body replays it, another
+    /// body is refused.
     async fn replay(&self, mine: &Envelope, existing: Envelope) -> Result<Accepted, AcceptError> {
-        if existing.fingerprint != mine.fingerprint {
-            return Err(AcceptError::KeyReused);
+        match judge(mine, &existing) {
+            Holder::OtherBody => Err(AcceptError::KeyReused),
+            Holder::Mine | Holder::SameBody => {
+                Ok(Accepted::Replayed(self.freshest(existing).await))
+            }
         }
-        let tenant = &existing.invoice.tenant_id;
-        let latest = self
-            .reader
-            .current(tenant, existing.invoice.id)
+    }
+
+    /// `known`, or a later state of it if Redis, MongoDB or the event log has one.
+    async fn freshest(&self, known: Envelope) -> Invoice {
+        let tenant = &known.invoice.tenant_id;
+        self.reader
+            .current(tenant, known.invoice.id)
             .await
             .ok()
             .flatten()
-            .filter(|c| c.invoice.version() > existing.invoice.version())
-            .unwrap_or(existing);
-        Ok(Accepted::Replayed(latest.invoice))
+            .filter(|c| c.invoice.version() > known.invoice.version())
+            .unwrap_or(known)
+            .invoice
     }
 
     /// The QUEUED event. It normally does not hold up the 202 (the processor publishes
@@ -177,5 +190,132 @@ impl Acceptor {
         } else if let Err(e) = self.bus.publish_event(message, correlation).await {
             warn!(error = %e, "QUEUED event not published; the processor publishes it");
         }
+    }
+}
+
+/// What the broker's answer to a submission publish means.
+#[derive(Debug)]
+enum AfterPublish {
+    /// Stored now, at this stream sequence: a new invoice.
+    Stored(u64),
+    /// The key's subject holds a submission already (or the dedupe window saw this id):
+    /// that submission decides.
+    AskTheKey,
+    Failed(AcceptError),
+}
+
+fn after_publish(published: Result<Published, BusError>, keyed: bool) -> AfterPublish {
+    match published {
+        Ok(p) if !p.duplicate => AfterPublish::Stored(p.sequence),
+        // A duplicate of a keyless submission can only be our own earlier try (its id
+        // is the invoice's).
+        Ok(p) if !keyed => AfterPublish::Stored(p.sequence),
+        Ok(_) | Err(BusError::SubjectTaken) => AfterPublish::AskTheKey,
+        Err(BusError::Unconfirmed(e)) => AfterPublish::Failed(AcceptError::Unconfirmed(e)),
+        Err(e) => AfterPublish::Failed(AcceptError::Unavailable(e.to_string())),
+    }
+}
+
+/// Whose a key is, given the submission that holds it.
+#[derive(Debug, PartialEq, Eq)]
+enum Holder {
+    /// This very request's invoice (an earlier try of ours was stored).
+    Mine,
+    /// Another request with the same body: a replay.
+    SameBody,
+    /// Another body: the key is reused.
+    OtherBody,
+}
+
+fn judge(mine: &Envelope, holder: &Envelope) -> Holder {
+    if holder.invoice.id == mine.invoice.id {
+        Holder::Mine
+    } else if holder.fingerprint == mine.fingerprint {
+        Holder::SameBody
+    } else {
+        Holder::OtherBody
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::{draft::RawDraft, draft::RawLine, DraftInvoice, InvoiceId, Timestamp};
+
+    fn submission(quantity: &str) -> Envelope {
+        let draft = DraftInvoice::parse(RawDraft {
+            idempotency_key: Some("K".into()),
+            terminal_id: Some("T1".into()),
+            currency: Some("EUR".into()),
+            items: vec![RawLine {
+                sku: Some("A".into()),
+                name: Some("a".into()),
+                quantity: Some(quantity.into()),
+                unit_price: Some("1.00".into()),
+                tax_rate: Some("0.10".into()),
+                discount: None,
+            }],
+            ..Default::default()
+        })
+        .unwrap();
+        let fingerprint = draft.fingerprint();
+        Envelope {
+            invoice: Invoice::queued(
+                InvoiceId::generate(),
+                TenantId::parse("acme").unwrap(),
+                draft,
+                Timestamp::now(),
+            ),
+            fingerprint,
+        }
+    }
+
+    fn ack(duplicate: bool) -> Result<Published, BusError> {
+        Ok(Published {
+            sequence: 7,
+            duplicate,
+        })
+    }
+
+    #[test]
+    fn only_a_fresh_ack_or_a_keyless_duplicate_is_a_new_invoice() {
+        assert!(matches!(
+            after_publish(ack(false), true),
+            AfterPublish::Stored(7)
+        ));
+        assert!(matches!(
+            after_publish(ack(true), false),
+            AfterPublish::Stored(7)
+        ));
+        assert!(matches!(
+            after_publish(ack(true), true),
+            AfterPublish::AskTheKey
+        ));
+        assert!(matches!(
+            after_publish(Err(BusError::SubjectTaken), true),
+            AfterPublish::AskTheKey
+        ));
+    }
+
+    #[test]
+    fn a_publish_that_may_have_been_stored_is_never_called_not_accepted() {
+        assert!(matches!(
+            after_publish(Err(BusError::Unconfirmed("ack timed out".into())), true),
+            AfterPublish::Failed(AcceptError::Unconfirmed(_))
+        ));
+        assert!(matches!(
+            after_publish(Err(BusError::Unavailable("not connected".into())), true),
+            AfterPublish::Failed(AcceptError::Unavailable(_))
+        ));
+    }
+
+    #[test]
+    fn the_holder_of_a_key_is_us_a_replay_or_a_reuse() {
+        let mine = submission("1");
+        assert_eq!(judge(&mine, &mine), Holder::Mine);
+        let same_body = submission("1");
+        assert_eq!(judge(&mine, &same_body), Holder::SameBody);
+        let other_body = submission("2");
+        assert_eq!(judge(&mine, &other_body), Holder::OtherBody);
     }
 }
