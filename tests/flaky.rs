@@ -290,3 +290,40 @@ async fn services_restarted_during_a_mongodb_outage_start_and_complete_invoices(
         .await;
     assert_eq!(done["attempts"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stalled_redis_slows_requests_but_fails_none() {
+    let redis = PrivateServer::redis().await;
+    let stack = TestStack::with(Options {
+        redis_url: Some(redis.url.clone()),
+        ..Options::default()
+    })
+    .await;
+    // Warm the connection first, so the stall hits an open one (as in production).
+    let warm = stack
+        .api
+        .post(&invoice_body(Some(&unique("k-")), "T1"))
+        .await;
+    assert_eq!(warm.status, 202, "{}", warm.body);
+    redis.stall();
+    let mut ids = Vec::new();
+    for _ in 0..5 {
+        let body = invoice_body(Some(&unique("k-")), "T1");
+        let a = stack.api.post(&body).await;
+        assert_eq!(a.status, 202, "{}", a.body);
+        let id = a.body["id"].as_str().unwrap().to_owned();
+        let read = stack.api.invoice(&id).await;
+        assert_eq!(read.status, 200, "readable at once: {}", read.body);
+        let replay = stack.api.post(&body).await;
+        assert_eq!(replay.status, 200, "{}", replay.body);
+        assert_eq!(replay.body["id"], id.as_str());
+        ids.push(id);
+    }
+    for id in &ids {
+        stack
+            .api
+            .wait_state(id, "COMPLETED", Duration::from_secs(30))
+            .await;
+    }
+    redis.resume();
+}
