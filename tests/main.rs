@@ -19,3 +19,4 @@ mod pipeline;
 mod resilience;
 mod scale;
 mod store;
+mod terminal;
