@@ -17,7 +17,7 @@ use mongodb::{
     Client, Collection, IndexModel,
 };
 use serde::{Deserialize, Serialize};
-use std::{collections::HashMap, sync::Arc, time::Duration};
+use std::{collections::HashMap, time::Duration};
 use tracing::{info, warn};
 
 const COLLECTION: &str = "invoices";
@@ -88,7 +88,8 @@ pub struct Store {
     client: Client,
     invoices: Collection<StoredInvoice>,
     op_timeout: Duration,
-    indexed: Arc<tokio::sync::OnceCell<()>>,
+    /// Becomes true once the indexes exist.
+    indexed: tokio::sync::watch::Receiver<bool>,
 }
 
 impl Store {
@@ -108,11 +109,12 @@ impl Store {
         options.write_concern = Some(WriteConcern::majority());
         let client =
             Client::with_options(options).map_err(|e| StoreError::BadUri(e.to_string()))?;
+        let (ready_tx, ready_rx) = tokio::sync::watch::channel(false);
         let store = Self {
             invoices: client.database(db).collection(COLLECTION),
             client,
             op_timeout,
-            indexed: Arc::new(tokio::sync::OnceCell::new()),
+            indexed: ready_rx,
         };
         let background = store.clone();
         let db = db.to_owned();
@@ -129,7 +131,7 @@ impl Store {
                     }
                 }
             }
-            let _ = background.indexed.set(());
+            let _ = ready_tx.send(true);
             info!(%db, "connected to MongoDB");
         });
         Ok(store)
@@ -138,12 +140,9 @@ impl Store {
     /// Waits until the indexes exist: a writer must not store invoices before the unique
     /// (tenant, key) index guards them.
     pub async fn wait_indexed(&self) {
-        loop {
-            if self.indexed.initialized() {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let mut ready = self.indexed.clone();
+        // Err only if the background task is gone, which it never is before success.
+        let _ = ready.wait_for(|done| *done).await;
     }
 
     /// `op` within the operation timeout, a timeout being an outage like any other.
