@@ -52,9 +52,16 @@ async fn publishing_the_same_submission_or_event_twice_stores_it_once() {
         a.sequence, b.sequence,
         "a duplicate names the original's sequence"
     );
+    let key = first.invoice.idempotency_key.as_ref().unwrap();
     assert_eq!(
-        bus.submission_at(b.sequence).await.unwrap().invoice.id,
-        first.invoice.id
+        bus.submission_of_key(&first.invoice.tenant_id, key)
+            .await
+            .unwrap()
+            .unwrap()
+            .invoice
+            .id,
+        first.invoice.id,
+        "the key's subject holds the first submission"
     );
 
     let e1 = bus.publish_event(&first.encoded(), None).await.unwrap();

@@ -390,17 +390,6 @@ impl Bus {
         )
         .await
     }
-
-    /// The submission stored at `sequence` (used to answer a duplicate publish with the
-    /// original invoice).
-    pub async fn submission_at(&self, sequence: u64) -> Result<Envelope, BusError> {
-        let stream = self.stream(&self.topology.invoices_stream()).await?;
-        let message = stream
-            .get_raw_message(sequence)
-            .await
-            .map_err(request_error)?;
-        Ok(Envelope::decode(&message.payload)?)
-    }
 }
 
 impl Bus {
