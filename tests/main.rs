@@ -11,6 +11,7 @@ mod config;
 mod failure;
 mod fanout;
 mod flaky;
+mod hostile;
 mod http_contract;
 mod idempotency;
 mod messaging;

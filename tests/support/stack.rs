@@ -22,6 +22,10 @@ pub struct Options {
     pub nats_url: Option<String>,
     pub mongodb_uri: Option<String>,
     pub redis_url: Option<String>,
+    /// The ingress HTTP server's connection limits.
+    pub http: service_kit::server::ServerLimits,
+    /// Ingress rate limits (default: none, so that load tests measure the pipeline).
+    pub rate_limits: ingress::guard::RateLimits,
 }
 
 impl Default for Options {
@@ -36,6 +40,8 @@ impl Default for Options {
             nats_url: None,
             mongodb_uri: None,
             redis_url: None,
+            http: service_kit::server::ServerLimits::default(),
+            rate_limits: ingress::guard::RateLimits::UNLIMITED,
         }
     }
 }
@@ -79,6 +85,8 @@ impl TestStack {
             listen: "127.0.0.1:0".parse().unwrap(),
             job_ttl: Duration::from_secs(3600),
             publish_timeout: Duration::from_secs(1),
+            http: options.http.clone(),
+            rate_limits: options.rate_limits,
         })
         .await
         .expect("ingress builds");

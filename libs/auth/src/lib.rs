@@ -1,26 +1,70 @@
-//! JWT authentication shared by the ingress routes and the fanout upgrade handler.
+//! JWT authentication and roles, shared by the ingress routes and the fanout upgrade
+//! handler.
 //!
 //! A request's token (`Authorization: Bearer …`, or `?token=` for WebSocket upgrades)
-//! goes through [`Verifier::verify`] (HS256, `exp` required) into [`Claims`]; the axum
-//! extractor [`Authenticated`] does that for a handler and answers `401 unauthorized`
-//! in the contract's error shape otherwise.
+//! goes through [`Verifier::verify`] (HS256 only, `exp` and `sub` required, a tenant safe
+//! to put in a subject) into [`Claims`]. The extractor [`Authorized<N>`] does that for a
+//! handler — or takes the claims a middleware already verified from the request's
+//! extensions — and checks the role the handler declares with `N` (contract § roles:
+//! terminal < manager < admin): `401 unauthorized` or `403 forbidden` otherwise.
 
 use axum::{
     extract::{FromRef, FromRequestParts},
-    http::{request::Parts, StatusCode},
+    http::request::Parts,
     response::{IntoResponse, Response},
 };
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
 use serde::{Deserialize, Serialize};
-use service_kit::http::ErrorResponse;
+use service_kit::http::{ErrorCode, ErrorResponse};
 use std::sync::Arc;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+/// Ordered: each role may do all that the roles before it may.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
     Terminal,
     Manager,
     Admin,
+}
+
+impl Role {
+    /// Whether a caller of this role may do what `needed` may.
+    pub fn includes(self, needed: Role) -> bool {
+        self >= needed
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Terminal => "terminal",
+            Role::Manager => "manager",
+            Role::Admin => "admin",
+        }
+    }
+}
+
+/// The least role a route needs, declared as a type: `Authorized<Manager>`.
+pub trait Needs: Send + Sync + 'static {
+    const ROLE: Role;
+}
+
+/// Any valid token (terminal and up).
+#[derive(Debug)]
+pub struct AnyRole;
+/// Manager or admin.
+#[derive(Debug)]
+pub struct Manager;
+/// Admin only.
+#[derive(Debug)]
+pub struct Admin;
+
+impl Needs for AnyRole {
+    const ROLE: Role = Role::Terminal;
+}
+impl Needs for Manager {
+    const ROLE: Role = Role::Manager;
+}
+impl Needs for Admin {
+    const ROLE: Role = Role::Admin;
 }
 
 /// The claims the contract requires. A token missing any of them is refused.
@@ -38,12 +82,25 @@ pub enum AuthError {
     Missing,
     #[error("invalid token: {0}")]
     Invalid(String),
+    #[error("role {have} may not do this; it needs {needs} or above")]
+    Forbidden {
+        have: &'static str,
+        needs: &'static str,
+    },
+}
+
+impl AuthError {
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            AuthError::Missing | AuthError::Invalid(_) => ErrorCode::Unauthorized,
+            AuthError::Forbidden { .. } => ErrorCode::Forbidden,
+        }
+    }
 }
 
 impl IntoResponse for AuthError {
     fn into_response(self) -> Response {
-        ErrorResponse::new(StatusCode::UNAUTHORIZED, "unauthorized", self.to_string())
-            .into_response()
+        ErrorResponse::new(self.code(), self.to_string()).into_response()
     }
 }
 
@@ -72,6 +129,11 @@ impl Verifier {
     }
 
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return Err(AuthError::Invalid(format!(
+                "token is longer than {MAX_TOKEN_BYTES} bytes"
+            )));
+        }
         let claims = jsonwebtoken::decode::<Claims>(token, &self.key, &self.validation)
             .map(|data| data.claims)
             .map_err(|e| AuthError::Invalid(e.to_string()))?;
@@ -129,21 +191,54 @@ pub fn sign(secret: &str, claims: &Claims) -> String {
     .unwrap_or_default()
 }
 
-/// A verified caller. Extracting it is the authentication of a route.
-#[derive(Debug, Clone)]
-pub struct Authenticated(pub Claims);
+/// Largest token accepted: a valid one is a few hundred bytes; verifying is never spent
+/// on more.
+pub const MAX_TOKEN_BYTES: usize = 4096;
 
-impl<S> FromRequestParts<S> for Authenticated
+/// A verified caller whose role includes `N`'s. Extracting it is the authentication and
+/// authorization of a route: a handler only declares the role it needs.
+#[derive(Debug, Clone)]
+pub struct Authorized<N: Needs = AnyRole>(Claims, std::marker::PhantomData<N>);
+
+/// Any valid token: the routes every role may call.
+pub type Authenticated = Authorized<AnyRole>;
+
+impl<N: Needs> Authorized<N> {
+    pub fn claims(&self) -> &Claims {
+        &self.0
+    }
+
+    pub fn into_claims(self) -> Claims {
+        self.0
+    }
+
+    /// Checks `claims` against `N`.
+    pub fn check(claims: Claims) -> Result<Self, AuthError> {
+        if claims.role.includes(N::ROLE) {
+            Ok(Self(claims, std::marker::PhantomData))
+        } else {
+            Err(AuthError::Forbidden {
+                have: claims.role.as_str(),
+                needs: N::ROLE.as_str(),
+            })
+        }
+    }
+}
+
+impl<S, N> FromRequestParts<S> for Authorized<N>
 where
     Verifier: FromRef<S>,
     S: Send + Sync,
+    N: Needs,
 {
     type Rejection = AuthError;
 
     async fn from_request_parts(parts: &mut Parts, state: &S) -> Result<Self, Self::Rejection> {
-        Verifier::from_ref(state)
-            .verify_parts(parts)
-            .map(Authenticated)
+        let claims = match parts.extensions.get::<Claims>() {
+            Some(c) => c.clone(),
+            None => Verifier::from_ref(state).verify_parts(parts)?,
+        };
+        Self::check(claims)
     }
 }
 
@@ -198,5 +293,181 @@ mod tests {
         )
         .unwrap();
         assert!(Verifier::new("k").verify(&token).is_err());
+    }
+
+    /// `header.payload.signature` with a chosen header, signed by `alg` and `secret`
+    /// (or unsigned): the tokens an attacker would forge.
+    fn forge(header: serde_json::Value, payload: serde_json::Value, sig: Option<&[u8]>) -> String {
+        use base64::Engine;
+        let b64 = base64::engine::general_purpose::URL_SAFE_NO_PAD;
+        let signing_input = format!(
+            "{}.{}",
+            b64.encode(header.to_string()),
+            b64.encode(payload.to_string())
+        );
+        let signature = match sig {
+            Some(secret) => jsonwebtoken::crypto::sign(
+                signing_input.as_bytes(),
+                &EncodingKey::from_secret(secret),
+                Algorithm::HS256,
+            )
+            .unwrap(),
+            None => String::new(),
+        };
+        format!("{signing_input}.{signature}")
+    }
+
+    fn payload(tenant: &str) -> serde_json::Value {
+        serde_json::to_value(Claims {
+            tenant: tenant.into(),
+            ..claims(600)
+        })
+        .unwrap()
+    }
+
+    const KEY: &[u8] = b"the-real-secret-0123456789";
+
+    #[test]
+    fn forged_tokens_are_all_refused() {
+        let v = Verifier::new(std::str::from_utf8(KEY).unwrap());
+        // Sanity: the forging helper makes a token the verifier accepts.
+        let good = forge(
+            serde_json::json!({"alg":"HS256","typ":"JWT"}),
+            payload("acme"),
+            Some(KEY),
+        );
+        assert!(v.verify(&good).is_ok());
+        let attacks = [
+            (
+                "alg none, no signature",
+                forge(serde_json::json!({"alg":"none"}), payload("acme"), None),
+            ),
+            (
+                "alg none with a signature",
+                forge(
+                    serde_json::json!({"alg":"none"}),
+                    payload("acme"),
+                    Some(KEY),
+                ),
+            ),
+            (
+                "HS256 with another key",
+                forge(
+                    serde_json::json!({"alg":"HS256"}),
+                    payload("acme"),
+                    Some(b"another-key"),
+                ),
+            ),
+            (
+                "RS256 header, HMAC signature with the secret (key confusion)",
+                forge(
+                    serde_json::json!({"alg":"RS256"}),
+                    payload("acme"),
+                    Some(KEY),
+                ),
+            ),
+            (
+                "HS512 header",
+                forge(
+                    serde_json::json!({"alg":"HS512"}),
+                    payload("acme"),
+                    Some(KEY),
+                ),
+            ),
+            (
+                "no exp",
+                forge(
+                    serde_json::json!({"alg":"HS256"}),
+                    serde_json::json!({"sub":"T1","tenant":"acme","role":"terminal"}),
+                    Some(KEY),
+                ),
+            ),
+            (
+                "expired",
+                sign(std::str::from_utf8(KEY).unwrap(), &claims(-3600)),
+            ),
+            (
+                "exp as a string",
+                forge(
+                    serde_json::json!({"alg":"HS256"}),
+                    serde_json::json!({"sub":"T1","tenant":"acme","role":"terminal","exp":"9999999999"}),
+                    Some(KEY),
+                ),
+            ),
+            ("10 KiB token", {
+                let mut p = payload("acme");
+                p["pad"] = "x".repeat(10 * 1024).into();
+                forge(serde_json::json!({"alg":"HS256"}), p, Some(KEY))
+            }),
+            ("empty", String::new()),
+            ("garbage", "a.b.c".into()),
+        ];
+        for (what, token) in attacks {
+            assert!(v.verify(&token).is_err(), "{what} was accepted");
+        }
+        for tenant in ["a.b", "a*", ">", "a b", "", "x".repeat(65).as_str(), "ñ"] {
+            let t = forge(
+                serde_json::json!({"alg":"HS256"}),
+                payload(tenant),
+                Some(KEY),
+            );
+            assert!(v.verify(&t).is_err(), "tenant {tenant:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn roles_are_ordered() {
+        assert!(Role::Admin.includes(Role::Manager));
+        assert!(Role::Manager.includes(Role::Terminal));
+        assert!(Role::Manager.includes(Role::Manager));
+        assert!(!Role::Terminal.includes(Role::Manager));
+        assert!(!Role::Manager.includes(Role::Admin));
+    }
+
+    #[tokio::test]
+    async fn a_route_declares_its_role_and_other_roles_get_403() {
+        use axum::{body::Body, http::Request, routing::get, Router};
+        use tower::ServiceExt;
+        let secret = "s3cret-0123456789abcdef";
+        let app = Router::new()
+            .route("/any", get(|_: Authenticated| async { "ok" }))
+            .route("/manager", get(|_: Authorized<Manager>| async { "ok" }))
+            .route("/admin", get(|_: Authorized<Admin>| async { "ok" }))
+            .with_state(Verifier::new(secret));
+        let call = |path: &'static str, role: Option<Role>| {
+            let app = app.clone();
+            async move {
+                let mut req = Request::get(path);
+                if let Some(role) = role {
+                    let token = sign(
+                        secret,
+                        &Claims {
+                            role,
+                            ..claims(600)
+                        },
+                    );
+                    req = req.header("authorization", format!("Bearer {token}"));
+                }
+                app.oneshot(req.body(Body::empty()).unwrap())
+                    .await
+                    .unwrap()
+                    .status()
+                    .as_u16()
+            }
+        };
+        let (terminal, manager, admin) = (Role::Terminal, Role::Manager, Role::Admin);
+        let expect = [
+            ("/any", None, 401),
+            ("/any", Some(terminal), 200),
+            ("/manager", Some(terminal), 403),
+            ("/manager", Some(manager), 200),
+            ("/manager", Some(admin), 200),
+            ("/admin", Some(manager), 403),
+            ("/admin", Some(admin), 200),
+            ("/admin", None, 401),
+        ];
+        for (path, role, status) in expect {
+            assert_eq!(call(path, role).await, status, "{path} as {role:?}");
+        }
     }
 }

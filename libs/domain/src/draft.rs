@@ -85,6 +85,30 @@ pub struct DraftInvoice {
     pub payments: Vec<Payment>,
 }
 
+/// The line and payment counts, checked before any line is looked at: a request over
+/// them is refused in constant time whatever it holds (contract § Limits: a 256 KiB body
+/// of empty items must not cost per-line work).
+pub fn check_counts(items: usize, payments: usize) -> Result<(), Vec<FieldError>> {
+    let mut errors = Vec::new();
+    if items > MAX_LINES {
+        errors.push(FieldError::new(
+            "items",
+            format!("must hold 1–{MAX_LINES} lines (got {items})"),
+        ));
+    }
+    if payments > MAX_PAYMENTS {
+        errors.push(FieldError::new(
+            "payments",
+            format!("must hold at most {MAX_PAYMENTS} payments (got {payments})"),
+        ));
+    }
+    if errors.is_empty() {
+        Ok(())
+    } else {
+        Err(errors)
+    }
+}
+
 /// Collects every failing field instead of stopping at the first.
 struct Errors(Vec<FieldError>);
 
@@ -148,7 +172,11 @@ impl Errors {
 impl DraftInvoice {
     /// Parses and checks every field; on failure returns every failing field.
     pub fn parse(raw: RawDraft) -> Result<Self, Vec<FieldError>> {
+        check_counts(raw.items.len(), raw.payments.len())?;
         let mut errors = Errors(Vec::new());
+        if raw.items.is_empty() {
+            errors.push("items", format!("must hold 1–{MAX_LINES} lines"));
+        }
 
         let idempotency_key = match raw.idempotency_key {
             None => None,
@@ -191,9 +219,6 @@ impl DraftInvoice {
             }
         }
 
-        if raw.items.is_empty() || raw.items.len() > MAX_LINES {
-            errors.push("items", format!("must hold 1–{MAX_LINES} lines"));
-        }
         let mut lines = Vec::with_capacity(raw.items.len());
         for (i, item) in raw.items.iter().enumerate() {
             let p = |field: &str| format!("items[{i}].{field}");
@@ -251,12 +276,6 @@ impl DraftInvoice {
             }
         }
 
-        if raw.payments.len() > MAX_PAYMENTS {
-            errors.push(
-                "payments",
-                format!("must hold at most {MAX_PAYMENTS} payments"),
-            );
-        }
         let mut payments = Vec::with_capacity(raw.payments.len());
         for (i, payment) in raw.payments.iter().enumerate() {
             let method = errors

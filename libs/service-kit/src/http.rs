@@ -1,5 +1,5 @@
-//! The contract's HTTP shapes shared by ingress and fanout: the error body and
-//! `/health`.
+//! The contract's HTTP shapes shared by ingress and fanout: the error codes, the error
+//! body and `/health`.
 
 use axum::{
     http::{header, HeaderValue, StatusCode},
@@ -8,12 +8,106 @@ use axum::{
 };
 use serde::Serialize;
 
+/// Every error code the services answer with, and its status: the one table of them
+/// (contract § Errors and § Limits). Services map their own failures onto it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// 400: the body or a parameter is wrong; `details` names each field.
+    ValidationFailed,
+    /// 401: no, bad or expired token.
+    Unauthorized,
+    /// 403: a valid token whose role may not do this.
+    Forbidden,
+    /// 404: unknown id or path (also another tenant's id).
+    NotFound,
+    /// 405: the path exists, the method does not.
+    MethodNotAllowed,
+    /// 408: the request was not answered within the server's request timeout.
+    RequestTimeout,
+    /// 413: body over the limit.
+    PayloadTooLarge,
+    /// 415: a body that is not JSON.
+    UnsupportedMediaType,
+    /// 422: the idempotency key was used with another body.
+    IdempotencyKeyReused,
+    /// 429: the tenant or terminal is over its rate; carries `Retry-After`.
+    RateLimited,
+    /// 503: a dependency cannot serve the request now; carries `Retry-After`.
+    Unavailable,
+    /// 500: a bug; the cause is logged, never sent.
+    Internal,
+}
+
+impl ErrorCode {
+    pub const ALL: [ErrorCode; 12] = [
+        Self::ValidationFailed,
+        Self::Unauthorized,
+        Self::Forbidden,
+        Self::NotFound,
+        Self::MethodNotAllowed,
+        Self::RequestTimeout,
+        Self::PayloadTooLarge,
+        Self::UnsupportedMediaType,
+        Self::IdempotencyKeyReused,
+        Self::RateLimited,
+        Self::Unavailable,
+        Self::Internal,
+    ];
+
+    pub fn status(self) -> StatusCode {
+        match self {
+            Self::ValidationFailed => StatusCode::BAD_REQUEST,
+            Self::Unauthorized => StatusCode::UNAUTHORIZED,
+            Self::Forbidden => StatusCode::FORBIDDEN,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
+            Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
+            Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    /// The contract's code text.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::ValidationFailed => "validation_failed",
+            Self::Unauthorized => "unauthorized",
+            Self::Forbidden => "forbidden",
+            Self::NotFound => "not_found",
+            Self::MethodNotAllowed => "method_not_allowed",
+            Self::RequestTimeout => "request_timeout",
+            Self::PayloadTooLarge => "payload_too_large",
+            Self::UnsupportedMediaType => "unsupported_media_type",
+            Self::IdempotencyKeyReused => "idempotency_key_reused",
+            Self::RateLimited => "rate_limited",
+            Self::Unavailable => "unavailable",
+            Self::Internal => "internal",
+        }
+    }
+
+    /// The code an error status without a body stands for (layers' answers: axum's 404
+    /// and 405, the timeout's 408, a body limit's 413).
+    pub fn for_status(status: StatusCode) -> Self {
+        Self::ALL
+            .into_iter()
+            .find(|c| c.status() == status)
+            .unwrap_or(if status.is_client_error() {
+                Self::ValidationFailed
+            } else {
+                Self::Internal
+            })
+    }
+}
+
 /// `{ "error": { "code", "message", "details"? } }` with its status and optional
 /// `Retry-After`.
 #[derive(Debug, Clone)]
 pub struct ErrorResponse {
-    pub status: StatusCode,
-    pub code: &'static str,
+    pub code: ErrorCode,
     pub message: String,
     pub details: Option<Vec<Detail>>,
     pub retry_after_secs: Option<u64>,
@@ -29,15 +123,19 @@ pub struct Detail {
 }
 
 impl ErrorResponse {
-    pub fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+    pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
-            status,
             code,
             message: message.into(),
             details: None,
             retry_after_secs: None,
             outcome: None,
         }
+    }
+
+    pub fn retry_after(mut self, secs: u64) -> Self {
+        self.retry_after_secs = Some(secs);
+        self
     }
 }
 
@@ -60,14 +158,14 @@ impl IntoResponse for ErrorResponse {
         }
         let body = Body {
             error: Inner {
-                code: self.code,
+                code: self.code.as_str(),
                 message: &self.message,
                 details: self.details.as_deref(),
                 outcome: self.outcome,
             },
             outcome: self.outcome,
         };
-        let mut response = (self.status, Json(body)).into_response();
+        let mut response = (self.code.status(), Json(body)).into_response();
         if let Some(secs) = self.retry_after_secs {
             response
                 .headers_mut()
@@ -131,9 +229,13 @@ pub async fn serve(
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let port = listener.local_addr()?.port();
     tokio::spawn(async move {
-        if let Err(e) = axum::serve(listener, router)
-            .with_graceful_shutdown(shutdown)
-            .await
+        if let Err(e) = crate::server::serve(
+            listener,
+            router,
+            crate::server::ServerLimits::default(),
+            shutdown,
+        )
+        .await
         {
             tracing::error!(error = %e, "health server failed");
         }

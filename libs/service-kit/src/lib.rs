@@ -4,9 +4,11 @@
 //! - `telemetry.rs`: tracing init (text or JSON) with a writer tests can silence;
 //! - `shutdown.rs`: the SIGINT/SIGTERM future and a cloneable shutdown handle;
 //! - `http.rs`: the contract's error body and the `/health` response shape;
+//! - `server.rs`: the HTTP server with connection limits and timeouts, used by all;
 //! - the global allocator of every binary that links this crate (below).
 
 pub mod http;
+pub mod server;
 pub mod settings;
 pub mod shutdown;
 pub mod telemetry;

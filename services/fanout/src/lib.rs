@@ -87,6 +87,7 @@ pub struct App {
     listener: TcpListener,
     state: AppState,
     sockets_done: mpsc::Receiver<()>,
+    limits: service_kit::server::ServerLimits,
     /// Keeps the services-API registration alive.
     _service: messaging::Service,
 }
@@ -150,6 +151,7 @@ impl App {
             listener,
             state,
             sockets_done,
+            limits: settings.http.clone(),
             _service: service,
         })
     }
@@ -173,6 +175,7 @@ impl App {
             listener,
             state,
             mut sockets_done,
+            limits,
             _service,
         } = self;
         tracing::info!(addr = %listener.local_addr()?, "fanout listening");
@@ -180,9 +183,10 @@ impl App {
         stop.trigger_on(shutdown);
         // Upgraded sockets are detached from the HTTP server: its graceful shutdown does
         // not wait for them, the drain below does.
-        axum::serve(listener, routes::router(state))
-            .with_graceful_shutdown(async move { stop.wait().await })
-            .await?;
+        service_kit::server::serve(listener, routes::router(state), limits, async move {
+            stop.wait().await
+        })
+        .await?;
         if tokio::time::timeout(SOCKET_DRAIN_TIMEOUT, sockets_done.recv())
             .await
             .is_err()

@@ -21,7 +21,7 @@ use axum::{
 };
 use domain::{TenantId, TerminalId};
 use serde::{Deserialize, Serialize};
-use service_kit::http::{Detail, ErrorResponse, Health};
+use service_kit::http::{Detail, ErrorCode, ErrorResponse, Health};
 
 /// Terminals send nothing but control frames; anything bigger than this from a client
 /// is not a PoS terminal and ends the socket.
@@ -64,10 +64,11 @@ struct WsQuery {
 /// hand-over gap-free (`replay.rs`).
 async fn upgrade(
     State(app): State<AppState>,
-    Authenticated(claims): Authenticated,
+    caller: Authenticated,
     query: Result<Query<WsQuery>, QueryRejection>,
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
+    let claims = caller.into_claims();
     let tenant = match TenantId::parse(claims.tenant) {
         Ok(tenant) => tenant,
         Err(e) => return AuthError::Invalid(format!("tenant claim: {e}")).into_response(),
@@ -84,11 +85,8 @@ async fn upgrade(
     let resume = match resume {
         Ok(resume) => resume,
         Err(details) => {
-            let mut error = ErrorResponse::new(
-                StatusCode::BAD_REQUEST,
-                "validation_failed",
-                "invalid query parameters",
-            );
+            let mut error =
+                ErrorResponse::new(ErrorCode::ValidationFailed, "invalid query parameters");
             error.details = Some(details);
             return error.into_response();
         }
@@ -100,19 +98,14 @@ async fn upgrade(
                 "expected a WebSocket upgrade request: {}",
                 rejection.body_text()
             );
-            return ErrorResponse::new(StatusCode::BAD_REQUEST, "validation_failed", message)
-                .into_response();
+            return ErrorResponse::new(ErrorCode::ValidationFailed, message).into_response();
         }
     };
     let mut member = match app.hub.join(&tenant) {
         Ok(member) => member,
         Err(full) => {
             app.metrics.refused();
-            let mut error = ErrorResponse::new(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "unavailable",
-                full.to_string(),
-            );
+            let mut error = ErrorResponse::new(ErrorCode::Unavailable, full.to_string());
             error.retry_after_secs = Some(RETRY_AFTER_FULL_SECS);
             return error.into_response();
         }
@@ -124,8 +117,7 @@ async fn upgrade(
         Ok(Some(_))
     ) {
         let mut error = ErrorResponse::new(
-            StatusCode::SERVICE_UNAVAILABLE,
-            "unavailable",
+            ErrorCode::Unavailable,
             "the event log is unreachable right now",
         );
         error.retry_after_secs = Some(RETRY_AFTER_FULL_SECS);
@@ -138,6 +130,7 @@ async fn upgrade(
         policy: app.policy,
         metrics: app.metrics.clone(),
         shutdown: app.shutdown.clone(),
+        token_exp: claims.exp,
     };
     let socket_done = app.sockets_done.clone();
     upgrade
@@ -212,7 +205,7 @@ async fn metrics(State(app): State<AppState>) -> Json<MetricsSnapshot> {
 }
 
 async fn not_found() -> ErrorResponse {
-    ErrorResponse::new(StatusCode::NOT_FOUND, "not_found", "no such route")
+    ErrorResponse::new(ErrorCode::NotFound, "no such route")
 }
 
 #[cfg(test)]

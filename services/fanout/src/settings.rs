@@ -25,6 +25,8 @@ pub struct Settings {
     /// `FANOUT_IDLE_TIMEOUT_MS` (default 60 s): a socket with no inbound frame (pongs
     /// count) for this long is closed; also the longest a single write may stall.
     pub idle_timeout: Duration,
+    /// `HTTP_*`: the server's connection limits and timeouts (upgrade requests).
+    pub http: service_kit::server::ServerLimits,
 }
 
 /// tokio's broadcast channel refuses capacities above `usize::MAX / 2`; a million
@@ -53,6 +55,7 @@ impl Settings {
             client_buffer: env.parse("FANOUT_CLIENT_BUFFER", 1024, "a whole number of frames ≥ 1"),
             ping_interval: env.millis("FANOUT_PING_INTERVAL_MS", Duration::from_secs(20)),
             idle_timeout: env.millis("FANOUT_IDLE_TIMEOUT_MS", Duration::from_secs(60)),
+            http: service_kit::server::ServerLimits::from_env(&mut env),
         };
         for problem in settings.problems() {
             env.problem(problem);

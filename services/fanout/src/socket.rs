@@ -12,7 +12,8 @@
 //! - `1013` try again later: the event log could not be read for the replay;
 //! - `1001` going away: this instance is shutting down;
 //! - `1000` idle timeout: nothing received (not even a pong) for `FANOUT_IDLE_TIMEOUT_MS`;
-//! - `1011` the tenant's live feed was lost (should not happen; reconnecting heals it).
+//! - `1011` the tenant's live feed was lost (should not happen; reconnecting heals it);
+//! - `4001` the token's `exp` passed: reconnect with a fresh token.
 
 use crate::{
     hub::Membership,
@@ -75,6 +76,10 @@ impl Closing {
     pub const FEED_LOST: Self = Self {
         code: 1011,
         why: "live feed lost",
+    };
+    pub const TOKEN_EXPIRED: Self = Self {
+        code: 4001,
+        why: "token expired",
     };
 
     /// `slow consumer; reconnect with since=4711` (well under the 123-byte limit).
@@ -210,6 +215,8 @@ pub struct Session<L> {
     pub policy: SocketPolicy,
     pub metrics: Arc<Metrics>,
     pub shutdown: service_kit::Shutdown,
+    /// The token's `exp` (Unix seconds): the socket is closed with 4001 then.
+    pub token_exp: i64,
 }
 
 /// Counts a socket as connected for exactly as long as it lives.
@@ -228,6 +235,17 @@ impl Drop for Connected {
     }
 }
 
+/// Time from now until Unix second `at` (zero if past).
+fn until_unix(at: i64) -> Duration {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap_or_default();
+    u64::try_from(at)
+        .map(Duration::from_secs)
+        .unwrap_or_default()
+        .saturating_sub(now)
+}
+
 /// Serves an upgraded socket: the producer (replay, then live) runs as its own task and
 /// feeds the writer; whichever side ends first ends the other.
 pub async fn run<L: EventLog>(socket: WebSocket, session: Session<L>) {
@@ -238,6 +256,7 @@ pub async fn run<L: EventLog>(socket: WebSocket, session: Session<L>) {
         policy,
         metrics,
         shutdown,
+        token_exp,
     } = session;
     let _connected = Connected::new(metrics.clone());
     let span = tracing::info_span!("socket", tenant_id = %member.tenant(), since = resume.since, terminal_id = resume.terminal.as_ref().map(|t| t.as_str()));
@@ -255,10 +274,12 @@ pub async fn run<L: EventLog>(socket: WebSocket, session: Session<L>) {
         }
         .instrument(span.clone()),
     );
+    let expires = Instant::now() + until_unix(token_exp);
     let stop = async {
         tokio::select! {
             () = shutdown.wait() => Closing::SHUTDOWN,
             Ok(closing) = verdict_rx => closing,
+            () = tokio::time::sleep_until(expires) => Closing::TOKEN_EXPIRED,
         }
     };
     let (sink, stream) = socket.split();

@@ -1,10 +1,12 @@
 //! The one place that knows the contract's error codes: every failure of a route is an
 //! [`ApiError`], mapped to status + code here. Internal causes are logged, never returned.
 
-use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use domain::FieldError;
-use service_kit::http::{Detail, ErrorResponse};
+use service_kit::http::{Detail, ErrorCode, ErrorResponse};
+
+/// Contract § Limits: `details` lists at most 100 entries.
+pub const MAX_DETAILS: usize = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
@@ -14,9 +16,9 @@ pub enum ApiError {
         message: String,
         details: Vec<FieldError>,
     },
-    /// 401 `unauthorized`.
-    #[error("{0}")]
-    Unauthorized(String),
+    /// 401 `unauthorized` or 403 `forbidden`.
+    #[error(transparent)]
+    Auth(#[from] auth::AuthError),
     /// 404 `not_found` (also for another tenant's id).
     #[error("invoice not found")]
     NotFound,
@@ -29,6 +31,9 @@ pub enum ApiError {
     /// 422 `idempotency_key_reused`.
     #[error("idempotency key was already used for a different request body")]
     KeyReused,
+    /// 429 `rate_limited`: the tenant or terminal is over its rate.
+    #[error("too many requests; retry in {retry_after_secs} s")]
+    RateLimited { retry_after_secs: u64 },
     /// 503 `unavailable`: the broker cannot accept the invoice now (or a read cannot be
     /// answered); nothing was accepted.
     #[error("the invoice cannot be accepted right now; retry later")]
@@ -40,11 +45,16 @@ pub enum ApiError {
 }
 
 impl ApiError {
-    pub fn validation(details: Vec<FieldError>) -> Self {
+    /// At most [`MAX_DETAILS`] entries are listed; the message gives the total.
+    pub fn validation(mut details: Vec<FieldError>) -> Self {
         let message = match details.len() {
             1 => format!("{} {}", details[0].path, details[0].message),
+            n if n > MAX_DETAILS => {
+                format!("{n} fields are invalid; the first {MAX_DETAILS} are listed")
+            }
             n => format!("{n} fields are invalid"),
         };
+        details.truncate(MAX_DETAILS);
         ApiError::Validation { message, details }
     }
 
@@ -53,13 +63,27 @@ impl ApiError {
     }
 }
 
+impl ApiError {
+    /// The contract's code for this failure: the whole mapping.
+    pub fn code(&self) -> ErrorCode {
+        match self {
+            ApiError::Validation { .. } => ErrorCode::ValidationFailed,
+            ApiError::Auth(e) => e.code(),
+            ApiError::NotFound => ErrorCode::NotFound,
+            ApiError::TooLarge(_) => ErrorCode::PayloadTooLarge,
+            ApiError::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
+            ApiError::KeyReused => ErrorCode::IdempotencyKeyReused,
+            ApiError::RateLimited { .. } => ErrorCode::RateLimited,
+            ApiError::Unavailable(_) | ApiError::Unconfirmed(_) => ErrorCode::Unavailable,
+        }
+    }
+}
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let message = self.to_string();
-        let response = match self {
+        let mut r = ErrorResponse::new(self.code(), self.to_string());
+        match self {
             ApiError::Validation { details, .. } => {
-                let mut r =
-                    ErrorResponse::new(StatusCode::BAD_REQUEST, "validation_failed", message);
                 r.details = Some(
                     details
                         .into_iter()
@@ -69,47 +93,21 @@ impl IntoResponse for ApiError {
                         })
                         .collect(),
                 );
-                r
             }
-            ApiError::Unauthorized(m) => {
-                ErrorResponse::new(StatusCode::UNAUTHORIZED, "unauthorized", m)
+            ApiError::RateLimited { retry_after_secs } => {
+                r.retry_after_secs = Some(retry_after_secs)
             }
-            ApiError::NotFound => ErrorResponse::new(StatusCode::NOT_FOUND, "not_found", message),
-            ApiError::TooLarge(_) => {
-                ErrorResponse::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", message)
-            }
-            ApiError::UnsupportedMediaType => ErrorResponse::new(
-                StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                "unsupported_media_type",
-                message,
-            ),
-            ApiError::KeyReused => ErrorResponse::new(
-                StatusCode::UNPROCESSABLE_ENTITY,
-                "idempotency_key_reused",
-                message,
-            ),
             ApiError::Unavailable(cause) => {
                 tracing::warn!(%cause, "answering 503");
-                let mut r =
-                    ErrorResponse::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
                 r.retry_after_secs = Some(2);
-                r
             }
             ApiError::Unconfirmed(cause) => {
                 tracing::warn!(%cause, "answering 503, outcome unknown");
-                let mut r =
-                    ErrorResponse::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", message);
                 r.retry_after_secs = Some(1);
                 r.outcome = Some("unknown");
-                r
             }
-        };
-        response.into_response()
-    }
-}
-
-impl From<auth::AuthError> for ApiError {
-    fn from(e: auth::AuthError) -> Self {
-        ApiError::Unauthorized(e.to_string())
+            _ => {}
+        }
+        r.into_response()
     }
 }

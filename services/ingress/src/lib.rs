@@ -9,6 +9,7 @@
 //! - `settings.rs`: env → typed settings
 //! - `error.rs`: the only mapping from failures to the contract's status + code
 //! - `extract.rs`: JSON body and query extractors with contract-shaped rejections
+//! - `guard.rs`: token check and rate limits in front of every authenticated route
 //! - `acceptance.rs`: the idempotency algorithm of POST, without HTTP
 //! - `lookup.rs`: the idempotency-key lookup in MongoDB, batched across requests
 //! - `read.rs`: the freshest state of one invoice (Redis, MongoDB, event log)
@@ -17,6 +18,7 @@
 mod acceptance;
 mod error;
 mod extract;
+pub mod guard;
 mod lookup;
 mod read;
 mod routes;
@@ -38,6 +40,7 @@ pub struct AppState {
     acceptor: acceptance::Acceptor,
     reader: read::Reader,
     verifier: auth::Verifier,
+    guard: guard::Guard,
 }
 
 impl FromRef<AppState> for auth::Verifier {
@@ -49,6 +52,7 @@ impl FromRef<AppState> for auth::Verifier {
 pub struct App {
     listener: TcpListener,
     state: AppState,
+    limits: service_kit::server::ServerLimits,
     /// Keeps the services-API registration alive.
     _service: messaging::Service,
 }
@@ -98,7 +102,9 @@ impl App {
                 acceptor,
                 reader,
                 verifier,
+                guard: guard::Guard::new(settings.rate_limits),
             },
+            limits: settings.http.clone(),
             _service: service,
         })
     }
@@ -113,9 +119,7 @@ impl App {
     ) -> anyhow::Result<()> {
         tracing::info!(addr = %self.listener.local_addr()?, "ingress listening");
         let app = routes::router(self.state);
-        axum::serve(self.listener, app)
-            .with_graceful_shutdown(shutdown)
-            .await?;
+        service_kit::server::serve(self.listener, app, self.limits, shutdown).await?;
         Ok(())
     }
 }

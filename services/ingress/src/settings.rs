@@ -15,6 +15,11 @@ pub struct Settings {
     pub job_ttl: Duration,
     /// `PUBLISH_TIMEOUT_MS`: wait for one publish ack (default 2 s; 2 tries, then 503).
     pub publish_timeout: Duration,
+    /// `HTTP_*`: the server's connection limits and timeouts.
+    pub http: service_kit::server::ServerLimits,
+    /// `RATE_LIMIT_TENANT` (default `500/1000`) and `RATE_LIMIT_TERMINAL` (default
+    /// `50/100`): requests per second / burst, per instance; `0` switches one off.
+    pub rate_limits: crate::guard::RateLimits,
 }
 
 impl Settings {
@@ -37,6 +42,19 @@ impl Settings {
             listen,
             job_ttl: env.millis("JOB_TTL_MS", cache::DEFAULT_JOB_TTL),
             publish_timeout: env.millis("PUBLISH_TIMEOUT_MS", Duration::from_secs(2)),
+            http: service_kit::server::ServerLimits::from_env(&mut env),
+            rate_limits: crate::guard::RateLimits {
+                tenant: env.parse(
+                    "RATE_LIMIT_TENANT",
+                    crate::guard::RateLimits::default().tenant,
+                    "<requests per second>[/<burst>], e.g. 500/1000; 0 = no limit",
+                ),
+                terminal: env.parse(
+                    "RATE_LIMIT_TERMINAL",
+                    crate::guard::RateLimits::default().terminal,
+                    "<requests per second>[/<burst>], e.g. 50/100; 0 = no limit",
+                ),
+            },
         };
         env.finish().map(|_| settings)
     }

@@ -138,6 +138,9 @@ fn flatten(prefix: &str, errors: &ValidationErrors, out: &mut Vec<FieldError>) {
 impl InvoiceRequest {
     /// DTO → domain draft, with every failing field.
     fn into_draft(self, header_key: Option<String>) -> Result<DraftInvoice, ApiError> {
+        // Before any per-line work: an oversized request costs the same as a small one.
+        domain::draft::check_counts(self.items.len(), self.payments.len())
+            .map_err(ApiError::validation)?;
         let mut details = Vec::new();
         if let Err(e) = self.validate() {
             flatten("", &e, &mut details);
@@ -184,11 +187,14 @@ impl InvoiceRequest {
             Ok(draft) if details.is_empty() => Ok(draft),
             Ok(_) => Err(ApiError::validation(details)),
             Err(domain_errors) => {
-                for e in domain_errors {
-                    if !details.iter().any(|d| d.path == e.path) {
-                        details.push(e);
-                    }
-                }
+                // One message per path: `validator` already named the shape problems.
+                let mut seen: std::collections::HashSet<String> =
+                    details.iter().map(|d| d.path.clone()).collect();
+                details.extend(
+                    domain_errors
+                        .into_iter()
+                        .filter(|e| seen.insert(e.path.clone())),
+                );
                 Err(ApiError::validation(details))
             }
         }
@@ -197,7 +203,7 @@ impl InvoiceRequest {
 
 fn tenant_of(claims: &auth::Claims) -> Result<TenantId, ApiError> {
     TenantId::parse(claims.tenant.as_str())
-        .map_err(|e| ApiError::Unauthorized(format!("tenant claim {e}")))
+        .map_err(|e| ApiError::Auth(auth::AuthError::Invalid(format!("tenant claim {e}"))))
 }
 
 fn accepted(invoice: &Invoice) -> Response {
@@ -221,10 +227,11 @@ fn replayed(invoice: &Invoice) -> Response {
 /// POST /invoices
 pub async fn create(
     State(state): State<AppState>,
-    Authenticated(claims): Authenticated,
+    caller: Authenticated,
     headers: HeaderMap,
     JsonBody(request): JsonBody<InvoiceRequest>,
 ) -> Result<Response, ApiError> {
+    let claims = caller.into_claims();
     let tenant = tenant_of(&claims)?;
     let header_key = match headers.get("Idempotency-Key") {
         None => None,
@@ -263,9 +270,10 @@ pub async fn create(
 /// GET /invoices/{id}
 pub async fn get(
     State(state): State<AppState>,
-    Authenticated(claims): Authenticated,
+    caller: Authenticated,
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
+    let claims = caller.into_claims();
     let tenant = tenant_of(&claims)?;
     let id = InvoiceId::parse(&id).map_err(|_| ApiError::NotFound)?;
     let found = state
@@ -282,9 +290,10 @@ pub async fn get(
 /// GET /invoices?page&limit&state&terminalId&from&to
 pub async fn list(
     State(state): State<AppState>,
-    Authenticated(claims): Authenticated,
+    caller: Authenticated,
     QueryParams(params): QueryParams<BTreeMap<String, String>>,
 ) -> Result<Response, ApiError> {
+    let claims = caller.into_claims();
     let tenant = tenant_of(&claims)?;
     let mut details = Vec::new();
     let mut number = |name: &str, default: u64, min: u64, max: u64| match params.get(name) {
@@ -403,5 +412,39 @@ mod tests {
             assert!(paths.contains(&p), "{p} missing in {paths:?}");
         }
         assert_eq!(paths.iter().filter(|p| **p == "items[0].sku").count(), 1);
+    }
+
+    #[test]
+    fn too_many_items_are_refused_by_count_alone() {
+        let body = format!(
+            r#"{{"terminalId":"T1","currency":"EUR","items":[{}]}}"#,
+            vec!["{}"; 87_000].join(",")
+        );
+        let r: InvoiceRequest = crate::extract::decode(body.as_bytes()).unwrap();
+        let ApiError::Validation { details, .. } = r.into_draft(None).unwrap_err() else {
+            panic!()
+        };
+        assert_eq!(details.len(), 1, "no per-line errors: {:?}", &details[..2]);
+        assert_eq!(details[0].path, "items");
+        assert!(
+            details[0].message.contains("87000"),
+            "{}",
+            details[0].message
+        );
+    }
+
+    #[test]
+    fn details_are_capped_and_the_message_counts_them_all() {
+        // 500 lines, each with sku, name, quantity, unitPrice and taxRate missing.
+        let body = format!(
+            r#"{{"terminalId":"T1","currency":"EUR","items":[{}]}}"#,
+            vec!["{}"; 500].join(",")
+        );
+        let r: InvoiceRequest = crate::extract::decode(body.as_bytes()).unwrap();
+        let ApiError::Validation { details, message } = r.into_draft(None).unwrap_err() else {
+            panic!()
+        };
+        assert_eq!(details.len(), crate::error::MAX_DETAILS);
+        assert!(message.starts_with("2500 fields"), "{message}");
     }
 }

@@ -1,0 +1,225 @@
+//! The HTTP server every service runs: axum's router on hyper's HTTP/1 connection
+//! builder, configured with the limits an open port on a shop's network needs (contract §
+//! Limits, abuse and roles). `axum::serve` exposes none of them.
+//!
+//! Accept → (a connection permit, or wait: the kernel backlog absorbs the rest) → hyper
+//! HTTP/1 with a header-read deadline that also closes idle keep-alive connections, a
+//! 16 KiB header cap (431) → the router under a whole-request timeout (408) and the
+//! JSON error body for every error that a layer, not a handler, produced (404, 405, 408,
+//! 413 …), and a bounded `X-Request-Id` echoed on every answer. On shutdown: stop accepting, let each connection finish its request.
+
+use crate::http::{ErrorCode, ErrorResponse};
+use axum::{
+    body::Body,
+    extract::Request,
+    http::{header, StatusCode},
+    response::{IntoResponse, Response},
+    Router,
+};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::service::TowerToHyperService;
+use std::{future::Future, sync::Arc, time::Duration};
+use tokio::net::TcpListener;
+use tokio::sync::{watch, Semaphore};
+use tower::ServiceExt;
+
+/// Contract: request headers over 16 KiB → 431.
+pub const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Connection-level limits, from env (the same names on every service).
+#[derive(Debug, Clone)]
+pub struct ServerLimits {
+    /// `HTTP_HEADER_TIMEOUT_MS` (default 10 s, the contract's): a connection that has not
+    /// sent a complete request head by then is closed — a new one as well as a kept-alive
+    /// one waiting for its next request, so it is also the keep-alive idle timeout.
+    pub header_read_timeout: Duration,
+    /// `HTTP_REQUEST_TIMEOUT_MS` (default 30 s): a request not answered by then gets 408.
+    /// It must exceed the longest bounded wait of a handler (publish tries, MongoDB).
+    pub request_timeout: Duration,
+    /// `HTTP_MAX_CONNECTIONS` (default 10 000): open HTTP connections at once; above it
+    /// the server stops accepting until one closes. Upgraded WebSockets are not counted
+    /// here (fanout caps them itself).
+    pub max_connections: usize,
+}
+
+impl ServerLimits {
+    pub fn from_env(env: &mut crate::Env) -> Self {
+        let limits = Self {
+            header_read_timeout: env.millis("HTTP_HEADER_TIMEOUT_MS", Duration::from_secs(10)),
+            request_timeout: env.millis("HTTP_REQUEST_TIMEOUT_MS", Duration::from_secs(30)),
+            max_connections: env.parse("HTTP_MAX_CONNECTIONS", 10_000, "a positive integer"),
+        };
+        if limits.max_connections == 0 {
+            env.problem("HTTP_MAX_CONNECTIONS must be at least 1");
+        }
+        if limits.header_read_timeout.is_zero() || limits.request_timeout.is_zero() {
+            env.problem("HTTP_HEADER_TIMEOUT_MS and HTTP_REQUEST_TIMEOUT_MS must be > 0");
+        }
+        limits
+    }
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        Self {
+            header_read_timeout: Duration::from_secs(10),
+            request_timeout: Duration::from_secs(30),
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// Adds the whole-request timeout and the JSON error bodies to `router`.
+pub fn harden(router: Router, limits: &ServerLimits) -> Router {
+    router
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            StatusCode::REQUEST_TIMEOUT,
+            limits.request_timeout,
+        ))
+        .layer(axum::middleware::map_response(json_error_body))
+        .layer(axum::middleware::from_fn(request_id))
+}
+
+/// Contract: `X-Request-Id` of at most 128 visible ASCII characters, else a new id.
+pub const MAX_REQUEST_ID: usize = 128;
+
+/// The request id a handler sees is always a valid one (the caller's, or a new UUID in
+/// its place), and the response echoes it.
+async fn request_id(mut request: Request, next: axum::middleware::Next) -> Response {
+    let valid = request
+        .headers()
+        .get(REQUEST_ID)
+        .filter(|v| is_valid_request_id(v.as_bytes()))
+        .cloned();
+    let id = match valid {
+        Some(v) => v,
+        None => header::HeaderValue::try_from(uuid::Uuid::new_v4().to_string())
+            .unwrap_or(header::HeaderValue::from_static("invalid")),
+    };
+    request.headers_mut().insert(REQUEST_ID, id.clone());
+    let mut response = next.run(request).await;
+    response.headers_mut().insert(REQUEST_ID, id);
+    response
+}
+
+pub const REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
+
+/// 1–128 visible ASCII characters (`!` to `~`).
+pub fn is_valid_request_id(v: &[u8]) -> bool {
+    !v.is_empty() && v.len() <= MAX_REQUEST_ID && v.iter().all(|b| (0x21..=0x7e).contains(b))
+}
+
+/// An error response without a body (axum's 404/405 fallbacks, the timeout's 408, a body
+/// limit's 413) gets the contract's JSON error body; handlers' own errors have one.
+async fn json_error_body(response: Response) -> Response {
+    let status = response.status();
+    if !(status.is_client_error() || status.is_server_error())
+        || response.headers().contains_key(header::CONTENT_TYPE)
+    {
+        return response;
+    }
+    let code = ErrorCode::for_status(status);
+    let message = match code {
+        ErrorCode::NotFound => "no such resource",
+        ErrorCode::MethodNotAllowed => "this method is not allowed on this path",
+        ErrorCode::RequestTimeout => {
+            "the request was not answered in time; a POST may or may not have taken \
+             effect: retry it with the same idempotency key"
+        }
+        ErrorCode::PayloadTooLarge => "request body is larger than the limit",
+        _ => status.canonical_reason().unwrap_or("request failed"),
+    };
+    let mut out = ErrorResponse::new(code, message).into_response();
+    // Keep what a layer set (Allow on a 405, for one).
+    for (name, value) in response.headers() {
+        if name != header::CONTENT_LENGTH {
+            out.headers_mut()
+                .entry(name.clone())
+                .or_insert(value.clone());
+        }
+    }
+    out
+}
+
+/// Serves `router` (already [`harden`]ed or not: this adds it) on `listener` until
+/// `shutdown` resolves, then waits for open requests to finish.
+pub async fn serve(
+    listener: TcpListener,
+    router: Router,
+    limits: ServerLimits,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let router = harden(router, &limits);
+    let permits = Arc::new(Semaphore::new(limits.max_connections));
+    let mut builder = hyper::server::conn::http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout)
+        .max_header_size(MAX_HEADER_BYTES)
+        .keep_alive(true);
+    // Connections watch `stop`; `closed` completes when the last one has dropped its
+    // receiver (the pattern of axum::serve's graceful shutdown).
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let (closed_tx, closed_rx) = watch::channel(());
+    tokio::pin!(shutdown);
+    loop {
+        let permit = tokio::select! {
+            p = permits.clone().acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break, // never closed
+            },
+            () = &mut shutdown => break,
+        };
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors and the like: wait rather than spin.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
+        let _ = stream.set_nodelay(true);
+        let service = TowerToHyperService::new(
+            router
+                .clone()
+                .map_request(|r: Request<hyper::body::Incoming>| r.map(Body::new)),
+        );
+        let conn = builder
+            .serve_connection(TokioIo::new(stream), service)
+            .with_upgrades();
+        let mut stop = stop_rx.clone();
+        let closed = closed_rx.clone();
+        tokio::spawn(async move {
+            tokio::pin!(conn);
+            loop {
+                tokio::select! {
+                    result = conn.as_mut() => {
+                        if let Err(e) = result {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                    _ = stop.changed() => {
+                        conn.as_mut().graceful_shutdown();
+                        // Poll the connection to completion from here on.
+                        if let Err(e) = conn.as_mut().await {
+                            tracing::debug!(error = %e, "connection ended with an error");
+                        }
+                        break;
+                    }
+                }
+            }
+            drop(permit);
+            drop(closed);
+        });
+    }
+    drop(listener);
+    let _ = stop_tx.send(true);
+    drop(closed_rx);
+    closed_tx.closed().await;
+    Ok(())
+}

@@ -1,0 +1,242 @@
+//! Hostile requests and peers (contract § Limits, abuse and roles). The first two are
+//! cases tried against the release build that failed: one POST of ~87 000 empty items
+//! froze a tokio worker for minutes, and 20 000 half-sent request heads without a token
+//! were held forever until `/health` stopped answering.
+
+use crate::support::{stack::Options, TestStack};
+use reqwest::StatusCode;
+use service_kit::server::ServerLimits;
+use std::time::Duration;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+fn port_of(stack: &TestStack) -> u16 {
+    stack
+        .api
+        .base
+        .rsplit(':')
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("a port in the base URL")
+}
+
+/// Half a request head: the request line and one header, never the blank line.
+async fn half_head(port: u16) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
+    s.write_all(b"POST /invoices HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .unwrap();
+    s
+}
+
+/// Whether the server closed `s` within `within` (EOF or reset on read).
+async fn closed_by_server(s: &mut TcpStream, within: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    let deadline = tokio::time::Instant::now() + within;
+    loop {
+        match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue, // a 408 or the like before the close
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_post_of_87000_empty_items_is_refused_at_once_and_health_keeps_answering() {
+    let stack = TestStack::start().await;
+    let items = vec!["{}"; 87_000].join(",");
+    let body = format!(r#"{{"terminalId":"T1","currency":"EUR","items":[{items}]}}"#);
+    assert!(body.len() <= 256 * 1024, "inside the body limit");
+    // Three at once: before the fix each held a worker at 100 % for minutes.
+    let posts: Vec<_> = (0..3)
+        .map(|_| {
+            let api = stack.api.clone();
+            let body = body.clone();
+            tokio::spawn(async move {
+                let token = api.token.clone();
+                api.post_raw("application/json", body, Some(&token)).await
+            })
+        })
+        .collect();
+    let health = stack
+        .api
+        .http
+        .get(format!("{}/health", stack.api.base))
+        .timeout(Duration::from_secs(10))
+        .send()
+        .await
+        .expect("/health answers while the big POSTs are in");
+    assert!(health.status().is_success() || health.status() == 503);
+    for post in posts {
+        let a = tokio::time::timeout(Duration::from_secs(20), post)
+            .await
+            .expect("the big POST is answered, not left running")
+            .unwrap();
+        assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
+        assert_eq!(a.error_code(), "validation_failed");
+        let details = a.body["error"]["details"].as_array().unwrap();
+        assert_eq!(details.len(), 1, "the count alone: {details:?}");
+        assert_eq!(details[0]["path"], "items");
+        assert!(details[0]["message"].as_str().unwrap().contains("87000"));
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn half_sent_request_heads_are_closed_and_a_normal_request_is_served_meanwhile() {
+    let stack = TestStack::with(Options {
+        http: ServerLimits {
+            header_read_timeout: Duration::from_secs(2),
+            ..ServerLimits::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let port = port_of(&stack);
+    // 2 000 rather than 20 000: the test process holds both ends within its fd limit.
+    let mut held = Vec::new();
+    for _ in 0..2_000 {
+        held.push(half_head(port).await);
+    }
+    let a = stack.api.get("/invoices?limit=1").await;
+    assert_eq!(a.status, StatusCode::OK, "served beside 2 000 half heads");
+    let closes = futures_util::future::join_all(
+        held.iter_mut()
+            .map(|s| closed_by_server(s, Duration::from_secs(20))),
+    )
+    .await;
+    let still_open = closes.iter().filter(|c| !**c).count();
+    assert_eq!(still_open, 0, "every half head is closed by the server");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_connection_cap_holds_and_frees_as_idle_connections_time_out() {
+    let stack = TestStack::with(Options {
+        http: ServerLimits {
+            header_read_timeout: Duration::from_secs(2),
+            max_connections: 20,
+            ..ServerLimits::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let port = port_of(&stack);
+    let mut held = Vec::new();
+    for _ in 0..20 {
+        held.push(half_head(port).await);
+    }
+    // The 21st is connected by the kernel but not served while 20 are open...
+    let quick = reqwest::Client::new()
+        .get(format!("{}/health", stack.api.base))
+        .timeout(Duration::from_millis(800))
+        .send()
+        .await;
+    assert!(quick.is_err(), "over the cap, no connection is served");
+    // ...and is served once the header deadline has closed the half heads.
+    let later = stack
+        .api
+        .http
+        .get(format!("{}/health", stack.api.base))
+        .timeout(Duration::from_secs(20))
+        .send()
+        .await
+        .expect("served after the idle ones were closed");
+    assert!(later.status().is_success() || later.status() == 503);
+    for s in &mut held {
+        assert!(closed_by_server(s, Duration::from_secs(1)).await);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_idle_keep_alive_connection_is_closed_after_the_header_deadline() {
+    let stack = TestStack::with(Options {
+        http: ServerLimits {
+            header_read_timeout: Duration::from_secs(1),
+            ..ServerLimits::default()
+        },
+        ..Options::default()
+    })
+    .await;
+    let mut s = TcpStream::connect(("127.0.0.1", port_of(&stack)))
+        .await
+        .unwrap();
+    s.write_all(b"GET /health HTTP/1.1\r\nHost: localhost\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(String::from_utf8_lossy(&buf[..n]).starts_with("HTTP/1.1 "));
+    assert!(
+        closed_by_server(&mut s, Duration::from_secs(10)).await,
+        "the kept-alive connection is closed once idle past the deadline"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn headers_over_16_kib_get_431_and_just_under_are_served() {
+    let stack = TestStack::start().await;
+    let send = |size: usize| {
+        let api = stack.api.clone();
+        async move {
+            api.http
+                .get(format!("{}/invoices?limit=1", api.base))
+                .bearer_auth(&api.token)
+                .header("x-padding", "a".repeat(size))
+                .send()
+                .await
+                .map(|r| r.status())
+        }
+    };
+    assert_eq!(send(15 * 1024).await.unwrap(), StatusCode::OK);
+    assert_eq!(
+        send(17 * 1024).await.unwrap(),
+        StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_paths_and_methods_answer_the_json_error_body() {
+    let stack = TestStack::start().await;
+    let a = stack.api.get("/no/such/path").await;
+    assert_eq!(a.status, StatusCode::NOT_FOUND);
+    assert_eq!(a.error_code(), "not_found");
+    let r = stack
+        .api
+        .http
+        .delete(format!("{}/invoices", stack.api.base))
+        .bearer_auth(&stack.api.token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::METHOD_NOT_ALLOWED);
+    assert!(r.headers().contains_key("allow"), "Allow is kept");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "method_not_allowed");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_request_id_is_echoed_when_valid_and_replaced_when_not() {
+    let stack = TestStack::start().await;
+    let with_id = |id: String| {
+        let api = stack.api.clone();
+        async move {
+            let r = api
+                .http
+                .get(format!("{}/health", api.base))
+                .header("x-request-id", id)
+                .send()
+                .await
+                .unwrap();
+            r.headers()["x-request-id"].to_str().unwrap().to_owned()
+        }
+    };
+    assert_eq!(with_id("req-42".into()).await, "req-42");
+    let long = "x".repeat(129);
+    let replaced = with_id(long.clone()).await;
+    assert_ne!(replaced, long);
+    assert!(service_kit::server::is_valid_request_id(
+        replaced.as_bytes()
+    ));
+    let spaced = with_id("has space".into()).await;
+    assert_ne!(spaced, "has space");
+}
