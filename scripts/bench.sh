@@ -89,6 +89,8 @@ fi
 export JWT_SECRET="${JWT_SECRET:-dev-secret-change-me-0123456789abcdef}"
 export RUST_LOG="${RUST_LOG:-warn}"
 export MONGODB_DB="${MONGODB_DB:-pos}"
+# The benchmark measures the pipeline: a shop-sized rate limit would cap it at 500/s.
+export RATE_LIMIT_TENANT="${RATE_LIMIT_TENANT:-0}" RATE_LIMIT_TERMINAL="${RATE_LIMIT_TERMINAL:-0}"
 # servers the caller points at are used as they are (stack.sh starts only the missing ones)
 USER_NATS_URL="${NATS_URL:-}" USER_REDIS_URL="${REDIS_URL:-}" USER_MONGODB_URI="${MONGODB_URI:-}"
 

@@ -240,3 +240,184 @@ async fn a_request_id_is_echoed_when_valid_and_replaced_when_not() {
     let spaced = with_id("has space".into()).await;
     assert_ne!(spaced, "has space");
 }
+
+fn token_of(tenant: &str, sub: &str) -> String {
+    auth::sign(
+        crate::support::stack::SECRET,
+        &auth::Claims {
+            sub: sub.into(),
+            tenant: tenant.into(),
+            role: auth::Role::Terminal,
+            exp: chrono::Utc::now().timestamp() + 600,
+        },
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_over_its_rate_gets_429_with_retry_after_and_its_neighbours_do_not() {
+    use ingress::guard::{Rate, RateLimits};
+    let stack = TestStack::with(Options {
+        rate_limits: RateLimits {
+            tenant: Rate {
+                per_second: 1000,
+                burst: 1000,
+            },
+            terminal: Rate {
+                per_second: 1,
+                burst: 3,
+            },
+        },
+        ..Options::default()
+    })
+    .await;
+    let get = |token: String| {
+        let api = stack.api.clone();
+        async move {
+            api.http
+                .get(format!("{}/invoices?limit=1", api.base))
+                .bearer_auth(token)
+                .send()
+                .await
+                .unwrap()
+        }
+    };
+    let greedy = token_of(&stack.tenant, "T-greedy");
+    for _ in 0..3 {
+        assert_eq!(get(greedy.clone()).await.status(), StatusCode::OK);
+    }
+    let refused = get(greedy.clone()).await;
+    assert_eq!(refused.status(), StatusCode::TOO_MANY_REQUESTS);
+    let wait: u64 = refused.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=2).contains(&wait), "Retry-After {wait}");
+    let body: serde_json::Value = refused.json().await.unwrap();
+    assert_eq!(body["error"]["code"], "rate_limited");
+    // The POST path is guarded the same way, before the body is read.
+    let post = stack
+        .api
+        .post_raw(
+            "application/json",
+            crate::support::invoice_body(None, "T1").to_string(),
+            Some(&greedy),
+        )
+        .await;
+    assert_eq!(post.status, StatusCode::TOO_MANY_REQUESTS);
+    let neighbour = token_of(&stack.tenant, "T-calm");
+    assert_eq!(get(neighbour).await.status(), StatusCode::OK);
+    // After the advertised wait the greedy terminal is served again.
+    tokio::time::sleep(Duration::from_secs(wait)).await;
+    assert_eq!(get(greedy).await.status(), StatusCode::OK);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn forged_tokens_get_401_and_nothing_reaches_nats() {
+    let stack = TestStack::start().await;
+    let b64 = |v: serde_json::Value| {
+        use std::fmt::Write;
+        // base64url without padding, by hand: the test crate has no base64 dependency.
+        const A: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789-_";
+        let bytes = v.to_string().into_bytes();
+        let mut out = String::new();
+        for chunk in bytes.chunks(3) {
+            let n = chunk.iter().fold(0u32, |acc, b| (acc << 8) | u32::from(*b))
+                << (8 * (3 - chunk.len()));
+            for i in 0..=chunk.len() {
+                let _ = write!(out, "{}", A[((n >> (18 - 6 * i)) & 63) as usize] as char);
+            }
+        }
+        out
+    };
+    let claims = serde_json::json!({
+        "sub": "T1", "tenant": stack.tenant, "role": "admin",
+        "exp": chrono::Utc::now().timestamp() + 600
+    });
+    let valid = token_of(&stack.tenant, "T1");
+    let signature = valid.rsplit('.').next().unwrap();
+    let forged = [
+        format!(
+            "{}.{}.",
+            b64(serde_json::json!({"alg":"none"})),
+            b64(claims.clone())
+        ),
+        // A real signature pasted onto other claims.
+        format!(
+            "{}.{}.{signature}",
+            b64(serde_json::json!({"alg":"HS256","typ":"JWT"})),
+            b64(claims.clone())
+        ),
+        format!(
+            "{}.{}.{signature}",
+            b64(serde_json::json!({"alg":"RS256"})),
+            b64(claims)
+        ),
+        auth::sign(
+            "another-secret-0123456789",
+            &auth::Claims {
+                sub: "T1".into(),
+                tenant: stack.tenant.clone(),
+                role: auth::Role::Admin,
+                exp: chrono::Utc::now().timestamp() + 600,
+            },
+        ),
+        format!("{valid}{}", "A".repeat(10 * 1024)),
+        token_of("shop.*", "T1"),
+        token_of("a b", "T1"),
+    ];
+    for token in &forged {
+        let a = stack
+            .api
+            .post_raw(
+                "application/json",
+                crate::support::invoice_body(Some(&crate::support::unique("k-")), "T1").to_string(),
+                Some(token),
+            )
+            .await;
+        assert_eq!(
+            a.status,
+            StatusCode::UNAUTHORIZED,
+            "{token:.60}: {}",
+            a.body
+        );
+        assert_eq!(a.error_code(), "unauthorized");
+    }
+    let js = async_nats::jetstream::new(stack.nats().await);
+    let mut stream = js
+        .get_stream(format!("{}_INVOICES", stack.namespace.to_uppercase()))
+        .await
+        .unwrap();
+    assert_eq!(
+        stream.info().await.unwrap().state.messages,
+        0,
+        "no forged request reached the broker"
+    );
+    // The same count does see a genuine one.
+    let genuine = stack
+        .api
+        .post(&crate::support::invoice_body(None, "T1"))
+        .await;
+    assert_eq!(genuine.status, StatusCode::ACCEPTED);
+    assert_eq!(stream.info().await.unwrap().state.messages, 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_websocket_is_closed_with_4001_when_its_token_expires() {
+    let stack = TestStack::start().await;
+    let fanout = stack.start_fanout(&[]).await;
+    let token = crate::support::stack::token(&stack.tenant, 2);
+    let (mut ws, _) = tokio_tungstenite::connect_async(fanout.ws_url_with_token(&token, ""))
+        .await
+        .unwrap();
+    let ended = loop {
+        match crate::support::stack::next_frame(&mut ws, Duration::from_secs(15)).await {
+            Some(crate::support::stack::Received::Closed(c)) => break c,
+            Some(_) => continue,
+            None => panic!("still open 15 s after the token expired"),
+        }
+    };
+    let (code, reason) = ended.expect("a close frame");
+    assert_eq!(code, 4001, "{reason}");
+    assert!(reason.starts_with("token expired"), "{reason}");
+}

@@ -56,6 +56,10 @@ impl ProcessStack {
             ("RUST_LOG".into(), "warn".into()),
             ("HEALTH_ADDR".into(), "off".into()),
             ("INSTANCE_NAME".into(), unique(&format!("{service}-"))),
+            // Load tests drive one tenant far past a shop's rate; a test of the limits
+            // sets its own.
+            ("RATE_LIMIT_TENANT".into(), "0".into()),
+            ("RATE_LIMIT_TERMINAL".into(), "0".into()),
         ];
         if let Some(p) = port {
             env.push(("INGRESS_ADDR".into(), format!("127.0.0.1:{p}")));
