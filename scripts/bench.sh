@@ -126,6 +126,22 @@ print(" ".join(str(s.getsockname()[1]) for s in socks))
 EOF
 }
 
+# NATS_URL with the operator's credentials (the ceilings create streams of their own).
+operator_url() {
+  if [ -n "${NATS_PASSWORD_OPERATOR:-}" ]; then
+    printf '%s' "${NATS_URL/nats:\/\//nats://operator:$NATS_PASSWORD_OPERATOR@}"
+  else
+    printf '%s' "$NATS_URL"
+  fi
+}
+
+# NATS_USER / NATS_PASSWORD of service $1 (nats/nats-server.conf), from the passwords
+# stack.sh exported in its env file; nothing for a server without them.
+nats_login() {
+  local v="NATS_PASSWORD_${1^^}"
+  [ -z "${!v:-}" ] || printf 'NATS_USER=%s NATS_PASSWORD=%s' "$1" "${!v}"
+}
+
 NAMES=()   # running service instances of the current round, their pids and start times
 PIDS=()
 STARTS=()
@@ -232,7 +248,7 @@ for N in $INSTANCES; do
         *) addr=(HEALTH_ADDR="127.0.0.1:0") ;;
       esac
       env NATS_URL="$NATS_URL" REDIS_URL="$REDIS_URL" MONGODB_URI="$MONGODB_URI" MONGODB_DB="$MONGODB_DB" \
-        JWT_SECRET="$JWT_SECRET" RUST_LOG="$RUST_LOG" "${addr[@]}" \
+        JWT_SECRET="$JWT_SECRET" RUST_LOG="$RUST_LOG" "${addr[@]}" $(nats_login "$svc") \
         setsid "$BIN_DIR/$svc" </dev/null >>"$LOGS/n$N-$name.log" 2>&1 &
       PIDS+=("$!"); NAMES+=("$name"); STARTS+=("$(proc_start "$!")")
     done
@@ -259,7 +275,7 @@ for N in $INSTANCES; do
 
   if [ "$CEILINGS" = 1 ] && [ "$FIRST" = 1 ]; then
     log "loadgen ceilings (${CEIL_DURATION}s per measurement, 4 measurements)"
-    "$BIN_DIR/loadgen" ceilings --nats "$NATS_URL" --mongo "$MONGODB_URI" \
+    "$BIN_DIR/loadgen" ceilings --nats "$(operator_url)" --mongo "$MONGODB_URI" \
       --duration "$CEIL_DURATION" --json >"$LOGS/n$N-ceilings.json" || log "loadgen ceilings failed"
     record "$LOGS/n$N-ceilings.json" ceilings "$N" "" "" "" ""
   fi

@@ -283,9 +283,27 @@ nats_ready() {
 }
 redis_ready() { [ "$("$REDIS_CLI" -h 127.0.0.1 -p "$1" ping 2>/dev/null)" = PONG ]; }
 
+# The NATS users of nats/nats-server.conf. Their passwords are random per stack dir
+# (kept in DIR/nats.passwords so a restart of the server keeps them), unless the caller
+# exported NATS_PASSWORD_<USER> already.
+NATS_USERS=(ingress processor persister fanout operator)
+nats_passwords() {
+  local f="$DIR/nats.passwords" u v
+  if [ ! -s "$f" ]; then
+    umask 077
+    for u in "${NATS_USERS[@]}"; do
+      v="NATS_PASSWORD_${u^^}"
+      printf '%s=%s\n' "$v" "${!v:-$(python3 -c 'import secrets; print(secrets.token_hex(16))')}"
+    done >"$f.tmp"
+    mv -f "$f.tmp" "$f"
+  fi
+  while IFS='=' read -r v u; do export "$v=$u"; done <"$f"
+}
+
 start_nats() {  # port monitor_port
   local bin; bin="$(nats_bin)" || die "nats-server not found: run scripts/stack.sh install"
   mkdir -p "$DIR/nats"
+  nats_passwords
   spawn nats "$bin" -c "$NATS_CONF" -a 127.0.0.1 -p "$1" -m "$2" -js -sd "$DIR/nats"
   STARTED+=(nats)
 }
@@ -417,6 +435,7 @@ cmd_up() {
     log "NATS_URL is set ($NATS_URL): not starting nats-server"
     nats_url="$NATS_URL"
   else
+    nats_passwords
     ensure_server nats
     nats_url="nats://127.0.0.1:$PORT_nats"
     monitor_url="http://127.0.0.1:$MPORT_nats"
@@ -443,6 +462,11 @@ cmd_up() {
   {
     echo "# written by scripts/stack.sh up --dir $DIR at $(date -u +%FT%TZ); source it"
     echo "export NATS_URL=$(squote "$nats_url")"
+    local u v
+    for u in "${NATS_USERS[@]}"; do
+      v="NATS_PASSWORD_${u^^}"
+      [ -n "${!v:-}" ] && echo "export $v=$(squote "${!v}")"
+    done
     echo "export REDIS_URL=$(squote "$redis_url")"
     echo "export MONGODB_URI=$(squote "$mongo_uri")"
     echo "export POS_NATS_SERVER_BIN=$(squote "$nb")"

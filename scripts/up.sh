@@ -51,6 +51,13 @@ service_pid() {
   printf '%s\n' "$pid"
 }
 
+# NATS_USER / NATS_PASSWORD of service $1 (nats/nats-server.conf), from the passwords
+# stack.sh exported in its env file; nothing for a server without them.
+nats_login() {
+  local v="NATS_PASSWORD_${1^^}"
+  [ -z "${!v:-}" ] || printf 'NATS_USER=%s NATS_PASSWORD=%s' "$1" "${!v}"
+}
+
 # SIGTERM the given instances, wait up to 15 s, then SIGKILL
 stop_instances() {
   local n pid pids=() deadline=$((SECONDS + 15))
@@ -162,7 +169,7 @@ start_instance() {  # service index
   fi
   printf '\n===== %s: %s %s\n' "$(date -u +%FT%TZ)" "${addr_env[*]}" "$BIN_DIR/$svc" >>"$STACK_DIR/$name.log"
   env NATS_URL="$NATS_URL" REDIS_URL="$REDIS_URL" MONGODB_URI="$MONGODB_URI" MONGODB_DB="$MONGODB_DB" \
-    JWT_SECRET="$JWT_SECRET" RUST_LOG="$RUST_LOG" "${addr_env[@]}" \
+    JWT_SECRET="$JWT_SECRET" RUST_LOG="$RUST_LOG" "${addr_env[@]}" $(nats_login "$svc") \
     setsid "$BIN_DIR/$svc" </dev/null >>"$STACK_DIR/$name.log" 2>&1 &
   local pid=$!
   printf '%s\n' "$pid" >"$STACK_DIR/$name.pid"

@@ -421,3 +421,88 @@ async fn a_websocket_is_closed_with_4001_when_its_token_expires() {
     assert_eq!(code, 4001, "{reason}");
     assert!(reason.starts_with("token expired"), "{reason}");
 }
+
+/// Whether a JetStream publish by `client` on `subject` was stored (an ack within 2 s).
+async fn stored(client: &async_nats::Client, subject: String) -> bool {
+    let js = async_nats::jetstream::new(client.clone());
+    match tokio::time::timeout(Duration::from_secs(2), async {
+        js.publish(subject, "forged".into()).await?.await
+    })
+    .await
+    {
+        Ok(Ok(_)) => true,
+        Ok(Err(_)) | Err(_) => false,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_service_user_is_refused_outside_its_nats_permissions() {
+    let stack = TestStack::start().await;
+    let infra = &stack.infra;
+    if matches!(
+        infra.nats_auth("ingress"),
+        service_kit::settings::NatsAuth::Anonymous
+    ) {
+        panic!("the shared nats-server runs without users: start it with scripts/stack.sh");
+    }
+    let ns = &stack.namespace;
+    let tenant = &stack.tenant;
+    let url = &infra.nats_url;
+    let (ingress, persister, fanout, operator) = (
+        infra.nats_as("ingress", url).await,
+        infra.nats_as("persister", url).await,
+        infra.nats_as("fanout", url).await,
+        infra.operator_nats().await,
+    );
+    // What each may do, as a baseline the refusals are measured against.
+    assert!(stored(&ingress, format!("{ns}.submit.{tenant}.k-ok")).await);
+    assert!(stored(&operator, format!("{ns}.events.{tenant}.e-ok")).await);
+    // What each may not.
+    assert!(
+        !stored(&persister, format!("{ns}.submit.{tenant}.k-1")).await,
+        "persister forged a submission"
+    );
+    assert!(
+        !stored(&fanout, format!("{ns}.events.{tenant}.e-1")).await,
+        "fanout forged an event"
+    );
+    assert!(
+        !stored(&ingress, format!("{ns}.dlq.{tenant}")).await,
+        "ingress wrote a dead letter"
+    );
+    // No service user may call the admin endpoints (DLQ list and replay).
+    let admin = tokio::time::timeout(
+        Duration::from_secs(2),
+        ingress.request(format!("{ns}.admin.dlq.list"), "{}".into()),
+    )
+    .await;
+    assert!(
+        !matches!(admin, Ok(Ok(_))),
+        "ingress listed the dead letters"
+    );
+    // Nor delete or purge a stream.
+    let js = async_nats::jetstream::new(fanout.clone());
+    let invoices = format!("{}_INVOICES", ns.to_uppercase());
+    let deleted = tokio::time::timeout(Duration::from_secs(2), js.delete_stream(&invoices)).await;
+    assert!(!matches!(deleted, Ok(Ok(_))), "fanout deleted a stream");
+    // Nor read another tenant's events off the raw subjects.
+    let mut sniff = ingress.subscribe(format!("{ns}.events.>")).await.unwrap();
+    ingress.flush().await.unwrap();
+    assert!(stored(&operator, format!("{ns}.events.{tenant}.e-2")).await);
+    let sniffed = tokio::time::timeout(
+        Duration::from_millis(500),
+        futures_util::StreamExt::next(&mut sniff),
+    )
+    .await;
+    assert!(!matches!(sniffed, Ok(Some(_))), "ingress read events");
+    // The streams are intact, holding only what was allowed.
+    let ojs = async_nats::jetstream::new(operator);
+    let mut s = ojs.get_stream(&invoices).await.unwrap();
+    assert_eq!(s.info().await.unwrap().state.messages, 1);
+    // A wrong password is refused at connect.
+    let wrong =
+        async_nats::ConnectOptions::with_user_and_password("ingress".into(), "wrong".into())
+            .connect(url.as_str())
+            .await;
+    assert!(wrong.is_err(), "a wrong password connected");
+}

@@ -15,6 +15,7 @@ async fn publishing_the_same_submission_or_event_twice_stores_it_once() {
             client_name: "test".into(),
             ack_timeout: Duration::from_secs(2),
             publish_tries: 1,
+            auth: settings.nats_auth.clone(),
         },
         Topology::new(&settings.namespace),
     )

@@ -33,9 +33,7 @@ async fn the_services_api_lists_every_instance_with_its_endpoints_and_stats() {
     for s in ["ingress", "processor", "processor", "persister", "fanout"] {
         stack.spawn(s).await;
     }
-    let nats = async_nats::connect(stack.infra.nats_url.as_str())
-        .await
-        .unwrap();
+    let nats = stack.infra.operator_nats().await;
     let ns = stack.namespace.clone();
     let ping = crate::support::eventually(
         "every instance to answer $SRV.PING",

@@ -197,3 +197,32 @@ async fn a_replay_replaces_the_document_so_no_field_of_the_failed_generation_sur
     assert_eq!(now.invoice.replays, 1);
     assert!(now.invoice.error.is_none(), "{:?}", now.invoice.error);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_event_naming_another_tenants_invoice_id_never_replaces_that_invoice() {
+    let (store, victim) = fresh_store().await;
+    let events = lifecycle(&victim);
+    assert_eq!(store.apply(&events[0]).await.unwrap(), Written::Applied);
+    // The same id with a higher version, under another tenant: a forged or buggy event.
+    let mut forged = events[2].clone();
+    forged.invoice.tenant_id = TenantId::parse(unique("attacker")).unwrap();
+    for write in [
+        store.apply(&forged).await,
+        store
+            .apply_many(std::slice::from_ref(&forged))
+            .await
+            .remove(0),
+    ] {
+        assert!(
+            matches!(write, Ok(Written::Stale)),
+            "refused as stale, not applied: {write:?}"
+        );
+    }
+    let stored = store
+        .find(&victim, events[0].invoice.id)
+        .await
+        .unwrap()
+        .expect("the victim's invoice is still there");
+    assert_eq!(stored.invoice.state, domain::InvoiceState::Queued);
+    assert_eq!(stored.invoice.tenant_id, victim);
+}

@@ -150,7 +150,7 @@ async fn assert_exactly_once(
     api: &Api,
     keys: &HashSet<String>,
 ) -> HashMap<String, String> {
-    let js = async_nats::jetstream::new(async_nats::connect(&stack.infra.nats_url).await.unwrap());
+    let js = async_nats::jetstream::new(stack.infra.operator_nats().await);
     let ns = &stack.namespace;
     let tenant = &api.tenant;
     let subjects = |stream: String, filter: String| {

@@ -26,6 +26,50 @@ impl Infra {
             mongodb_uri: env("MONGODB_URI"),
         }
     }
+
+    /// The NATS user of `service` (`ingress` … `operator`) on the shared server, from the
+    /// `NATS_PASSWORD_<SERVICE>` that scripts/stack.sh exports; anonymous without one (a
+    /// server without authorization).
+    pub fn nats_auth(&self, service: &str) -> service_kit::settings::NatsAuth {
+        match std::env::var(format!("NATS_PASSWORD_{}", service.to_uppercase())) {
+            Ok(password) if !password.is_empty() => {
+                service_kit::settings::NatsAuth::user_password(service, &password)
+            }
+            _ => service_kit::settings::NatsAuth::Anonymous,
+        }
+    }
+
+    /// The env a service binary needs to log in as itself.
+    pub fn nats_env(&self, service: &str) -> Vec<(String, String)> {
+        match self.nats_auth(service) {
+            service_kit::settings::NatsAuth::UserPassword { user, password } => vec![
+                ("NATS_USER".into(), user),
+                ("NATS_PASSWORD".into(), password.expose().to_owned()),
+            ],
+            _ => Vec::new(),
+        }
+    }
+
+    /// A client with the operator's rights (what a person with the nats CLI has), for
+    /// tests that inspect or rearrange streams.
+    pub async fn operator_nats(&self) -> async_nats::Client {
+        self.nats_as("operator", &self.nats_url).await
+    }
+
+    /// A client logged in as `user` on `url`.
+    pub async fn nats_as(&self, user: &str, url: &str) -> async_nats::Client {
+        let options = match self.nats_auth(user) {
+            service_kit::settings::NatsAuth::UserPassword { user, password } => {
+                async_nats::ConnectOptions::with_user_and_password(
+                    user.clone(),
+                    password.expose().to_owned(),
+                )
+                .custom_inbox_prefix(format!("_INBOX_{user}"))
+            }
+            _ => async_nats::ConnectOptions::new(),
+        };
+        options.connect(url).await.unwrap()
+    }
 }
 
 pub fn free_port() -> u16 {

@@ -61,6 +61,7 @@ impl ProcessStack {
             ("RATE_LIMIT_TENANT".into(), "0".into()),
             ("RATE_LIMIT_TERMINAL".into(), "0".into()),
         ];
+        env.extend(self.infra.nats_env(service));
         if let Some(p) = port {
             env.push(("INGRESS_ADDR".into(), format!("127.0.0.1:{p}")));
             env.push(("FANOUT_ADDR".into(), format!("127.0.0.1:{p}")));

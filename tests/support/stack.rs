@@ -76,11 +76,14 @@ impl TestStack {
         }
         let namespace = unique("t");
         let db = namespace.clone();
-        let mut settings = infra_settings(&infra, &namespace, &db);
-        settings.submit_dedupe_window = options.dedupe_window;
+        let settings_of = |service: &str| {
+            let mut s = infra_settings_for(&infra, &namespace, &db, service);
+            s.submit_dedupe_window = options.dedupe_window;
+            s
+        };
 
         let ingress = ingress::App::build(ingress::Settings {
-            infra: settings.clone(),
+            infra: settings_of("ingress"),
             jwt_secret: Secret::new(SECRET.into()),
             listen: "127.0.0.1:0".parse().unwrap(),
             job_ttl: Duration::from_secs(3600),
@@ -101,7 +104,7 @@ impl TestStack {
         };
         if options.start_processor {
             let processor = processor::App::build(processor::Settings {
-                infra: settings.clone(),
+                infra: settings_of("processor"),
                 worker: worker.clone(),
                 retry: messaging::RetryPolicy {
                     max_attempts: options.max_attempts,
@@ -116,7 +119,7 @@ impl TestStack {
         }
         if options.start_persister {
             let persister = persister::App::build(persister::Settings {
-                infra: settings.clone(),
+                infra: settings_of("persister"),
                 worker,
                 retry: persister::unlimited_retries(
                     Duration::from_millis(100),
@@ -191,16 +194,28 @@ impl TestStack {
         }
     }
 
+    /// A client with the operator's rights on this stack's NATS.
     pub async fn nats(&self) -> async_nats::Client {
-        async_nats::connect(self.infra.nats_url.as_str())
-            .await
-            .unwrap()
+        self.infra.nats_as("operator", &self.infra.nats_url).await
     }
 }
 
+/// Settings of a service logged in to NATS as the operator (library-level tests); the
+/// stack's services use [`infra_settings_for`].
 pub fn infra_settings(infra: &Infra, namespace: &str, db: &str) -> InfraSettings {
+    infra_settings_for(infra, namespace, db, "operator")
+}
+
+/// Settings of `service`, logged in to NATS as its own user.
+pub fn infra_settings_for(
+    infra: &Infra,
+    namespace: &str,
+    db: &str,
+    service: &str,
+) -> InfraSettings {
     InfraSettings {
         nats_url: infra.nats_url.clone(),
+        nats_auth: infra.nats_auth(service),
         redis_url: infra.redis_url.clone(),
         mongodb_uri: infra.mongodb_uri.clone(),
         mongodb_db: db.to_owned(),

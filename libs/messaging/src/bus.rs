@@ -29,12 +29,34 @@ pub struct NatsSettings {
     pub ack_timeout: Duration,
     /// Publish tries (same message id) before the caller is told the broker is down.
     pub publish_tries: u32,
+    /// The service's NATS user (or creds file).
+    pub auth: service_kit::settings::NatsAuth,
+}
+
+/// The credentials of `settings`, and an inbox prefix of the user's own: replies to its
+/// requests (JetStream API answers, fetched messages) are then readable only by it, since
+/// each service user may subscribe to `_INBOX_<user>.>` alone.
+fn connect_options(settings: &NatsSettings) -> async_nats::ConnectOptions {
+    use service_kit::settings::NatsAuth;
+    match &settings.auth {
+        NatsAuth::Anonymous => async_nats::ConnectOptions::new(),
+        NatsAuth::UserPassword { user, password } => {
+            async_nats::ConnectOptions::with_user_and_password(
+                user.clone(),
+                password.expose().to_owned(),
+            )
+            .custom_inbox_prefix(format!("_INBOX_{user}"))
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
     #[error("NATS_URL `{0}` is not a NATS server address (expected e.g. nats://127.0.0.1:4222)")]
     BadUrl(String),
+    /// The credentials were refused or could not be read: retrying will not help.
+    #[error("NATS refused the credentials (check NATS_USER / NATS_PASSWORD / NATS_CREDS and nats/nats-server.conf): {0}")]
+    Credentials(String),
     /// Nothing was handed to the broker: the message is certainly not stored.
     #[error("the broker did not acknowledge the publish: {0}")]
     Unavailable(String),
@@ -90,13 +112,22 @@ impl Bus {
         ServerAddr::from_str(&settings.url).map_err(|_| BusError::BadUrl(settings.url.clone()))?;
         let mut delay = Duration::from_millis(250);
         let client = loop {
-            let attempt = async_nats::ConnectOptions::new()
+            let attempt = connect_options(&settings)
                 .name(&settings.client_name)
                 .connection_timeout(Duration::from_secs(3))
                 .connect(settings.url.as_str())
                 .await;
             match attempt {
                 Ok(client) => break client,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        async_nats::ConnectErrorKind::AuthorizationViolation
+                            | async_nats::ConnectErrorKind::Authentication
+                    ) =>
+                {
+                    return Err(BusError::Credentials(e.to_string()));
+                }
                 Err(e) => {
                     warn!(url = %settings.url, error = %e, retry_in_ms = delay.as_millis() as u64,
                         "NATS unreachable; retrying (is nats-server running? check NATS_URL)");

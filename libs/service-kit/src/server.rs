@@ -195,23 +195,16 @@ pub async fn serve(
         let closed = closed_rx.clone();
         tokio::spawn(async move {
             tokio::pin!(conn);
-            loop {
-                tokio::select! {
-                    result = conn.as_mut() => {
-                        if let Err(e) = result {
-                            tracing::debug!(error = %e, "connection ended with an error");
-                        }
-                        break;
-                    }
-                    _ = stop.changed() => {
-                        conn.as_mut().graceful_shutdown();
-                        // Poll the connection to completion from here on.
-                        if let Err(e) = conn.as_mut().await {
-                            tracing::debug!(error = %e, "connection ended with an error");
-                        }
-                        break;
-                    }
+            let result = tokio::select! {
+                result = conn.as_mut() => result,
+                _ = stop.changed() => {
+                    // Finish the request in flight, then close.
+                    conn.as_mut().graceful_shutdown();
+                    conn.as_mut().await
                 }
+            };
+            if let Err(e) = result {
+                tracing::debug!(error = %e, "connection ended with an error");
             }
             drop(permit);
             drop(closed);

@@ -86,7 +86,7 @@ impl Env {
 }
 
 /// A secret that never shows in `Debug` output or logs.
-#[derive(Clone)]
+#[derive(Clone, PartialEq, Eq)]
 pub struct Secret(String);
 
 impl Secret {
@@ -104,10 +104,49 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// How a service proves who it is to NATS (`nats/nats-server.conf` gives each service
+/// user only the subjects it needs).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NatsAuth {
+    /// No credentials: a server without authorization (a private test server).
+    Anonymous,
+    /// `NATS_USER` + `NATS_PASSWORD`. (A `.creds` file, NATS's decentralized JWT auth,
+    /// would need async-nats' `nkeys` feature and an operator/account setup; not built.)
+    UserPassword { user: String, password: Secret },
+}
+
+impl NatsAuth {
+    pub fn user_password(user: &str, password: &str) -> Self {
+        NatsAuth::UserPassword {
+            user: user.to_owned(),
+            password: Secret::new(password.to_owned()),
+        }
+    }
+
+    /// `NATS_USER` and `NATS_PASSWORD`; one without the other is a problem.
+    fn from_env(env: &mut Env) -> Self {
+        let user = Env::raw("NATS_USER").filter(|v| !v.is_empty());
+        let password = Env::raw("NATS_PASSWORD").filter(|v| !v.is_empty());
+        match (user, password) {
+            (None, None) => NatsAuth::Anonymous,
+            (Some(user), Some(password)) => NatsAuth::UserPassword {
+                user,
+                password: Secret::new(password),
+            },
+            _ => {
+                env.problem("NATS_USER and NATS_PASSWORD must be set together");
+                NatsAuth::Anonymous
+            }
+        }
+    }
+}
+
 /// The settings every service shares: where the infrastructure is.
 #[derive(Debug, Clone)]
 pub struct Infra {
     pub nats_url: String,
+    /// `NATS_USER` + `NATS_PASSWORD`.
+    pub nats_auth: NatsAuth,
     pub redis_url: String,
     pub mongodb_uri: String,
     pub mongodb_db: String,
@@ -140,6 +179,7 @@ impl Infra {
             "MONGODB_URI",
             "a MongoDB URI such as mongodb://127.0.0.1:27017/?replicaSet=rs0",
         );
+        let nats_auth = NatsAuth::from_env(env);
         let mongodb_db = env.string("MONGODB_DB", "pos");
         let mongodb_timeout = env.millis(
             "MONGODB_TIMEOUT_MS",
@@ -164,6 +204,7 @@ impl Infra {
         );
         Self {
             nats_url,
+            nats_auth,
             redis_url,
             mongodb_uri,
             mongodb_db,

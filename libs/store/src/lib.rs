@@ -501,6 +501,10 @@ const MAX_STATEMENTS: usize = 1000;
 /// One invoice as the document it replaces or becomes.
 struct Statement {
     id: String,
+    /// Part of every write's filter: an event naming another tenant's invoice id (a bug,
+    /// or a forged event) can never replace that tenant's document; it collides on `_id`
+    /// and counts as stale.
+    tenant: String,
     version: i64,
     doc: RawDocumentBuf,
 }
@@ -508,7 +512,11 @@ struct Statement {
 impl Statement {
     /// The stored document, only while its version is lower than this one.
     fn filter(&self) -> RawDocumentBuf {
-        rawdoc! { "_id": self.id.as_str(), "version": { "$lt": self.version } }
+        rawdoc! {
+            "_id": self.id.as_str(),
+            "tenantId": self.tenant.as_str(),
+            "version": { "$lt": self.version },
+        }
     }
 }
 
@@ -523,5 +531,10 @@ fn replacement(envelope: &Envelope) -> Result<Statement, StoreError> {
         version,
     })
     .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-    Ok(Statement { id, version, doc })
+    Ok(Statement {
+        id,
+        tenant: invoice.tenant_id.to_string(),
+        version,
+        doc,
+    })
 }

@@ -109,6 +109,7 @@ impl App {
             NatsSettings {
                 url: infra.nats_url.clone(),
                 client_name: infra.instance.clone(),
+                auth: infra.nats_auth.clone(),
                 ack_timeout: NATS_REQUEST_TIMEOUT,
                 publish_tries: 1,
             },

@@ -68,6 +68,7 @@ impl App {
             NatsSettings {
                 url: infra.nats_url.clone(),
                 client_name: infra.instance.clone(),
+                auth: infra.nats_auth.clone(),
                 ack_timeout: settings.publish_timeout,
                 publish_tries: 2,
             },

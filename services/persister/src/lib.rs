@@ -46,6 +46,7 @@ impl App {
         let nats = NatsSettings {
             url: infra.nats_url.clone(),
             client_name: infra.instance.clone(),
+            auth: infra.nats_auth.clone(),
             ack_timeout: Duration::from_secs(5),
             publish_tries: 3,
         };

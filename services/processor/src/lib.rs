@@ -43,6 +43,7 @@ impl App {
             NatsSettings {
                 url: infra.nats_url.clone(),
                 client_name: infra.instance.clone(),
+                auth: infra.nats_auth.clone(),
                 ack_timeout: std::time::Duration::from_secs(5),
                 publish_tries: 3,
             },
