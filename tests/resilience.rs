@@ -155,6 +155,31 @@ async fn an_outage_past_the_last_retry_dead_letters_and_a_replay_completes_them_
         listed["deadLetters"][0]["lastError"]["code"],
         "retries_exhausted"
     );
+    assert_eq!(listed["next"], json!(null), "one page holds all five");
+    // Paged: 2 + 2 + 1, each page naming where the next starts, no letter twice.
+    let mut seen = Vec::new();
+    let mut from = json!(0);
+    for expected in [2, 2, 1] {
+        let page = admin(
+            &nats,
+            &stack.namespace,
+            "dlq.list",
+            json!({ "limit": 2, "from": from }),
+        )
+        .await;
+        assert_eq!(page["count"], expected, "{page}");
+        seen.extend(
+            page["deadLetters"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|l| l["seq"].clone()),
+        );
+        from = page["next"].clone();
+    }
+    assert_eq!(from, json!(null), "the last page says it is the last");
+    seen.dedup();
+    assert_eq!(seen.len(), 5);
     mongo.start().await;
     redis.start().await;
     for id in &ids {

@@ -76,8 +76,14 @@ impl Bus {
         Ok(())
     }
 
-    /// Every entry of the dead-letter stream, oldest first.
-    pub async fn dead_letters(&self) -> Result<Vec<StoredDeadLetter>, BusError> {
+    /// Up to `limit` entries of the dead-letter stream from sequence `from` on, oldest
+    /// first, and the sequence to continue from (`None`: the end was reached). Memory is
+    /// bounded by `limit` whatever the stream holds.
+    pub async fn dead_letters_page(
+        &self,
+        from: u64,
+        limit: usize,
+    ) -> Result<(Vec<StoredDeadLetter>, Option<u64>), BusError> {
         let mut stream = self.stream(&self.topology().dlq_stream()).await?;
         let state = stream
             .info()
@@ -87,9 +93,10 @@ impl Bus {
             .clone();
         let mut out = Vec::new();
         if state.messages == 0 {
-            return Ok(out);
+            return Ok((out, None));
         }
-        for seq in state.first_sequence..=state.last_sequence {
+        let mut seq = from.max(state.first_sequence);
+        while seq <= state.last_sequence && out.len() < limit {
             // Deleted sequences (replayed letters) answer "no message found": skip them.
             if let Ok(m) = stream.get_raw_message(seq).await {
                 out.push(StoredDeadLetter {
@@ -98,8 +105,9 @@ impl Bus {
                     subject: m.subject.to_string(),
                 });
             }
+            seq += 1;
         }
-        Ok(out)
+        Ok((out, (seq <= state.last_sequence).then_some(seq)))
     }
 
     /// Removes a replayed letter from the dead-letter stream.

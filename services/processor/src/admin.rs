@@ -1,6 +1,8 @@
 //! Operator endpoints (NATS request/reply, on every processor instance; one answers):
-//! - `<ns>.admin.dlq.list`   `{"tenantId"?}` → the dead letters
-//! - `<ns>.admin.dlq.replay` `{"invoiceId"? , "tenantId"?, "all"?}` → what was replayed
+//! - `<ns>.admin.dlq.list`   `{"tenantId"?, "from"?, "limit"?}` → one page of dead letters
+//!   (at most 500, default 100) and `next`, the `from` of the next page (`null` at the end)
+//! - `<ns>.admin.dlq.replay` `{"invoiceId"? , "tenantId"?, "all"?}` → how many were
+//!   replayed (the first 100 ids listed); reads the stream a page at a time
 //! - `<ns>.admin.stats`      → the queue figures of `/health`
 //!
 //! A replay is the one way back in the lifecycle (FAILED → QUEUED): it starts a new
@@ -20,7 +22,17 @@ struct Selector {
     tenant_id: Option<String>,
     #[serde(default)]
     all: bool,
+    /// `dlq.list` only: the first stream sequence to look at.
+    from: Option<u64>,
+    /// `dlq.list` only: page size.
+    limit: Option<usize>,
 }
+
+/// Largest `dlq.list` page, and the page `dlq.replay` works through the stream with.
+const MAX_PAGE: usize = 500;
+const DEFAULT_PAGE: usize = 100;
+/// Ids listed in a replay's answer (the counts are always complete).
+const LISTED_IDS: usize = 100;
 
 impl Selector {
     fn parse(body: &[u8]) -> Result<Self, String> {
@@ -82,44 +94,86 @@ pub async fn register(
 }
 
 async fn list(bus: &Bus, selector: &Selector) -> Result<Value, String> {
-    let letters = bus.dead_letters().await.map_err(|e| e.to_string())?;
-    let entries: Vec<Value> = letters
-        .iter()
-        .filter(|l| l.letter.is_none() || selector.matches(l))
-        .map(|l| match &l.letter {
-            Some(d) => json!({
-                "seq": l.sequence, "subject": l.subject,
-                "invoiceId": d.submission.invoice.id, "tenantId": d.submission.invoice.tenant_id,
-                "attempts": d.attempts, "lastError": d.last_error, "deadAt": d.dead_at,
-            }),
-            None => json!({ "seq": l.sequence, "subject": l.subject, "undecodable": true }),
-        })
-        .collect();
-    Ok(json!({ "count": entries.len(), "deadLetters": entries }))
+    let limit = selector.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
+    // Scans at most a few pages' worth of sequences for a filtered list, so one
+    // request stays bounded; `next` lets the operator go on.
+    let mut from = selector.from.unwrap_or(0);
+    let mut entries = Vec::new();
+    let mut next = None;
+    'pages: for _ in 0..4 {
+        let (letters, after) = bus
+            .dead_letters_page(from, limit)
+            .await
+            .map_err(|e| e.to_string())?;
+        for l in letters {
+            if l.letter.is_some() && !selector.matches(&l) {
+                continue;
+            }
+            entries.push(match &l.letter {
+                Some(d) => json!({
+                    "seq": l.sequence, "subject": l.subject,
+                    "invoiceId": d.submission.invoice.id, "tenantId": d.submission.invoice.tenant_id,
+                    "attempts": d.attempts, "lastError": d.last_error, "deadAt": d.dead_at,
+                }),
+                None => json!({ "seq": l.sequence, "subject": l.subject, "undecodable": true }),
+            });
+            if entries.len() == limit {
+                next = Some(l.sequence + 1);
+                break 'pages;
+            }
+        }
+        next = after;
+        match after {
+            Some(seq) => from = seq,
+            None => break,
+        }
+    }
+    Ok(json!({ "count": entries.len(), "deadLetters": entries, "next": next }))
 }
 
 async fn replay(bus: &Bus, store: &store::Store, selector: &Selector) -> Result<Value, String> {
     if selector.invoice_id.is_none() && selector.tenant_id.is_none() && !selector.all {
         return Err("name an invoiceId, a tenantId, or set \"all\": true".into());
     }
-    let letters = bus.dead_letters().await.map_err(|e| e.to_string())?;
     let (mut replayed, mut skipped) = (Vec::new(), Vec::new());
-    for stored in letters.into_iter().filter(|l| selector.matches(l)) {
-        let Some(letter) = stored.letter else {
-            continue;
-        };
-        let id = letter.submission.invoice.id;
-        match replay_one(bus, store, stored.sequence, letter).await {
-            Ok(None) => replayed.push(json!(id)),
-            Ok(Some(reason)) => skipped.push(json!({ "invoiceId": id, "reason": reason })),
-            Err(e) => {
-                return Err(format!(
-                    "replaying {id}: {e} (replayed so far: {replayed:?})"
-                ))
+    let (mut replayed_count, mut skipped_count) = (0usize, 0usize);
+    let mut from = Some(0);
+    while let Some(start) = from {
+        let (letters, after) = bus
+            .dead_letters_page(start, DEFAULT_PAGE)
+            .await
+            .map_err(|e| e.to_string())?;
+        from = after;
+        for stored in letters.into_iter().filter(|l| selector.matches(l)) {
+            let Some(letter) = stored.letter else {
+                continue;
+            };
+            let id = letter.submission.invoice.id;
+            match replay_one(bus, store, stored.sequence, letter).await {
+                Ok(None) => {
+                    replayed_count += 1;
+                    if replayed.len() < LISTED_IDS {
+                        replayed.push(json!(id));
+                    }
+                }
+                Ok(Some(reason)) => {
+                    skipped_count += 1;
+                    if skipped.len() < LISTED_IDS {
+                        skipped.push(json!({ "invoiceId": id, "reason": reason }));
+                    }
+                }
+                Err(e) => {
+                    return Err(format!(
+                        "replaying {id}: {e} (replayed so far: {replayed_count})"
+                    ))
+                }
             }
         }
     }
-    Ok(json!({ "replayed": replayed, "skipped": skipped }))
+    Ok(json!({
+        "replayed": replayed, "skipped": skipped,
+        "replayedCount": replayed_count, "skippedCount": skipped_count,
+    }))
 }
 
 /// `Ok(None)` when replayed, `Ok(Some(reason))` when there was nothing to replay.
