@@ -27,6 +27,8 @@ pub mod draft;
 pub mod ids;
 pub mod invoice;
 pub mod money;
+#[cfg(feature = "openapi")]
+mod openapi;
 pub mod state;
 pub mod time;
 pub mod totals;

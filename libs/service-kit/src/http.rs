@@ -117,6 +117,7 @@ pub struct ErrorResponse {
 }
 
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Detail {
     pub path: String,
     pub message: String,
@@ -177,11 +178,13 @@ impl IntoResponse for ErrorResponse {
 
 /// The `/health` answer: `ok` (200) when every check passes, else `degraded` (503).
 #[derive(Debug, Clone, Serialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Health {
     pub status: &'static str,
     pub service: &'static str,
     pub checks: std::collections::BTreeMap<&'static str, &'static str>,
     #[serde(skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub queue: Option<serde_json::Value>,
 }
 
@@ -260,3 +263,49 @@ where
         .await
         .map(Some)
 }
+
+/// The error body's schema, its `code` enumerating [`ErrorCode::ALL`]: the document
+/// cannot name a code the services do not have, nor miss one.
+#[cfg(feature = "openapi")]
+pub struct ErrorBody;
+
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for ErrorBody {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ArrayBuilder, ObjectBuilder, Type};
+        let codes: Vec<&str> = ErrorCode::ALL.iter().map(|c| c.as_str()).collect();
+        let outcome = || {
+            ObjectBuilder::new()
+                .schema_type(Type::String)
+                .enum_values(Some(["unknown"]))
+                .description(Some(
+                    "only on a 503 whose outcome is unknown: retry with the same idempotency key",
+                ))
+        };
+        let inner = ObjectBuilder::new()
+            .property(
+                "code",
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .enum_values(Some(codes)),
+            )
+            .required("code")
+            .property("message", ObjectBuilder::new().schema_type(Type::String))
+            .required("message")
+            .property(
+                "details",
+                ArrayBuilder::new()
+                    .items(<Detail as utoipa::PartialSchema>::schema())
+                    .max_items(Some(100)),
+            )
+            .property("outcome", outcome());
+        ObjectBuilder::new()
+            .property("error", inner)
+            .required("error")
+            .property("outcome", outcome())
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for ErrorBody {}

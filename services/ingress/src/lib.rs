@@ -14,12 +14,14 @@
 //! - `lookup.rs`: the idempotency-key lookup in MongoDB, batched across requests
 //! - `read.rs`: the freshest state of one invoice (Redis, MongoDB, event log)
 //! - `routes/invoices.rs`: POST / GET / list; `routes/health.rs`: `/health`
+//! - `openapi.rs`: the OpenAPI document, generated from the handlers and types
 
 mod acceptance;
 mod error;
 mod extract;
 pub mod guard;
 mod lookup;
+pub mod openapi;
 mod read;
 mod routes;
 mod settings;

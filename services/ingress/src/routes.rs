@@ -1,35 +1,54 @@
-//! The router: which path goes to which handler.
+//! The router, built together with the OpenAPI document from the handlers' own
+//! declarations (`openapi.rs`): which path goes to which handler.
 
 use crate::AppState;
-use axum::{
-    extract::DefaultBodyLimit,
-    routing::{get, post},
-    Router,
-};
+use axum::{extract::DefaultBodyLimit, routing::get, Router};
+use utoipa::OpenApi;
+use utoipa_axum::{router::OpenApiRouter, routes};
 
 pub mod health;
 pub mod invoices;
 
-pub fn router(state: AppState) -> Router {
+/// The routes and their document.
+pub fn routes(state: AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
     // Everything but /health and the API document goes through the guard.
-    let authenticated = Router::new()
-        .route("/invoices", post(invoices::create).get(invoices::list))
-        .route("/invoices/{id}", get(invoices::get))
+    let authenticated = OpenApiRouter::new()
+        .routes(routes!(invoices::create, invoices::list))
+        .routes(routes!(invoices::get))
         .route_layer(axum::middleware::from_fn_with_state(
-            state.clone(),
+            state,
             crate::guard::gate,
         ));
-    Router::new()
-        .route("/health", get(health::health))
-        .route("/openapi.json", get(openapi))
+    OpenApiRouter::with_openapi(crate::openapi::ApiDoc::openapi())
+        .routes(routes!(health::health))
         .merge(authenticated)
-        .layer(DefaultBodyLimit::max(crate::extract::MAX_BODY_BYTES))
-        .with_state(state)
+        .split_for_parts()
 }
 
-async fn openapi() -> impl axum::response::IntoResponse {
-    (
-        [(axum::http::header::CONTENT_TYPE, "application/json")],
-        include_str!("../openapi.json"),
-    )
+pub fn router(state: AppState) -> Router {
+    let (routes, document) = routes(state.clone());
+    let document = std::sync::Arc::new(
+        document
+            .to_json()
+            .unwrap_or_else(|e| format!(r#"{{"error":"{e}"}}"#)),
+    );
+    routes
+        .route(
+            "/openapi.json",
+            get(move || {
+                let document = document.clone();
+                async move {
+                    (
+                        [(axum::http::header::CONTENT_TYPE, "application/json")],
+                        document.as_str().to_owned(),
+                    )
+                }
+            }),
+        )
+        .route(
+            "/docs",
+            get(|| async { axum::response::Html(crate::openapi::DOCS_HTML) }),
+        )
+        .layer(DefaultBodyLimit::max(crate::extract::MAX_BODY_BYTES))
+        .with_state(state)
 }

@@ -4,6 +4,11 @@ use crate::AppState;
 use axum::{extract::State, response::IntoResponse};
 use service_kit::http::Health;
 
+#[utoipa::path(get, path = "/health", tag = "operations",
+    responses(
+        (status = 200, description = "every dependency answers", body = Health),
+        (status = 503, description = "a dependency is down (named in checks)", body = Health),
+    ))]
 pub async fn health(State(state): State<AppState>) -> impl IntoResponse {
     let (redis, mongo, queue) = tokio::join!(
         state.cache.ping(),

@@ -26,6 +26,7 @@ use domain::{
 use messaging::Envelope;
 use serde::Deserialize;
 use serde_json::value::RawValue;
+use service_kit::http::ErrorBody;
 use std::collections::BTreeMap;
 use validator::{Validate, ValidationErrors, ValidationErrorsKind};
 
@@ -40,6 +41,27 @@ impl<'de> Deserialize<'de> for DecimalText {
     }
 }
 
+/// Either JSON form the contract accepts; the document says so.
+impl utoipa::PartialSchema for DecimalText {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(r"^-?[0-9]+(\.[0-9]+)?$"))
+                    .examples(["3.50"]),
+            )
+            .item(ObjectBuilder::new().schema_type(Type::Number))
+            .description(Some(
+                "an exact decimal, as a JSON string or number literal (parsed from its text)",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for DecimalText {}
+
 impl DecimalText {
     /// The literal's text; `None` (so the domain says "must be a decimal number") for
     /// anything but a string or a number.
@@ -53,7 +75,7 @@ impl DecimalText {
     }
 }
 
-#[derive(Debug, Deserialize, Validate)]
+#[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InvoiceRequest {
     idempotency_key: Option<String>,
@@ -71,7 +93,7 @@ pub struct InvoiceRequest {
     payments: Vec<PaymentRequest>,
 }
 
-#[derive(Debug, Deserialize, Validate)]
+#[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 struct ItemRequest {
     #[validate(length(min = 1, max = 64, message = "must be 1–64 characters"))]
@@ -84,7 +106,7 @@ struct ItemRequest {
     discount: Option<DecimalText>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct PaymentRequest {
     method: Option<String>,
     amount: Option<DecimalText>,
@@ -224,7 +246,44 @@ fn replayed(invoice: &Invoice) -> Response {
     r
 }
 
+/// One page of `GET /invoices`.
+#[derive(serde::Serialize, utoipa::ToSchema)]
+pub struct InvoicePage {
+    data: Vec<Invoice>,
+    page: u64,
+    limit: u64,
+    total: u64,
+}
+
 /// POST /invoices
+///
+/// Idempotency: a key belongs to the first submission the broker stored for it; the
+/// same key and body replay it (200), another body is 422. No fault blocks a key (409 is
+/// never produced). A 503 without `outcome` was not accepted; with `"outcome":
+/// "unknown"` it may have been: retry with the same key.
+#[utoipa::path(post, path = "/invoices", tag = "invoices",
+    request_body(content = InvoiceRequest, content_type = "application/json"),
+    params(("Idempotency-Key" = Option<String>, Header,
+        description = "the idempotency key (or `idempotencyKey` in the body; both must agree)")),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "accepted; the invoice is QUEUED", body = Invoice,
+            headers(("Location" = String, description = "/invoices/{id}"))),
+        (status = 200, description = "a replay of the key's invoice", body = Invoice,
+            headers(("Idempotent-Replayed" = String, description = "true"),
+                    ("Location" = String, description = "/invoices/{id}"))),
+        (status = 400, description = "validation_failed", body = ErrorBody),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 403, description = "forbidden", body = ErrorBody),
+        (status = 408, description = "request_timeout: the outcome is unknown", body = ErrorBody),
+        (status = 413, description = "payload_too_large", body = ErrorBody),
+        (status = 415, description = "unsupported_media_type", body = ErrorBody),
+        (status = 422, description = "idempotency_key_reused", body = ErrorBody),
+        (status = 429, description = "rate_limited", body = ErrorBody,
+            headers(("Retry-After" = u64))),
+        (status = 503, description = "unavailable (see outcome)", body = ErrorBody,
+            headers(("Retry-After" = u64))),
+    ))]
 pub async fn create(
     State(state): State<AppState>,
     caller: Authenticated,
@@ -268,6 +327,17 @@ pub async fn create(
 }
 
 /// GET /invoices/{id}
+#[utoipa::path(get, path = "/invoices/{id}", tag = "invoices",
+    params(("id" = String, Path, description = "the invoice id (another tenant's answers 404)")),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "the freshest state", body = Invoice),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 404, description = "not_found", body = ErrorBody),
+        (status = 408, description = "request_timeout", body = ErrorBody),
+        (status = 429, description = "rate_limited", body = ErrorBody),
+        (status = 503, description = "unavailable", body = ErrorBody),
+    ))]
 pub async fn get(
     State(state): State<AppState>,
     caller: Authenticated,
@@ -288,6 +358,24 @@ pub async fn get(
 }
 
 /// GET /invoices?page&limit&state&terminalId&from&to
+#[utoipa::path(get, path = "/invoices", tag = "invoices",
+    params(
+        ("page" = Option<u64>, Query, minimum = 1, maximum = 1000000),
+        ("limit" = Option<u64>, Query, minimum = 1, maximum = 100),
+        ("state" = Option<InvoiceState>, Query),
+        ("terminalId" = Option<String>, Query),
+        ("from" = Option<String>, Query, format = DateTime),
+        ("to" = Option<String>, Query, format = DateTime),
+    ),
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "newest first", body = InvoicePage),
+        (status = 400, description = "validation_failed", body = ErrorBody),
+        (status = 401, description = "unauthorized", body = ErrorBody),
+        (status = 408, description = "request_timeout", body = ErrorBody),
+        (status = 429, description = "rate_limited", body = ErrorBody),
+        (status = 503, description = "unavailable", body = ErrorBody),
+    ))]
 pub async fn list(
     State(state): State<AppState>,
     caller: Authenticated,
@@ -356,10 +444,13 @@ pub async fn list(
         .list(&tenant, &query)
         .await
         .map_err(|e| ApiError::Unavailable(e.to_string()))?;
-    Ok(
-        Json(serde_json::json!({ "data": data, "page": page, "limit": limit, "total": total }))
-            .into_response(),
-    )
+    Ok(Json(InvoicePage {
+        data,
+        page,
+        limit,
+        total,
+    })
+    .into_response())
 }
 
 #[cfg(test)]
