@@ -112,4 +112,30 @@ mod tests {
         assert_eq!(round_minor(d("1.0005"), kwd).to_string(), "1.001");
         assert_eq!(zero(kwd).to_string(), "0.000");
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(5000))]
+            /// Never a panic, whatever the text; what parses is exact (its plain
+            /// decimal text parses back to the same value).
+            #[test]
+            fn any_text_parses_exactly_or_is_refused(text in "\\PC{0,60}") {
+                if let Ok(v) = parse_decimal(&text) {
+                    prop_assert_eq!(parse_decimal(&v.to_string()).unwrap(), v);
+                }
+            }
+
+            #[test]
+            fn number_shaped_text_parses_exactly_or_is_refused(
+                text in "-?[0-9]{1,40}(\\.[0-9]{1,40})?([eE][-+]?[0-9]{1,4})?"
+            ) {
+                if let Ok(v) = parse_decimal(&text) {
+                    prop_assert_eq!(parse_decimal(&v.to_string()).unwrap(), v);
+                }
+            }
+        }
+    }
 }

@@ -538,4 +538,77 @@ mod tests {
         assert_eq!(details.len(), crate::error::MAX_DETAILS);
         assert!(message.starts_with("2500 fields"), "{message}");
     }
+
+    mod properties {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// JSON-ish text: the decoder's likely inputs (braces, quotes, digits, the
+        /// contract's field names) more often than uniform bytes would give them.
+        fn jsonish() -> impl Strategy<Value = String> {
+            let token = prop_oneof![
+                Just("{".to_owned()),
+                Just("}".to_owned()),
+                Just("[".to_owned()),
+                Just("]".to_owned()),
+                Just(",".to_owned()),
+                Just(":".to_owned()),
+                Just("null".to_owned()),
+                Just("true".to_owned()),
+                Just("\"items\"".to_owned()),
+                Just("\"quantity\"".to_owned()),
+                Just("\"unitPrice\"".to_owned()),
+                Just("\"currency\"".to_owned()),
+                Just("\"terminalId\"".to_owned()),
+                Just("\"payments\"".to_owned()),
+                "-?[0-9]{0,30}(\\.[0-9]{0,30})?(e[0-9]{1,3})?",
+                "\"[^\"\\\\]{0,12}\"",
+            ];
+            proptest::collection::vec(token, 0..60).prop_map(|t| t.concat())
+        }
+
+        fn check(bytes: &[u8]) {
+            match crate::extract::decode::<InvoiceRequest>(bytes) {
+                Ok(request) => match request.into_draft(None) {
+                    Ok(draft) => assert_eq!(draft.fingerprint().len(), 64),
+                    Err(ApiError::Validation { details, .. }) => {
+                        assert!(!details.is_empty() && details.len() <= crate::error::MAX_DETAILS);
+                        assert!(details.iter().all(|d| !d.path.is_empty()));
+                    }
+                    Err(other) => panic!("a decoded body is refused only as a 400: {other:?}"),
+                },
+                Err(ApiError::Validation { details, .. }) => {
+                    assert_eq!(details.len(), 1);
+                    assert!(!details[0].path.is_empty());
+                }
+                Err(other) => panic!("a malformed body is only a 400: {other:?}"),
+            }
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(2000))]
+            #[test]
+            fn any_bytes_decode_or_are_a_400_naming_a_field(bytes in proptest::collection::vec(any::<u8>(), 0..400)) {
+                check(&bytes);
+            }
+
+            #[test]
+            fn any_json_ish_text_decodes_or_is_a_400_naming_a_field(text in jsonish()) {
+                check(text.as_bytes());
+            }
+
+            #[test]
+            fn any_line_values_give_a_draft_or_field_errors(
+                quantity in "\\PC{0,40}", price in "-?[0-9]{0,40}(\\.[0-9]{0,40})?",
+                rate in "\\PC{0,12}", currency in "[A-Z]{0,4}",
+            ) {
+                let body = serde_json::json!({
+                    "terminalId": "T1", "currency": currency,
+                    "items": [{ "sku": "A", "name": "a", "quantity": quantity,
+                                "unitPrice": price, "taxRate": rate }],
+                });
+                check(body.to_string().as_bytes());
+            }
+        }
+    }
 }
