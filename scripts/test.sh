@@ -5,7 +5,8 @@
 #
 #   scripts/test.sh [cargo test args...]
 #
-# The tests get NATS_URL, REDIS_URL, MONGODB_URI and POS_NATS_SERVER_BIN,
+# The tests get NATS_URL, REDIS_URL, MONGODB_URI, NATS_PASSWORD_<USER>, SCHEMATHESIS and
+# POS_NATS_SERVER_BIN,
 # POS_REDIS_SERVER_BIN, POS_MONGOD_BIN (to start more private servers themselves) from the
 # environment, and find the service binaries in target/debug.
 # POS_KEEP_STACK=1 leaves the temp dir (data + logs) in place after the run.
@@ -15,6 +16,19 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
 "$ROOT/scripts/stack.sh" install
+
+# schemathesis (PyPI, pinned) in a venv of its own in the cache: tests/schema.rs runs it
+# against the OpenAPI document the ingress serves.
+CACHE="${POS_CACHE_DIR:-$HOME/.cache/pos-backend}"
+ST_SPEC="${POS_SCHEMATHESIS_SPEC:-schemathesis==4.32.5}"
+ST_VENV="$CACHE/schemathesis-${ST_SPEC#*==}"
+if ! "$ST_VENV/bin/schemathesis" --version >/dev/null 2>&1; then
+  echo "test: installing $ST_SPEC into $ST_VENV" >&2
+  rm -rf "$ST_VENV"
+  python3 -m venv "$ST_VENV"
+  "$ST_VENV/bin/pip" install --quiet --disable-pip-version-check "$ST_SPEC"
+fi
+export SCHEMATHESIS="$ST_VENV/bin/schemathesis"
 
 # Never run against a developer's stack: ignore URLs from the caller's environment.
 unset NATS_URL REDIS_URL MONGODB_URI

@@ -19,5 +19,6 @@ mod operability;
 mod pipeline;
 mod resilience;
 mod scale;
+mod schema;
 mod store;
 mod terminal;

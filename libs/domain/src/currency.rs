@@ -186,6 +186,11 @@ pub struct UnknownCurrency(pub String);
 
 impl Currency {
     /// Parses an ISO 4217 alphabetic code. Upper case only: `eur` is not a code.
+    /// Every code [`Currency::parse`] accepts.
+    pub fn codes() -> impl Iterator<Item = &'static str> {
+        TABLE.iter().map(|(code, _)| *code)
+    }
+
     pub fn parse(code: &str) -> Result<Self, UnknownCurrency> {
         TABLE
             .iter()

@@ -59,4 +59,13 @@ string_schema!(
     Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)),
     None
 );
-string_schema!(crate::Currency, "ISO 4217 alpha code", None, Some(3));
+impl utoipa::PartialSchema for crate::Currency {
+    fn schema() -> RefOr<Schema> {
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .description(Some("ISO 4217 alpha code"))
+            .enum_values(Some(crate::Currency::codes()))
+            .into()
+    }
+}
+impl utoipa::ToSchema for crate::Currency {}

@@ -75,21 +75,32 @@ impl DecimalText {
     }
 }
 
+// The schema attributes state the same rules the parser enforces (lengths, counts,
+// required fields, the currency table), so generated valid requests pass them and
+// invalid ones are refused. What a schema cannot say (decimal ranges, discount ≤ gross,
+// a currency's decimal places) is the parser's alone.
 #[derive(Debug, Deserialize, Validate, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
 pub struct InvoiceRequest {
+    #[schema(nullable = false, pattern = "^[A-Za-z0-9._:-]{1,128}$")]
     idempotency_key: Option<String>,
+    #[schema(required = true, nullable = false, min_length = 1, max_length = 64)]
     terminal_id: Option<String>,
+    #[schema(required = true, nullable = false, value_type = domain::Currency)]
     currency: Option<String>,
+    #[schema(nullable = false, format = DateTime)]
     issued_at: Option<String>,
     #[serde(default)]
     tax_inclusive: bool,
+    #[schema(nullable = false)]
     customer: Option<Customer>,
     #[serde(default)]
     // Line count is a domain rule (DraftInvoice::parse); here only each line's shape.
     #[validate(nested)]
+    #[schema(required = true, min_items = 1, max_items = 500)]
     items: Vec<ItemRequest>,
     #[serde(default)]
+    #[schema(max_items = 100)]
     payments: Vec<PaymentRequest>,
 }
 
@@ -97,18 +108,27 @@ pub struct InvoiceRequest {
 #[serde(rename_all = "camelCase")]
 struct ItemRequest {
     #[validate(length(min = 1, max = 64, message = "must be 1–64 characters"))]
+    #[schema(required = true, nullable = false, min_length = 1, max_length = 64)]
     sku: Option<String>,
     #[validate(length(min = 1, max = 200, message = "must be 1–200 characters"))]
+    #[schema(required = true, nullable = false, min_length = 1, max_length = 200)]
     name: Option<String>,
+    #[schema(required = true, nullable = false)]
     quantity: Option<DecimalText>,
+    #[schema(required = true, nullable = false)]
     unit_price: Option<DecimalText>,
+    #[schema(required = true, nullable = false)]
     tax_rate: Option<DecimalText>,
+    #[schema(nullable = false)]
     discount: Option<DecimalText>,
 }
 
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 struct PaymentRequest {
+    #[schema(required = true, nullable = false, value_type = String, example = "cash")]
+    #[schema(pattern = "^(cash|card|voucher|other)$")]
     method: Option<String>,
+    #[schema(required = true, nullable = false)]
     amount: Option<DecimalText>,
 }
 
@@ -263,7 +283,7 @@ pub struct InvoicePage {
 /// "unknown"` it may have been: retry with the same key.
 #[utoipa::path(post, path = "/invoices", tag = "invoices",
     request_body(content = InvoiceRequest, content_type = "application/json"),
-    params(("Idempotency-Key" = Option<String>, Header,
+    params(("Idempotency-Key" = Option<String>, Header, pattern = "^[A-Za-z0-9._:-]{1,128}$",
         description = "the idempotency key (or `idempotencyKey` in the body; both must agree)")),
     security(("bearer" = [])),
     responses(
@@ -363,7 +383,7 @@ pub async fn get(
         ("page" = Option<u64>, Query, minimum = 1, maximum = 1000000),
         ("limit" = Option<u64>, Query, minimum = 1, maximum = 100),
         ("state" = Option<InvoiceState>, Query),
-        ("terminalId" = Option<String>, Query),
+        ("terminalId" = Option<String>, Query, min_length = 1, max_length = 64),
         ("from" = Option<String>, Query, format = DateTime),
         ("to" = Option<String>, Query, format = DateTime),
     ),
