@@ -29,24 +29,35 @@ async fn two_thousand_invoices_through_scaled_out_services_are_each_stored_once_
         .map(|i| {
             let api = apis[i % apis.len()].clone();
             async move {
-                api.post(&invoice_body(
-                    Some(&format!("k-{i}")),
-                    &format!("T{}", i % 3),
-                ))
-                .await
-                .status
-                .as_u16()
+                let a = api
+                    .post(&invoice_body(
+                        Some(&format!("k-{i}")),
+                        &format!("T{}", i % 3),
+                    ))
+                    .await;
+                (
+                    a.status.as_u16(),
+                    a.body["id"].as_str().unwrap_or_default().to_owned(),
+                )
             }
         })
         .buffer_unordered(64);
     use futures_util::StreamExt;
-    let statuses: Vec<u16> = posts.collect().await;
+    let answers: Vec<(u16, String)> = posts.collect().await;
     let accept_secs = started.elapsed().as_secs_f64();
     assert!(
-        statuses.iter().all(|s| *s == 202),
+        answers.iter().all(|(s, _)| *s == 202),
         "every invoice accepted once: {:?}",
-        statuses.iter().filter(|s| **s != 202).collect::<Vec<_>>()
+        answers
+            .iter()
+            .filter(|(s, _)| *s != 202)
+            .collect::<Vec<_>>()
     );
+    // Distinct ids in the answers: a MongoDB count alone could not see a second
+    // acceptance of one key (the unique index would have refused its document).
+    let answered: std::collections::BTreeSet<String> =
+        answers.into_iter().map(|(_, id)| id).collect();
+    assert_eq!(answered.len(), TOTAL, "one id per accepted invoice");
 
     let client = mongodb::Client::with_uri_str(&stack.infra.mongodb_uri)
         .await
@@ -75,6 +86,17 @@ async fn two_thousand_invoices_through_scaled_out_services_are_each_stored_once_
         coll.count_documents(mongodb::bson::doc! {}).await.unwrap(),
         TOTAL as u64,
         "each stored exactly once"
+    );
+    let stored: std::collections::BTreeSet<String> = coll
+        .distinct("_id", mongodb::bson::doc! {})
+        .await
+        .unwrap()
+        .into_iter()
+        .filter_map(|v| v.as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(
+        stored, answered,
+        "the stored invoices are exactly the answered ones"
     );
     for (t, tenant) in tenants.iter().enumerate() {
         let n = coll

@@ -174,7 +174,17 @@ impl PrivateServer {
         s
     }
 
+    /// Starts the server again after [`PrivateServer::kill`]. Panics if it is running:
+    /// a second process on the same port and data dir would fail, and replacing the
+    /// handle would kill the first (`kill_on_drop`), a race a test could pass by.
     pub async fn start(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            assert!(
+                child.try_wait().ok().flatten().is_some(),
+                "{} is still running: kill it before starting it again",
+                self.program
+            );
+        }
         let log = std::fs::File::create(self.dir.join("server.log")).unwrap();
         let child = Command::new(&self.program)
             .args(&self.args)

@@ -194,6 +194,30 @@ impl TestStack {
         }
     }
 
+    /// Submissions the broker holds for `tenant` (every key subject and the keyless one):
+    /// what a second acceptance of one key would show, where a MongoDB count could not
+    /// (its unique index keeps one document per key whatever happened upstream).
+    pub async fn submissions(&self, tenant: &str) -> u64 {
+        let js = async_nats::jetstream::new(self.nats().await);
+        let stream = js
+            .get_stream(format!("{}_INVOICES", self.namespace.to_uppercase()))
+            .await
+            .unwrap();
+        let ns = &self.namespace;
+        let mut total = 0;
+        for filter in [
+            format!("{ns}.submit.{tenant}"),
+            format!("{ns}.submit.{tenant}.>"),
+        ] {
+            use futures_util::StreamExt;
+            let mut subjects = stream.info_with_subjects(filter).await.unwrap();
+            while let Some(entry) = subjects.next().await {
+                total += entry.unwrap().1 as u64;
+            }
+        }
+        total
+    }
+
     /// A client with the operator's rights on this stack's NATS.
     pub async fn nats(&self) -> async_nats::Client {
         self.infra.nats_as("operator", &self.infra.nats_url).await

@@ -434,6 +434,17 @@ impl Bus {
     ) -> Result<Published, BusError> {
         let subject = format!("{}.dlq._undecodable", self.topology.namespace());
         let mut headers = HeaderMap::new();
+        // Undecodable, so no invoice id to name the fact by: the digest of where it came
+        // from and what it held does, so a retried publish is deduplicated like the rest.
+        let fact = {
+            use sha2::{Digest, Sha256};
+            let mut h = Sha256::new();
+            h.update(origin.as_bytes());
+            h.update([0]);
+            h.update(payload);
+            format!("raw:{}", hex::encode(h.finalize()))
+        };
+        headers.insert("Nats-Msg-Id", fact.as_str());
         headers.insert("Pos-Origin-Subject", origin);
         headers.insert("Pos-Reason", reason.replace(['\r', '\n'], " ").as_str());
         let message = PublishMessage::build()

@@ -36,13 +36,15 @@
 //! - `routes.rs`: the upgrade handler (auth, query, limit) and `/health`, `/metrics`
 //! - `hub.rs`: per-tenant shared live feed and broadcast ring
 //! - `replay.rs`: `since` → replay from the log → hand-over to live (pure parts tested)
-//! - `socket.rs`: the writer loop, pings, idle timeout, close codes
+//! - `socket.rs`: the writer loop, pings, idle timeout
+//! - `outbound.rs`: what the producer hands the writer, and the close codes
 //! - `frame.rs`: the JSON text frames
 //! - `metrics.rs`: counters for `/health`
 
 pub mod frame;
 pub mod hub;
 pub mod metrics;
+pub mod outbound;
 pub mod replay;
 mod routes;
 mod settings;

@@ -22,7 +22,7 @@
 use crate::{
     frame::{self, EventFrame},
     hub::Membership,
-    socket::{Closing, Outbound},
+    outbound::{Closing, Outbound},
 };
 use domain::{TenantId, TerminalId};
 use futures_util::{Stream, StreamExt};

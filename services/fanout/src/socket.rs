@@ -15,6 +15,7 @@
 //! - `1011` the tenant's live feed was lost (should not happen; reconnecting heals it);
 //! - `4001` the token's `exp` passed: reconnect with a fresh token.
 
+pub use crate::outbound::{Closing, Outbound};
 use crate::{
     hub::Membership,
     metrics::Metrics,
@@ -22,7 +23,7 @@ use crate::{
 };
 use axum::{
     body::Bytes,
-    extract::ws::{CloseFrame, Message, Utf8Bytes, WebSocket},
+    extract::ws::{CloseFrame, Message, WebSocket},
 };
 use futures_util::{Sink, SinkExt, Stream, StreamExt};
 use std::{future::Future, sync::Arc, time::Duration};
@@ -39,57 +40,6 @@ pub const HANDOFF_CAPACITY: usize = 16;
 
 /// How long the close frame may take to leave before the socket is simply dropped.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
-
-/// What the writer is asked to send.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Outbound {
-    /// An `invoice.state` frame.
-    Event { seq: u64, text: Utf8Bytes },
-    /// A frame without a seq (`resync`).
-    Notice(Utf8Bytes),
-}
-
-/// A close code and the first part of its reason.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Closing {
-    pub code: u16,
-    pub why: &'static str,
-}
-
-impl Closing {
-    pub const SLOW_CONSUMER: Self = Self {
-        code: 4008,
-        why: "slow consumer",
-    };
-    pub const LOG_UNAVAILABLE: Self = Self {
-        code: 1013,
-        why: "event log unavailable",
-    };
-    pub const SHUTDOWN: Self = Self {
-        code: 1001,
-        why: "server shutting down",
-    };
-    pub const IDLE: Self = Self {
-        code: 1000,
-        why: "idle timeout",
-    };
-    pub const FEED_LOST: Self = Self {
-        code: 1011,
-        why: "live feed lost",
-    };
-    pub const TOKEN_EXPIRED: Self = Self {
-        code: 4001,
-        why: "token expired",
-    };
-
-    /// `slow consumer; reconnect with since=4711` (well under the 123-byte limit).
-    pub fn reason(&self, last_sent: Option<u64>) -> String {
-        match last_sent {
-            Some(seq) => format!("{}; reconnect with since={seq}", self.why),
-            None => format!("{}; reconnect", self.why),
-        }
-    }
-}
 
 /// Liveness rules of a socket.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
