@@ -553,10 +553,16 @@ async fn the_served_openapi_document_and_the_routes_agree() {
     assert_eq!(
         documented,
         [
+            "delete /products/{sku}",
             "get /health",
             "get /invoices",
             "get /invoices/{id}",
-            "post /invoices"
+            "get /products",
+            "get /products/{sku}",
+            "get /tenant",
+            "post /invoices",
+            "put /products/{sku}",
+            "put /tenant"
         ]
     );
     let codes: std::collections::BTreeSet<&str> = doc["components"]["schemas"]["ErrorBody"]

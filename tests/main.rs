@@ -7,6 +7,7 @@
 
 mod support;
 
+mod catalog;
 mod config;
 mod failure;
 mod fanout;

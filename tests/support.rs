@@ -81,6 +81,7 @@ pub fn sample_draft(key: Option<&str>) -> domain::DraftInvoice {
             unit_price: Some("2.00".into()),
             tax_rate: Some("0.21".into()),
             discount: None,
+            priced_by_catalog: false,
         }],
         ..Default::default()
     })

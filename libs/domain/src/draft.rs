@@ -54,6 +54,8 @@ pub struct RawLine {
     pub unit_price: Option<String>,
     pub tax_rate: Option<String>,
     pub discount: Option<String>,
+    /// Set by ingress when it filled name, unitPrice and taxRate from the catalog.
+    pub priced_by_catalog: bool,
 }
 
 #[derive(Debug, Clone, Default)]
@@ -70,6 +72,10 @@ pub struct DraftLine {
     pub unit_price: Decimal,
     pub tax_rate: Decimal,
     pub discount: Decimal,
+    /// Name, price and rate came from the tenant's catalog, not from the request: the
+    /// fingerprint then leaves them out, so the same request sent again after a price
+    /// change is still a replay of the invoice priced at acceptance.
+    pub priced_by_catalog: bool,
 }
 
 /// A valid invoice request. Holding one proves every field passed the contract's rules.
@@ -272,6 +278,7 @@ impl DraftInvoice {
                     unit_price,
                     tax_rate,
                     discount,
+                    priced_by_catalog: item.priced_by_catalog,
                 });
             }
         }
@@ -370,17 +377,29 @@ impl DraftInvoice {
         Opt(issued_at.as_deref()).write(w)?;
         w.write_all(b",\"items\":")?;
         array(w, &self.lines, |w, l| {
-            object(
-                w,
-                &[
-                    ("discount", Dec(&l.discount)),
-                    ("name", Text(&l.name)),
-                    ("quantity", Dec(&l.quantity)),
-                    ("sku", Text(&l.sku)),
-                    ("taxRate", Dec(&l.tax_rate)),
-                    ("unitPrice", Dec(&l.unit_price)),
-                ],
-            )
+            if l.priced_by_catalog {
+                // What the client sent: the catalog's values are not the request's.
+                object(
+                    w,
+                    &[
+                        ("discount", Dec(&l.discount)),
+                        ("quantity", Dec(&l.quantity)),
+                        ("sku", Text(&l.sku)),
+                    ],
+                )
+            } else {
+                object(
+                    w,
+                    &[
+                        ("discount", Dec(&l.discount)),
+                        ("name", Text(&l.name)),
+                        ("quantity", Dec(&l.quantity)),
+                        ("sku", Text(&l.sku)),
+                        ("taxRate", Dec(&l.tax_rate)),
+                        ("unitPrice", Dec(&l.unit_price)),
+                    ],
+                )
+            }
         })?;
         w.write_all(b",\"payments\":")?;
         array(w, &self.payments, |w, p| {
@@ -474,6 +493,7 @@ pub(crate) mod tests {
             unit_price: Some(price.into()),
             tax_rate: Some(rate.into()),
             discount: None,
+            priced_by_catalog: false,
         }
     }
 

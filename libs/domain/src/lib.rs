@@ -22,6 +22,7 @@
 //! - `state.rs`: lifecycle and monotonic versions
 //! - `time.rs`: timestamps in one fixed, sortable format
 
+pub mod catalog;
 pub mod currency;
 pub mod draft;
 pub mod ids;
@@ -33,6 +34,7 @@ pub mod state;
 pub mod time;
 pub mod totals;
 
+pub use catalog::{Product, ProductDraft, TenantSettings};
 pub use currency::Currency;
 pub use draft::{DraftInvoice, DraftLine, FieldError};
 pub use ids::{IdempotencyKey, InvoiceId, TenantId, TerminalId};

@@ -152,6 +152,34 @@ impl Bus {
         &self.client
     }
 
+    /// Tells every ingress cache and fanout that `tenant`'s catalog is now at `version`.
+    /// Core NATS, at most once: a notice lost to a disconnect is covered by the caches'
+    /// expiry, not by a retry.
+    pub async fn catalog_changed(&self, tenant: &TenantId, version: u64) {
+        let subject = self.topology.catalog_subject(tenant);
+        let body = serde_json::json!({ "tenantId": tenant, "version": version }).to_string();
+        if let Err(e) = self.client.publish(subject, body.into()).await {
+            warn!(error = %e, %tenant, "catalog change notice not sent");
+        }
+    }
+
+    /// The catalog change notices of every tenant: (tenant, version).
+    pub async fn catalog_notices(
+        &self,
+    ) -> Result<impl futures_util::Stream<Item = (TenantId, u64)> + Send + 'static, BusError> {
+        use futures_util::StreamExt;
+        let subscriber = self
+            .client
+            .subscribe(self.topology.catalog_changes())
+            .await
+            .map_err(|e| BusError::Request(e.to_string()))?;
+        Ok(subscriber.filter_map(|m| async move {
+            let v: serde_json::Value = serde_json::from_slice(&m.payload).ok()?;
+            let tenant = TenantId::parse(v["tenantId"].as_str()?).ok()?;
+            Some((tenant, v["version"].as_u64()?))
+        }))
+    }
+
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.js
     }
@@ -482,6 +510,7 @@ mod tests {
                 unit_price: Some("1.00".into()),
                 tax_rate: Some("0.10".into()),
                 discount: None,
+                priced_by_catalog: false,
             }],
             ..Default::default()
         })

@@ -88,6 +88,13 @@ impl Topology {
     pub fn tenant_events(&self, tenant: &TenantId) -> String {
         format!("{}.events.{tenant}.*", self.ns)
     }
+    /// Core NATS (no stream): "the tenant's catalog changed", for caches and terminals.
+    pub fn catalog_subject(&self, tenant: &TenantId) -> String {
+        format!("{}.catalog.{tenant}", self.ns)
+    }
+    pub fn catalog_changes(&self) -> String {
+        format!("{}.catalog.*", self.ns)
+    }
     pub fn dlq_subject(&self, tenant: &TenantId) -> String {
         format!("{}.dlq.{tenant}", self.ns)
     }

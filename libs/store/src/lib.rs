@@ -1,12 +1,16 @@
 //! MongoDB, the system of record. The only crate that names mongodb: collection names,
 //! indexes and document shapes live here.
 //!
-//! One collection, `invoices`, one document per invoice: the contract's representation
+//! The catalog and tenant settings are `catalog.rs`'s. The invoices: one collection,
+//! `invoices`, one document per invoice: the contract's representation
 //! plus `_id` (the invoice id), `fingerprint` (for idempotent replays) and `version`
 //! (see [`domain::Version`]). Writes are conditional upserts on `version`, so a
 //! redelivered or reordered event can never create a second document or move an invoice
 //! backwards; the unique index on (tenantId, idempotencyKey) makes a duplicate
 //! submission impossible to store.
+
+mod catalog;
+pub use catalog::ProductWrite;
 
 use domain::{IdempotencyKey, Invoice, InvoiceId, InvoiceState, TenantId, TerminalId, Timestamp};
 use futures_util::TryStreamExt;
@@ -146,7 +150,7 @@ impl Store {
     }
 
     /// `op` within the operation timeout, a timeout being an outage like any other.
-    async fn bounded<T>(
+    pub(crate) async fn bounded<T>(
         &self,
         op: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
@@ -194,6 +198,7 @@ impl Store {
                 unique_key,
             ])
             .await?;
+        self.ensure_catalog_indexes().await?;
         Ok(())
     }
 
@@ -352,7 +357,7 @@ impl Store {
         })
     }
 
-    fn db(&self) -> mongodb::Database {
+    pub(crate) fn db(&self) -> mongodb::Database {
         self.invoices
             .client()
             .database(self.invoices.namespace().db.as_str())

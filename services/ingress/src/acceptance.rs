@@ -254,6 +254,7 @@ mod tests {
                 unit_price: Some("1.00".into()),
                 tax_rate: Some("0.10".into()),
                 discount: None,
+                priced_by_catalog: false,
             }],
             ..Default::default()
         })

@@ -1,6 +1,7 @@
 //! Request extractors that answer in the contract's error shape: a JSON body
 //! (415 when not JSON, 413 over the limit, 400 naming the path of a malformed value)
-//! and query parameters (400).
+//! and query parameters (400); and [`DecimalText`], a decimal kept as the literal text
+//! the client sent.
 
 use crate::error::ApiError;
 use axum::{
@@ -86,4 +87,49 @@ fn serde_urlencoded_deserializer<T: DeserializeOwned>(query: &str) -> Result<T, 
     )
     .map(|q| q.0)
     .map_err(|e| ApiError::field("query", e.body_text()))
+}
+
+/// A decimal as the client wrote it: a JSON string or number literal, kept as text so
+/// it can be parsed exactly (no float ever sees it).
+#[derive(Debug)]
+pub struct DecimalText(Box<serde_json::value::RawValue>);
+
+impl<'de> serde::Deserialize<'de> for DecimalText {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        <Box<serde_json::value::RawValue> as serde::Deserialize>::deserialize(d).map(DecimalText)
+    }
+}
+
+/// Either JSON form the contract accepts; the document says so.
+impl utoipa::PartialSchema for DecimalText {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(r"^-?[0-9]+(\.[0-9]+)?$"))
+                    .examples(["3.50"]),
+            )
+            .item(ObjectBuilder::new().schema_type(Type::Number))
+            .description(Some(
+                "an exact decimal, as a JSON string or number literal (parsed from its text)",
+            ))
+            .into()
+    }
+}
+
+impl utoipa::ToSchema for DecimalText {}
+
+impl DecimalText {
+    /// The literal's text; `None` (so the domain says "must be a decimal number") for
+    /// anything but a string or a number.
+    pub fn text(&self) -> String {
+        let raw = self.0.get();
+        match serde_json::from_str::<String>(raw) {
+            Ok(s) => s,
+            Err(_) if raw.starts_with(|c: char| c == '-' || c.is_ascii_digit()) => raw.to_owned(),
+            Err(_) => format!("<{raw}>"),
+        }
+    }
 }

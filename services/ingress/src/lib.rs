@@ -11,12 +11,14 @@
 //! - `extract.rs`: JSON body and query extractors with contract-shaped rejections
 //! - `guard.rs`: token check and rate limits in front of every authenticated route
 //! - `acceptance.rs`: the idempotency algorithm of POST, without HTTP
+//! - `catalog.rs`: the tenants' catalogs and settings, cached, invalidated by notices
 //! - `lookup.rs`: the idempotency-key lookup in MongoDB, batched across requests
 //! - `read.rs`: the freshest state of one invoice (Redis, MongoDB, event log)
 //! - `routes/invoices.rs`: POST / GET / list; `routes/health.rs`: `/health`
 //! - `openapi.rs`: the OpenAPI document, generated from the handlers and types
 
 mod acceptance;
+mod catalog;
 mod error;
 mod extract;
 pub mod guard;
@@ -43,6 +45,7 @@ pub struct AppState {
     reader: read::Reader,
     verifier: auth::Verifier,
     guard: guard::Guard,
+    catalog: catalog::Catalog,
 }
 
 impl FromRef<AppState> for auth::Verifier {
@@ -90,6 +93,11 @@ impl App {
             .with_context(|| format!("binding INGRESS_ADDR {}", settings.listen))?;
         let verifier = auth::Verifier::new(settings.jwt_secret.expose());
         let reader = read::Reader::new(bus.clone(), cache.clone(), store.clone());
+        let catalog = catalog::Catalog::new(store.clone());
+        catalog
+            .follow(&bus)
+            .await
+            .context("subscribing to catalog change notices")?;
         let acceptor = acceptance::Acceptor::new(
             bus.clone(),
             cache.clone(),
@@ -106,6 +114,7 @@ impl App {
                 reader,
                 verifier,
                 guard: guard::Guard::new(settings.rate_limits),
+                catalog,
             },
             limits: settings.http.clone(),
             _service: service,

@@ -6,6 +6,7 @@ use axum::{extract::DefaultBodyLimit, routing::get, Router};
 use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
+pub mod catalog;
 pub mod health;
 pub mod invoices;
 
@@ -15,6 +16,9 @@ pub fn routes(state: AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
     let authenticated = OpenApiRouter::new()
         .routes(routes!(invoices::create, invoices::list))
         .routes(routes!(invoices::get))
+        .routes(routes!(catalog::put, catalog::get, catalog::delete))
+        .routes(routes!(catalog::list))
+        .routes(routes!(catalog::get_tenant, catalog::put_tenant))
         .route_layer(axum::middleware::from_fn_with_state(
             state,
             crate::guard::gate,

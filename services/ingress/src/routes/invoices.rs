@@ -8,7 +8,7 @@
 use crate::acceptance::{AcceptError, Accepted};
 use crate::{
     error::ApiError,
-    extract::{JsonBody, QueryParams},
+    extract::{DecimalText, JsonBody, QueryParams},
     AppState,
 };
 use auth::Authenticated;
@@ -25,55 +25,9 @@ use domain::{
 };
 use messaging::Envelope;
 use serde::Deserialize;
-use serde_json::value::RawValue;
 use service_kit::http::ErrorBody;
 use std::collections::BTreeMap;
 use validator::{Validate, ValidationErrors, ValidationErrorsKind};
-
-/// A decimal as the client wrote it: a JSON string or number literal, kept as text so
-/// it can be parsed exactly (no float ever sees it).
-#[derive(Debug)]
-struct DecimalText(Box<RawValue>);
-
-impl<'de> Deserialize<'de> for DecimalText {
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        Box::<RawValue>::deserialize(d).map(DecimalText)
-    }
-}
-
-/// Either JSON form the contract accepts; the document says so.
-impl utoipa::PartialSchema for DecimalText {
-    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
-        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
-        OneOfBuilder::new()
-            .item(
-                ObjectBuilder::new()
-                    .schema_type(Type::String)
-                    .pattern(Some(r"^-?[0-9]+(\.[0-9]+)?$"))
-                    .examples(["3.50"]),
-            )
-            .item(ObjectBuilder::new().schema_type(Type::Number))
-            .description(Some(
-                "an exact decimal, as a JSON string or number literal (parsed from its text)",
-            ))
-            .into()
-    }
-}
-
-impl utoipa::ToSchema for DecimalText {}
-
-impl DecimalText {
-    /// The literal's text; `None` (so the domain says "must be a decimal number") for
-    /// anything but a string or a number.
-    fn text(&self) -> String {
-        let raw = self.0.get();
-        match serde_json::from_str::<String>(raw) {
-            Ok(s) => s,
-            Err(_) if raw.starts_with(|c: char| c == '-' || c.is_ascii_digit()) => raw.to_owned(),
-            Err(_) => format!("<{raw}>"),
-        }
-    }
-}
 
 // The schema attributes state the same rules the parser enforces (lengths, counts,
 // required fields, the currency table), so generated valid requests pass them and
@@ -86,7 +40,8 @@ pub struct InvoiceRequest {
     idempotency_key: Option<String>,
     #[schema(required = true, nullable = false, min_length = 1, max_length = 64)]
     terminal_id: Option<String>,
-    #[schema(required = true, nullable = false, value_type = domain::Currency)]
+    /// Optional when the tenant has a `defaultCurrency`.
+    #[schema(nullable = false, value_type = domain::Currency)]
     currency: Option<String>,
     #[schema(nullable = false, format = DateTime)]
     issued_at: Option<String>,
@@ -110,14 +65,15 @@ struct ItemRequest {
     #[validate(length(min = 1, max = 64, message = "must be 1–64 characters"))]
     #[schema(required = true, nullable = false, min_length = 1, max_length = 64)]
     sku: Option<String>,
+    /// With `unitPrice` and `taxRate`; all three absent: taken from the catalog.
     #[validate(length(min = 1, max = 200, message = "must be 1–200 characters"))]
-    #[schema(required = true, nullable = false, min_length = 1, max_length = 200)]
+    #[schema(nullable = false, min_length = 1, max_length = 200)]
     name: Option<String>,
     #[schema(required = true, nullable = false)]
     quantity: Option<DecimalText>,
-    #[schema(required = true, nullable = false)]
+    #[schema(nullable = false)]
     unit_price: Option<DecimalText>,
-    #[schema(required = true, nullable = false)]
+    #[schema(nullable = false)]
     tax_rate: Option<DecimalText>,
     #[schema(nullable = false)]
     discount: Option<DecimalText>,
@@ -177,9 +133,47 @@ fn flatten(prefix: &str, errors: &ValidationErrors, out: &mut Vec<FieldError>) {
     }
 }
 
+/// What the tenant's catalog and settings supply to a request (contract § Catalog and
+/// tenant): the active products its sku-only lines name, and the default currency.
+#[derive(Debug, Default)]
+struct Supplied {
+    products: std::collections::HashMap<String, domain::Product>,
+    default_currency: Option<domain::Currency>,
+}
+
+impl ItemRequest {
+    /// A line that gives none of name, unitPrice and taxRate is priced by the catalog.
+    fn wants_catalog(&self) -> bool {
+        self.name.is_none() && self.unit_price.is_none() && self.tax_rate.is_none()
+    }
+}
+
 impl InvoiceRequest {
-    /// DTO → domain draft, with every failing field.
+    /// The skus of the lines the catalog must price.
+    fn catalog_skus(&self) -> Vec<&str> {
+        let mut skus: Vec<&str> = self
+            .items
+            .iter()
+            .filter(|i| i.wants_catalog())
+            .filter_map(|i| i.sku.as_deref())
+            .collect();
+        skus.sort_unstable();
+        skus.dedup();
+        skus
+    }
+
+    /// DTO → domain draft, with every failing field (nothing supplied by the tenant).
+    #[cfg(test)]
     fn into_draft(self, header_key: Option<String>) -> Result<DraftInvoice, ApiError> {
+        self.into_draft_with(header_key, &Supplied::default())
+    }
+
+    /// DTO → domain draft, the catalog and settings filling what the request left out.
+    fn into_draft_with(
+        self,
+        header_key: Option<String>,
+        supplied: &Supplied,
+    ) -> Result<DraftInvoice, ApiError> {
         // Before any per-line work: an oversized request costs the same as a small one.
         domain::draft::check_counts(self.items.len(), self.payments.len())
             .map_err(ApiError::validation)?;
@@ -200,20 +194,47 @@ impl InvoiceRequest {
         let raw = RawDraft {
             idempotency_key,
             terminal_id: self.terminal_id,
-            currency: self.currency,
+            currency: self
+                .currency
+                .or_else(|| supplied.default_currency.map(|c| c.code().to_owned())),
             issued_at: self.issued_at,
             tax_inclusive: self.tax_inclusive,
             customer: self.customer,
             items: self
                 .items
                 .into_iter()
-                .map(|i| RawLine {
-                    sku: i.sku,
-                    name: i.name,
-                    quantity: i.quantity.map(|d| d.text()),
-                    unit_price: i.unit_price.map(|d| d.text()),
-                    tax_rate: i.tax_rate.map(|d| d.text()),
-                    discount: i.discount.map(|d| d.text()),
+                .enumerate()
+                .map(|(n, i)| {
+                    let product = i
+                        .wants_catalog()
+                        .then(|| i.sku.as_ref().and_then(|s| supplied.products.get(s)))
+                        .flatten();
+                    if i.wants_catalog() && product.is_none() {
+                        details.push(FieldError::new(
+                            format!("items[{n}].sku"),
+                            "is not an active product of the catalog: give name, unitPrice and taxRate",
+                        ));
+                    }
+                    match product {
+                        Some(p) => RawLine {
+                            sku: i.sku,
+                            name: Some(p.name.clone()),
+                            quantity: i.quantity.map(|d| d.text()),
+                            unit_price: Some(p.unit_price.to_string()),
+                            tax_rate: Some(p.tax_rate.to_string()),
+                            discount: i.discount.map(|d| d.text()),
+                            priced_by_catalog: true,
+                        },
+                        None => RawLine {
+                            sku: i.sku,
+                            name: i.name,
+                            quantity: i.quantity.map(|d| d.text()),
+                            unit_price: i.unit_price.map(|d| d.text()),
+                            tax_rate: i.tax_rate.map(|d| d.text()),
+                            discount: i.discount.map(|d| d.text()),
+                            priced_by_catalog: false,
+                        },
+                    }
                 })
                 .collect(),
             payments: self
@@ -320,7 +341,27 @@ pub async fn create(
                 .to_owned(),
         ),
     };
-    let draft = request.into_draft(header_key)?;
+    // Counts first (constant time), then what the catalog and settings supply.
+    domain::draft::check_counts(request.items.len(), request.payments.len())
+        .map_err(ApiError::validation)?;
+    let mut supplied = Supplied::default();
+    let skus = request.catalog_skus();
+    if !skus.is_empty() {
+        supplied.products = state
+            .catalog
+            .products(&tenant, &skus)
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?;
+    }
+    if request.currency.is_none() {
+        supplied.default_currency = state
+            .catalog
+            .settings(&tenant)
+            .await
+            .map_err(|e| ApiError::Unavailable(e.to_string()))?
+            .default_currency;
+    }
+    let draft = request.into_draft_with(header_key, &supplied)?;
     let fingerprint = draft.fingerprint();
     let correlation = headers
         .get("x-request-id")
