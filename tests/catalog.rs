@@ -268,3 +268,43 @@ async fn two_tenants_catalogs_never_mix() {
     assert_eq!(only_mine.body["data"].as_array().unwrap().len(), 1);
     assert_eq!(other.get("/products/TEA").await.status, 404);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_catalog_change_is_pushed_to_the_tenants_sockets_only() {
+    use crate::support::stack::{next_frame, Received};
+    let stack = TestStack::start().await;
+    let fanout = stack.start_fanout(&[]).await;
+    let mut mine = fanout.connect(&stack.tenant, "").await;
+    let other_tenant = unique("shop");
+    let mut theirs = fanout.connect(&other_tenant, "").await;
+    // A socket's subscription is in place once the upgrade answered; give the notice
+    // subscriber of the instance a moment to exist too (it starts with the process).
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let written = stack
+        .api
+        .as_role(Role::Manager)
+        .send(
+            "PUT",
+            "/products/TEA",
+            Some(&product("Tea", "2.00", "0.10")),
+        )
+        .await;
+    let version = written.body["version"].as_u64().unwrap();
+    let frame = loop {
+        match next_frame(&mut mine, Duration::from_secs(10)).await {
+            Some(Received::Frame(f)) if f["type"] == "catalog.changed" => break f,
+            Some(Received::Frame(_)) => continue,
+            other => panic!("no catalog.changed frame: {other:?}\n{}", fanout.log()),
+        }
+    };
+    assert_eq!(
+        frame,
+        json!({ "type": "catalog.changed", "version": version })
+    );
+    assert!(
+        next_frame(&mut theirs, Duration::from_millis(500))
+            .await
+            .is_none(),
+        "another tenant's socket hears nothing"
+    );
+}

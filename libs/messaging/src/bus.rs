@@ -152,10 +152,10 @@ impl Bus {
         &self.client
     }
 
-    /// Tells every ingress cache and fanout that `tenant`'s catalog is now at `version`.
-    /// Core NATS, at most once: a notice lost to a disconnect is covered by the caches'
-    /// expiry, not by a retry.
-    pub async fn catalog_changed(&self, tenant: &TenantId, version: u64) {
+    /// Tells every ingress cache and fanout that `tenant`'s catalog is now at `version`
+    /// (`None`: its settings changed). Core NATS, at most once: a notice lost to a
+    /// disconnect is covered by the caches' expiry, not by a retry.
+    pub async fn catalog_changed(&self, tenant: &TenantId, version: Option<u64>) {
         let subject = self.topology.catalog_subject(tenant);
         let body = serde_json::json!({ "tenantId": tenant, "version": version }).to_string();
         if let Err(e) = self.client.publish(subject, body.into()).await {
@@ -163,10 +163,12 @@ impl Bus {
         }
     }
 
-    /// The catalog change notices of every tenant: (tenant, version).
+    /// The catalog change notices of every tenant: (tenant, catalog version, or `None`
+    /// for a settings change).
     pub async fn catalog_notices(
         &self,
-    ) -> Result<impl futures_util::Stream<Item = (TenantId, u64)> + Send + 'static, BusError> {
+    ) -> Result<impl futures_util::Stream<Item = (TenantId, Option<u64>)> + Send + 'static, BusError>
+    {
         use futures_util::StreamExt;
         let subscriber = self
             .client
@@ -176,7 +178,7 @@ impl Bus {
         Ok(subscriber.filter_map(|m| async move {
             let v: serde_json::Value = serde_json::from_slice(&m.payload).ok()?;
             let tenant = TenantId::parse(v["tenantId"].as_str()?).ok()?;
-            Some((tenant, v["version"].as_u64()?))
+            Some((tenant, v["version"].as_u64()))
         }))
     }
 

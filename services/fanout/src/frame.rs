@@ -154,3 +154,11 @@ pub(crate) mod tests {
         );
     }
 }
+
+/// `{"type":"catalog.changed","version":n}`: the tenant's catalog changed; a terminal
+/// syncs with `GET /products?since=<its version>`.
+pub fn catalog_changed(version: u64) -> axum::extract::ws::Utf8Bytes {
+    serde_json::json!({ "type": "catalog.changed", "version": version })
+        .to_string()
+        .into()
+}

@@ -57,6 +57,8 @@ impl std::fmt::Debug for Hub {
 
 struct HubInner {
     start_reader: StartReader,
+    /// Catalog change notices of every tenant (rare): each socket keeps its own tenant's.
+    catalog: broadcast::Sender<(TenantId, u64)>,
     /// Broadcast ring size = frames a socket may fall behind (`FANOUT_CLIENT_BUFFER`).
     capacity: usize,
     max_per_tenant: usize,
@@ -87,6 +89,7 @@ pub struct Membership {
     hub: Arc<HubInner>,
     tenant: TenantId,
     frames: broadcast::Receiver<Live>,
+    catalog: broadcast::Receiver<(TenantId, u64)>,
     live_start: watch::Receiver<Option<u64>>,
 }
 
@@ -118,6 +121,7 @@ impl Hub {
         Self {
             inner: Arc::new(HubInner {
                 start_reader,
+                catalog: broadcast::channel(256).0,
                 capacity: capacity.max(1),
                 max_per_tenant,
                 metrics,
@@ -158,6 +162,7 @@ impl Hub {
             hub: self.inner.clone(),
             tenant: tenant.clone(),
             frames: feed.frames.subscribe(),
+            catalog: self.inner.catalog.subscribe(),
             live_start: feed.live_start.clone(),
         })
     }
@@ -193,9 +198,40 @@ impl HubInner {
     }
 }
 
+/// What a socket's producer waits for.
+pub enum Next {
+    Live(Result<Live, broadcast::error::RecvError>),
+    /// The tenant's catalog is now at this version.
+    Catalog(u64),
+}
+
+impl Hub {
+    /// Hands a catalog change notice to the tenant's sockets on this instance.
+    pub fn catalog_changed(&self, tenant: TenantId, version: u64) {
+        // No receiver (no socket at all) is not an error.
+        let _ = self.inner.catalog.send((tenant, version));
+    }
+}
+
 impl Membership {
     pub fn tenant(&self) -> &TenantId {
         &self.tenant
+    }
+
+    /// The next live frame or catalog notice of this socket's tenant.
+    pub async fn next(&mut self) -> Next {
+        loop {
+            tokio::select! {
+                live = self.frames.recv() => return Next::Live(live),
+                notice = self.catalog.recv() => match notice {
+                    Ok((tenant, version)) if tenant == self.tenant => return Next::Catalog(version),
+                    // Another tenant's, or notices missed while busy: a terminal that
+                    // misses one still syncs on its next `since=` request.
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => std::future::pending().await,
+                },
+            }
+        }
     }
 
     /// The next live frame; `Lagged` when more than the buffer was missed.

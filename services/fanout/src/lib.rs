@@ -137,6 +137,22 @@ impl App {
             settings.max_connections_per_tenant,
             metrics.clone(),
         );
+        {
+            use futures_util::StreamExt;
+            let notices = bus
+                .catalog_notices()
+                .await
+                .context("subscribing to catalog change notices")?;
+            let hub = hub.clone();
+            tokio::spawn(async move {
+                let mut notices = std::pin::pin!(notices);
+                while let Some((tenant, version)) = notices.next().await {
+                    if let Some(version) = version {
+                        hub.catalog_changed(tenant, version);
+                    }
+                }
+            });
+        }
         let (sockets_done_tx, sockets_done) = mpsc::channel(1);
         let state = AppState {
             bus,

@@ -19,6 +19,7 @@
 //! fault, so the socket re-subscribes and replays again from its last sequence (up to
 //! [`MAX_CATCH_UP_ROUNDS`] times). A lag once live means a slow client: close 4008.
 
+use crate::hub::Next;
 use crate::{
     frame::{self, EventFrame},
     hub::Membership,
@@ -216,7 +217,16 @@ pub async fn produce<L: EventLog>(
                 }
             }
         }
-        let live = match member.recv().await {
+        let received = match member.next().await {
+            Next::Live(received) => received,
+            Next::Catalog(version) => {
+                // A notice, not an event: no seq, and one missed is healed by the
+                // terminal's next catalog sync, so it never waits for a slow writer.
+                let _ = out.try_send(Outbound::Notice(crate::frame::catalog_changed(version)));
+                continue;
+            }
+        };
+        let live = match received {
             Ok(live) => live,
             Err(RecvError::Lagged(missed)) if handing_over && rounds < MAX_CATCH_UP_ROUNDS => {
                 debug!(

@@ -63,7 +63,10 @@ async fn write(
         .map_err(unavailable)?;
     if written != ProductWrite::Unchanged {
         state.catalog.invalidate(tenant);
-        state.bus.catalog_changed(tenant, product.version).await;
+        state
+            .bus
+            .catalog_changed(tenant, Some(product.version))
+            .await;
     }
     Ok((product, written))
 }
@@ -298,6 +301,6 @@ pub async fn put_tenant(
         .await
         .map_err(unavailable)?;
     state.catalog.invalidate(&tenant);
-    state.bus.catalog_changed(&tenant, 0).await;
+    state.bus.catalog_changed(&tenant, None).await;
     Ok(Json(settings).into_response())
 }
