@@ -78,6 +78,14 @@ fn to_text(frame: &impl Serialize) -> Utf8Bytes {
     serde_json::to_string(frame).unwrap_or_default().into()
 }
 
+/// `{"type":"catalog.changed","version":n}`: the tenant's catalog changed; a terminal
+/// syncs with `GET /products?since=<its version>`.
+pub fn catalog_changed(version: u64) -> axum::extract::ws::Utf8Bytes {
+    serde_json::json!({ "type": "catalog.changed", "version": version })
+        .to_string()
+        .into()
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -155,10 +163,3 @@ pub(crate) mod tests {
     }
 }
 
-/// `{"type":"catalog.changed","version":n}`: the tenant's catalog changed; a terminal
-/// syncs with `GET /products?since=<its version>`.
-pub fn catalog_changed(version: u64) -> axum::extract::ws::Utf8Bytes {
-    serde_json::json!({ "type": "catalog.changed", "version": version })
-        .to_string()
-        .into()
-}
