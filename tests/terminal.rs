@@ -461,3 +461,90 @@ async fn soak_four_terminals_through_resets_blackholes_a_dead_ingress_and_a_stal
         }
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_terminal_offline_during_a_price_change_sells_at_its_copys_price_then_syncs() {
+    let (stack, ingress, fanout) = stack_with(None).await;
+    let tenant = unique("shop");
+    let api = stack.api(&tenant, ingress);
+    let manager = api.as_role(auth::Role::Manager);
+    let put = |price: &'static str| {
+        let manager = manager.clone();
+        async move {
+            let body = serde_json::json!({ "name": "Coffee large", "unitPrice": price, "taxRate": "0.10" });
+            let a = manager.send("PUT", "/products/COFFEE-L", Some(&body)).await;
+            assert!(a.status.is_success(), "{}", a.body);
+        }
+    };
+    put("3.50").await;
+    let mut terminal = Terminal::new(
+        &tenant,
+        "T1",
+        http(addr_of(&stack, ingress)),
+        ws(addr_of(&stack, fanout)),
+    );
+    let run = |terminal: &Terminal, args: &[&str]| {
+        let mut c = terminal.command(args);
+        async move {
+            let out = c.output().await.unwrap();
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            String::from_utf8(out.stdout).unwrap().trim().to_owned()
+        }
+    };
+    let synced = run(&terminal, &["catalog", "sync"]).await;
+    assert!(synced.contains("1 changes"), "{synced}");
+
+    // The shop goes offline; the price changes on the server meanwhile.
+    let online_api = terminal.api.clone();
+    terminal.api = format!("http://127.0.0.1:{}", crate::support::infra::free_port());
+    put("4.00").await;
+    let sell = [
+        "sell",
+        "--sku",
+        "COFFEE-L",
+        "--qty",
+        "2",
+        "--pay",
+        "cash:10.00",
+        "--currency",
+        "EUR",
+        "--terminal",
+        "T1",
+    ];
+    let offline_key = run(&terminal, &sell).await;
+    assert_eq!(terminal.sync(2).await, 3, "offline: pending");
+
+    // Back online: delivered at the price the till showed, then the copy catches up.
+    terminal.api = online_api;
+    assert_eq!(terminal.sync(60).await, 0);
+    let stored = |key: String| {
+        let api = api.clone();
+        async move {
+            crate::support::eventually("the sale stored", Duration::from_secs(30), || async {
+                let listed = api.get("/invoices?limit=10").await;
+                listed.body["data"]
+                    .as_array()?
+                    .iter()
+                    .find(|i| i["idempotencyKey"] == key.as_str() && i["state"] == "COMPLETED")
+                    .cloned()
+            })
+            .await
+        }
+    };
+    let sold = stored(offline_key.clone()).await;
+    assert_eq!(
+        sold["items"][0]["unitPrice"], "3.50",
+        "the copy's price is kept"
+    );
+    assert_eq!(sold["totals"]["total"], "7.70");
+    let synced = run(&terminal, &["catalog", "sync"]).await;
+    assert!(synced.contains("1 changes"), "{synced}");
+    let online_key = run(&terminal, &sell).await;
+    assert_eq!(terminal.sync(60).await, 0);
+    let sold = stored(online_key.clone()).await;
+    assert_eq!(sold["items"][0]["unitPrice"], "4.00");
+}

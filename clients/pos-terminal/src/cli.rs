@@ -6,6 +6,9 @@
 //! - `sync [--timeout S] [--settle S]`: one sync run (`sync.rs`) with the watcher.
 //! - `status [--json]`: what the outbox holds.
 //! - `watch`: the WebSocket watcher until SIGINT/SIGTERM.
+//! - `catalog sync`: bring the offline catalog copy up to date (`catalog.rs`).
+//! - `sell --sku S --qty Q … [--pay METHOD:AMOUNT] [--currency C] --terminal T`: price
+//!   the lines from the copy and enqueue the invoice; prints the key. Works offline.
 //!
 //! Exit codes ([`Exit`]): 0 ok, 1 other failure, 2 usage or configuration (clap's own
 //! usage errors are 2 too), 3 something is still pending. Every failure prints one
@@ -65,6 +68,35 @@ pub enum Command {
     },
     /// Follow invoice states over the WebSocket until SIGINT or SIGTERM.
     Watch,
+    /// The offline copy of the tenant's catalog.
+    Catalog {
+        #[command(subcommand)]
+        action: CatalogAction,
+    },
+    /// Price lines from the catalog copy and enqueue the invoice; prints its key.
+    Sell {
+        /// A product's sku; one per line, paired in order with --qty.
+        #[arg(long = "sku", value_name = "S", required = true)]
+        skus: Vec<String>,
+        /// The quantity of the --sku at the same position.
+        #[arg(long = "qty", value_name = "Q", required = true)]
+        quantities: Vec<String>,
+        /// A payment, `METHOD:AMOUNT` (e.g. cash:10.00); repeatable.
+        #[arg(long = "pay", value_name = "METHOD:AMOUNT")]
+        payments: Vec<String>,
+        /// ISO 4217 code; omit to use the tenant's default currency.
+        #[arg(long)]
+        currency: Option<String>,
+        /// This terminal's id.
+        #[arg(long, value_name = "T")]
+        terminal: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CatalogAction {
+    /// Ask for every change since the copy's version; exit 0 when up to date.
+    Sync,
 }
 
 /// The process exit code.
@@ -137,6 +169,23 @@ pub fn run(cli: Cli) -> Exit {
                 block_on(run_sync(&config, SyncOptions { timeout, settle }))
             }
             Command::Watch => block_on(watch(&config)),
+            Command::Catalog {
+                action: CatalogAction::Sync,
+            } => block_on(catalog_sync(&config)),
+            Command::Sell {
+                skus,
+                quantities,
+                payments,
+                currency,
+                terminal,
+            } => sell(
+                &config,
+                &skus,
+                &quantities,
+                &payments,
+                currency.as_deref(),
+                &terminal,
+            ),
         });
     match outcome {
         Ok(exit) => exit,
@@ -182,6 +231,63 @@ fn enqueue(config: &Config, file: Option<PathBuf>) -> Result<Exit, Failed> {
     };
     let mut outbox = Outbox::open(&config.db)?;
     // `enqueue` returns after the commit, so the key printed is already on disk.
+    let stored = outbox.enqueue(&body, chrono::Utc::now())?;
+    print_stdout(&format!("{}\n", stored.key))?;
+    Ok(Exit::Ok)
+}
+
+impl From<crate::catalog::CatalogError> for Failed {
+    fn from(error: crate::catalog::CatalogError) -> Self {
+        match error {
+            crate::catalog::CatalogError::Sell(_) => Self::new(Exit::Usage, error),
+            other => Self::new(Exit::Failure, other),
+        }
+    }
+}
+
+async fn catalog_sync(config: &Config) -> Result<Exit, Failed> {
+    let client = Client::new(&config.api, config.token()?.clone())
+        .map_err(|e| Failed::new(Exit::Failure, e))?;
+    let mut copy = crate::catalog::LocalCatalog::open(crate::catalog::path_for(&config.db))?;
+    let (received, version) = crate::catalog::sync(&client, &mut copy).await?;
+    print_stdout(&format!(
+        "catalog version {version} ({received} changes received)\n"
+    ))?;
+    Ok(Exit::Ok)
+}
+
+fn sell(
+    config: &Config,
+    skus: &[String],
+    quantities: &[String],
+    payments: &[String],
+    currency: Option<&str>,
+    terminal: &str,
+) -> Result<Exit, Failed> {
+    if skus.len() != quantities.len() {
+        return Err(Failed::new(
+            Exit::Usage,
+            "give one --qty for each --sku, in the same order",
+        ));
+    }
+    let payments = payments
+        .iter()
+        .map(|p| {
+            p.split_once(':')
+                .map(|(m, a)| (m.to_owned(), a.to_owned()))
+                .ok_or_else(|| {
+                    Failed::new(Exit::Usage, format!("--pay {p}: expected METHOD:AMOUNT"))
+                })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let lines: Vec<(String, String)> = skus
+        .iter()
+        .cloned()
+        .zip(quantities.iter().cloned())
+        .collect();
+    let copy = crate::catalog::LocalCatalog::open(crate::catalog::path_for(&config.db))?;
+    let body = copy.sell_body(terminal, currency, &lines, &payments)?;
+    let mut outbox = Outbox::open(&config.db)?;
     let stored = outbox.enqueue(&body, chrono::Utc::now())?;
     print_stdout(&format!("{}\n", stored.key))?;
     Ok(Exit::Ok)

@@ -39,6 +39,7 @@ pub struct Reply {
 pub struct Client {
     http: reqwest::Client,
     invoices_url: String,
+    products_url: String,
     token: Token,
 }
 
@@ -56,6 +57,7 @@ impl Client {
         Ok(Self {
             http,
             invoices_url: format!("{api}/invoices"),
+            products_url: format!("{api}/products"),
             token,
         })
     }
@@ -68,6 +70,17 @@ impl Client {
             .bearer_auth(self.token.expose())
             .header(CONTENT_TYPE, "application/json")
             .body(body.to_owned())
+            .send()
+            .await?;
+        into_reply(response).await
+    }
+
+    /// `GET /products?since=&limit=`.
+    pub async fn get_products(&self, since: u64, limit: u32) -> Result<Reply, reqwest::Error> {
+        let response = self
+            .http
+            .get(format!("{}?since={since}&limit={limit}", self.products_url))
+            .bearer_auth(self.token.expose())
             .send()
             .await?;
         into_reply(response).await

@@ -25,9 +25,11 @@
 //! - `sync`: one delivery run, with the watcher in the background;
 //! - `watch`: the WebSocket watcher;
 //! - `refresh`: `GET /invoices/{id}` for states the socket did not deliver;
+//! - `catalog`: the offline catalog copy (`catalog sync`) and selling from it (`sell`);
 //! - `cli`: the `pos-terminal` commands and exit codes.
 
 pub mod body;
+pub mod catalog;
 pub mod cli;
 pub mod client;
 pub mod config;

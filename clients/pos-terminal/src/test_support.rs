@@ -19,7 +19,14 @@ impl TempDb {
 
 impl Drop for TempDb {
     fn drop(&mut self) {
-        for suffix in ["", "-wal", "-shm"] {
+        for suffix in [
+            "",
+            "-wal",
+            "-shm",
+            "-catalog",
+            "-catalog-wal",
+            "-catalog-shm",
+        ] {
             let mut path = self.0.clone().into_os_string();
             path.push(suffix);
             let _ = std::fs::remove_file(path);

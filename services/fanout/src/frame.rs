@@ -162,4 +162,3 @@ pub(crate) mod tests {
         );
     }
 }
-
