@@ -27,6 +27,8 @@ PIPELINE OPTIONS
   --persist-wait D       then wait until GET /invoices?state=COMPLETED lists every
                          completed invoice (the system of record caught up; 0 = skip) (default 60s)
   --json                 stdout gets only the JSON line; the table goes to stderr
+  --sku-lines            lines carry only sku + quantity, priced by the tenant's catalog
+                         (written by the run first)
 
 SOCKETS OPTIONS
   --fanout URL           one fanout base URL                    (default http://localhost:3001)
@@ -84,6 +86,9 @@ pub struct PipelineArgs {
     pub drain: Duration,
     pub persist_wait: Duration,
     pub json: bool,
+    /// Lines give only sku and quantity: ingress prices them from the catalog, which
+    /// the run writes first (one manager PUT per article and tenant).
+    pub sku_lines: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -209,10 +214,12 @@ fn parse_pipeline(opts: &mut Options) -> Result<PipelineArgs, String> {
         drain: Duration::from_secs(10),
         persist_wait: Duration::from_secs(60),
         json: false,
+        sku_lines: false,
     };
     while let Some((name, inline)) = opts.next() {
         match name.as_str() {
             "--json" => a.json = true,
+            "--sku-lines" => a.sku_lines = true,
             "-h" | "--help" => return Err(String::new()),
             "--ingress" => a.ingress = list(&opts.value(&name, inline)?),
             "--fanout" => a.fanout = list(&opts.value(&name, inline)?),

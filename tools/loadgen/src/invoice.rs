@@ -137,12 +137,30 @@ fn decimal(rng: &mut Rng, text: &str) -> String {
 
 /// Builds the JSON body of one invoice for `terminal`. `key` must be unique per tenant
 /// for a new invoice.
-pub fn generate(rng: &mut Rng, terminal: &str, key: &str) -> String {
-    generate_with_total(rng, terminal, key).0
+pub fn generate(rng: &mut Rng, terminal: &str, key: &str, sku_lines: bool) -> String {
+    generate_with_total(rng, terminal, key, sku_lines).0
+}
+
+/// The articles as catalog products (`PUT /products/{sku}` bodies), for `--sku-lines`.
+pub fn catalog() -> Vec<(&'static str, String)> {
+    CATALOG
+        .iter()
+        .map(|a| {
+            (
+                a.sku,
+                format!(
+                    r#"{{"name":"{}","unitPrice":"{}","taxRate":"0.{:02}"}}"#,
+                    a.name,
+                    cents(a.price),
+                    a.rate
+                ),
+            )
+        })
+        .collect()
 }
 
 /// The body and its expected total in cents.
-fn generate_with_total(rng: &mut Rng, terminal: &str, key: &str) -> (String, u64) {
+fn generate_with_total(rng: &mut Rng, terminal: &str, key: &str, sku_lines: bool) -> (String, u64) {
     let tax_inclusive = rng.chance(0.1);
     let lines = 1 + rng.below(20) as usize;
     let mut items = String::new();
@@ -172,15 +190,24 @@ fn generate_with_total(rng: &mut Rng, terminal: &str, key: &str) -> (String, u64
         if i > 0 {
             items.push(',');
         }
-        let _ = write!(
-            items,
-            r#"{{"sku":"{}","name":"{}","quantity":{},"unitPrice":{},"taxRate":{}"#,
-            article.sku,
-            article.name,
-            decimal(rng, &thousandths(qty)),
-            decimal(rng, &cents(article.price)),
-            decimal(rng, &format!("0.{:02}", article.rate)),
-        );
+        if sku_lines {
+            let _ = write!(
+                items,
+                r#"{{"sku":"{}","quantity":{}"#,
+                article.sku,
+                decimal(rng, &thousandths(qty)),
+            );
+        } else {
+            let _ = write!(
+                items,
+                r#"{{"sku":"{}","name":"{}","quantity":{},"unitPrice":{},"taxRate":{}"#,
+                article.sku,
+                article.name,
+                decimal(rng, &thousandths(qty)),
+                decimal(rng, &cents(article.price)),
+                decimal(rng, &format!("0.{:02}", article.rate)),
+            );
+        }
         if discount > 0 || rng.chance(0.3) {
             let _ = write!(items, r#","discount":{}"#, decimal(rng, &cents(discount)));
         }
@@ -244,7 +271,7 @@ mod tests {
         let mut rng = Rng::new(7);
         for n in 0..500 {
             let key = format!("T1-test-{n}");
-            let (body, total) = generate_with_total(&mut rng, "T1", &key);
+            let (body, total) = generate_with_total(&mut rng, "T1", &key, false);
             let v: serde_json::Value = serde_json::from_str(&body).expect(&body);
             let items = v["items"].as_array().unwrap();
             assert!((1..=20).contains(&items.len()));

@@ -116,7 +116,7 @@ impl Run {
         let key = format!("{terminal}-{}-{n}", self.id);
         Job::New {
             tenant,
-            body: invoice::generate(rng, &terminal, &key),
+            body: invoice::generate(rng, &terminal, &key, self.args.sku_lines),
         }
     }
 
@@ -251,9 +251,44 @@ fn mint_tenants(args: &PipelineArgs, run_id: &str) -> Vec<Tenant> {
         .collect()
 }
 
+/// `--sku-lines`: every article into every tenant's catalog, as a manager.
+async fn write_catalogs(args: &PipelineArgs, tenants: &[Tenant]) -> Result<(), String> {
+    let client = reqwest::Client::new();
+    let exp = chrono::Utc::now().timestamp() + 3600;
+    let base = args.ingress.first().ok_or("no --ingress URL")?;
+    for tenant in tenants {
+        let token = auth::sign(
+            &args.secret,
+            &auth::Claims {
+                sub: "loadgen-manager".into(),
+                tenant: tenant.name.clone(),
+                role: auth::Role::Manager,
+                exp,
+            },
+        );
+        for (sku, body) in invoice::catalog() {
+            let r = client
+                .put(format!("{base}/products/{sku}"))
+                .bearer_auth(&token)
+                .header("content-type", "application/json")
+                .body(body)
+                .send()
+                .await
+                .map_err(|e| format!("writing the catalog: {e}"))?;
+            if !r.status().is_success() {
+                return Err(format!("writing the catalog: {} for {sku}", r.status()));
+            }
+        }
+    }
+    Ok(())
+}
+
 pub async fn run(args: PipelineArgs) -> Result<(), String> {
     let run_id = uuid::Uuid::new_v4().simple().to_string()[..8].to_owned();
     let tenants = mint_tenants(&args, &run_id);
+    if args.sku_lines {
+        write_catalogs(&args, &tenants).await?;
+    }
     let cpu_at_start = crate::stats::own_cpu_seconds();
 
     // 1. sockets first, so that no frame of our invoices can be missed

@@ -245,7 +245,7 @@ pub async fn run(args: SocketsArgs) -> Result<(), String> {
         tokio::time::sleep_until(post_start + period * n as u32).await;
         let tenant = n % args.tenants;
         let key = format!("T1-{run_id}-{n}");
-        let body = invoice::generate(&mut rng, "T1", &key);
+        let body = invoice::generate(&mut rng, "T1", &key, false);
         let req = client
             .post(format!("{}/invoices", args.ingress))
             .header("Authorization", format!("Bearer {}", tenants[tenant].1))
