@@ -49,13 +49,15 @@ async fn a_post_of_87000_empty_items_is_refused_at_once_and_health_keeps_answeri
     let body = format!(r#"{{"terminalId":"T1","currency":"EUR","items":[{items}]}}"#);
     assert!(body.len() <= 256 * 1024, "inside the body limit");
     // Three at once: before the fix each held a worker at 100 % for minutes.
+    let started = std::time::Instant::now();
     let posts: Vec<_> = (0..3)
         .map(|_| {
             let api = stack.api.clone();
             let body = body.clone();
             tokio::spawn(async move {
                 let token = api.token.clone();
-                api.post_raw("application/json", body, Some(&token)).await
+                let a = api.post_raw("application/json", body, Some(&token)).await;
+                (a, started.elapsed())
             })
         })
         .collect();
@@ -67,12 +69,15 @@ async fn a_post_of_87000_empty_items_is_refused_at_once_and_health_keeps_answeri
         .send()
         .await
         .expect("/health answers while the big POSTs are in");
+    let health_after = started.elapsed();
     assert!(health.status().is_success() || health.status() == 503);
     for post in posts {
-        let a = tokio::time::timeout(Duration::from_secs(20), post)
+        let (a, took) = tokio::time::timeout(Duration::from_secs(20), post)
             .await
             .expect("the big POST is answered, not left running")
             .unwrap();
+        // A figure, not an assertion: the machine is shared and noisy.
+        println!("87 000-item POST answered 400 after {took:?}; /health answered after {health_after:?}");
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
         assert_eq!(a.error_code(), "validation_failed");
         let details = a.body["error"]["details"].as_array().unwrap();
