@@ -285,7 +285,9 @@ redis_ready() { [ "$("$REDIS_CLI" -h 127.0.0.1 -p "$1" ping 2>/dev/null)" = PONG
 
 # The NATS users of nats/nats-server.conf. Their passwords are random per stack dir
 # (kept in DIR/nats.passwords so a restart of the server keeps them), unless the caller
-# exported NATS_PASSWORD_<USER> already.
+# exported NATS_PASSWORD_<USER> already. nats-server parses a variable's value as a config
+# token, so a password must start with a letter (a leading digit makes it a number and
+# the server refuses to start): ours are "p" + 32 hex digits.
 NATS_USERS=(ingress processor persister fanout operator)
 nats_passwords() {
   local f="$DIR/nats.passwords" u v
@@ -293,7 +295,7 @@ nats_passwords() {
     umask 077
     for u in "${NATS_USERS[@]}"; do
       v="NATS_PASSWORD_${u^^}"
-      printf '%s=%s\n' "$v" "${!v:-$(python3 -c 'import secrets; print(secrets.token_hex(16))')}"
+      printf '%s=%s\n' "$v" "${!v:-$(python3 -c 'import secrets; print("p" + secrets.token_hex(16))')}"
     done >"$f.tmp"
     mv -f "$f.tmp" "$f"
   fi
