@@ -77,7 +77,9 @@ async fn a_post_of_87000_empty_items_is_refused_at_once_and_health_keeps_answeri
             .expect("the big POST is answered, not left running")
             .unwrap();
         // A figure, not an assertion: the machine is shared and noisy.
-        println!("87 000-item POST answered 400 after {took:?}; /health answered after {health_after:?}");
+        println!(
+            "87 000-item POST answered 400 after {took:?}; /health answered after {health_after:?}"
+        );
         assert_eq!(a.status, StatusCode::BAD_REQUEST, "{}", a.body);
         assert_eq!(a.error_code(), "validation_failed");
         let details = a.body["error"]["details"].as_array().unwrap();

@@ -133,3 +133,69 @@ impl DecimalText {
         }
     }
 }
+
+/// Query parameters read one at a time, every problem collected and answered together:
+/// `let mut q = Params::new(map); let n = q.number(…); q.finish(&known)?`.
+pub struct Params {
+    map: std::collections::BTreeMap<String, String>,
+    details: Vec<domain::FieldError>,
+}
+
+impl Params {
+    pub fn new(map: std::collections::BTreeMap<String, String>) -> Self {
+        Self {
+            map,
+            details: Vec::new(),
+        }
+    }
+
+    /// A whole number in `min..=max`, `default` when absent.
+    pub fn number(&mut self, name: &str, default: u64, min: u64, max: u64) -> u64 {
+        match self.map.get(name).map(|v| v.parse::<u64>()) {
+            None => default,
+            Some(Ok(n)) if (min..=max).contains(&n) => n,
+            Some(_) => {
+                self.problem(name, format!("must be a whole number from {min} to {max}"));
+                default
+            }
+        }
+    }
+
+    /// `parse` of the parameter, its error message recorded under its name.
+    pub fn parsed<T>(
+        &mut self,
+        name: &str,
+        parse: impl FnOnce(&str) -> Result<T, String>,
+    ) -> Option<T> {
+        let value = self.map.get(name)?;
+        match parse(value) {
+            Ok(v) => Some(v),
+            Err(message) => {
+                self.problem(name, message);
+                None
+            }
+        }
+    }
+
+    pub fn problem(&mut self, name: &str, message: impl Into<String>) {
+        self.details.push(domain::FieldError::new(name, message));
+    }
+
+    /// Refuses unknown parameters; a 400 naming every problem, if any.
+    pub fn finish(mut self, known: &[&str]) -> Result<(), ApiError> {
+        let unknown: Vec<String> = self
+            .map
+            .keys()
+            .filter(|k| !known.contains(&k.as_str()))
+            .cloned()
+            .collect();
+        for name in unknown {
+            self.problem(&name, "is not a known parameter");
+        }
+        if self.details.is_empty() {
+            Ok(())
+        } else {
+            Err(ApiError::validation(self.details))
+        }
+    }
+}

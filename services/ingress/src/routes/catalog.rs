@@ -3,9 +3,10 @@
 //! (tenant), declared by the extractor; each change is announced on
 //! `<ns>.catalog.<tenant>` so every ingress drops its cached copy at once.
 
+use super::tenant_of;
 use crate::{
     error::ApiError,
-    extract::{DecimalText, JsonBody, QueryParams},
+    extract::{DecimalText, JsonBody, Params, QueryParams},
     AppState,
 };
 use auth::{Admin, Authenticated, Authorized, Manager};
@@ -15,16 +16,11 @@ use axum::{
     response::{IntoResponse, Response},
     Json,
 };
-use domain::{FieldError, Product, ProductDraft, TenantId, TenantSettings};
+use domain::{Product, ProductDraft, TenantId, TenantSettings};
 use serde::Deserialize;
 use service_kit::http::ErrorBody;
 use std::collections::BTreeMap;
 use store::ProductWrite;
-
-fn tenant_of(claims: &auth::Claims) -> Result<TenantId, ApiError> {
-    TenantId::parse(claims.tenant.as_str())
-        .map_err(|e| ApiError::Auth(auth::AuthError::Invalid(format!("tenant claim {e}"))))
-}
 
 fn unavailable(e: store::StoreError) -> ApiError {
     ApiError::Unavailable(e.to_string())
@@ -200,31 +196,10 @@ pub async fn list(
     QueryParams(params): QueryParams<BTreeMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(caller.claims())?;
-    let mut details = Vec::new();
-    let mut number = |name: &str, default: u64, min: u64, max: u64| match params.get(name) {
-        None => default,
-        Some(v) => match v.parse::<u64>() {
-            Ok(n) if (min..=max).contains(&n) => n,
-            _ => {
-                details.push(FieldError::new(
-                    name,
-                    format!("must be a whole number from {min} to {max}"),
-                ));
-                default
-            }
-        },
-    };
-    let since = number("since", 0, 0, i64::MAX as u64);
-    let limit = number("limit", 100, 1, 500);
-    for unknown in params
-        .keys()
-        .filter(|k| !["since", "limit"].contains(&k.as_str()))
-    {
-        details.push(FieldError::new(unknown.clone(), "is not a known parameter"));
-    }
-    if !details.is_empty() {
-        return Err(ApiError::validation(details));
-    }
+    let mut q = Params::new(params);
+    let since = q.number("since", 0, 0, i64::MAX as u64);
+    let limit = q.number("limit", 100, 1, 500);
+    q.finish(&["since", "limit"])?;
     let data = state
         .store
         .products_since(&tenant, since, limit)

@@ -5,10 +5,11 @@
 //! owns idempotency and the publish; this file only maps its outcome to HTTP. GET reads
 //! through [`crate::read`].
 
+use super::tenant_of;
 use crate::acceptance::{AcceptError, Accepted};
 use crate::{
     error::ApiError,
-    extract::{DecimalText, JsonBody, QueryParams},
+    extract::{DecimalText, JsonBody, Params, QueryParams},
     AppState,
 };
 use auth::Authenticated;
@@ -20,8 +21,7 @@ use axum::{
 };
 use domain::draft::{RawDraft, RawLine, RawPayment};
 use domain::{
-    Customer, DraftInvoice, FieldError, Invoice, InvoiceId, InvoiceState, TenantId, TerminalId,
-    Timestamp,
+    Customer, DraftInvoice, FieldError, Invoice, InvoiceId, InvoiceState, TerminalId, Timestamp,
 };
 use messaging::Envelope;
 use serde::Deserialize;
@@ -264,11 +264,6 @@ impl InvoiceRequest {
     }
 }
 
-fn tenant_of(claims: &auth::Claims) -> Result<TenantId, ApiError> {
-    TenantId::parse(claims.tenant.as_str())
-        .map_err(|e| ApiError::Auth(auth::AuthError::Invalid(format!("tenant claim {e}"))))
-}
-
 fn accepted(invoice: &Invoice) -> Response {
     let mut r = (StatusCode::ACCEPTED, Json(invoice)).into_response();
     if let Ok(loc) = HeaderValue::from_str(&format!("/invoices/{}", invoice.id)) {
@@ -444,54 +439,20 @@ pub async fn list(
 ) -> Result<Response, ApiError> {
     let claims = caller.into_claims();
     let tenant = tenant_of(&claims)?;
-    let mut details = Vec::new();
-    let mut number = |name: &str, default: u64, min: u64, max: u64| match params.get(name) {
-        None => default,
-        Some(v) => match v.parse::<u64>() {
-            Ok(n) if (min..=max).contains(&n) => n,
-            _ => {
-                details.push(FieldError::new(
-                    name,
-                    format!("must be a whole number from {min} to {max}"),
-                ));
-                default
-            }
-        },
-    };
-    let page = number("page", 1, 1, 1_000_000);
-    let limit = number("limit", 20, 1, 100);
-    let state_filter = params.get("state").and_then(|s| {
-        InvoiceState::parse(s).or_else(|| {
-            details.push(FieldError::new(
-                "state",
-                "must be one of QUEUED, PROCESSING, COMPLETED, FAILED",
-            ));
-            None
-        })
+    let mut q = Params::new(params);
+    let page = q.number("page", 1, 1, 1_000_000);
+    let limit = q.number("limit", 20, 1, 100);
+    let state_filter = q.parsed("state", |s| {
+        InvoiceState::parse(s)
+            .ok_or_else(|| "must be one of QUEUED, PROCESSING, COMPLETED, FAILED".to_owned())
     });
-    let terminal_id = params.get("terminalId").and_then(|t| {
-        TerminalId::parse(t.as_str())
-            .map_err(|e| details.push(FieldError::new("terminalId", e.0)))
-            .ok()
-    });
-    let mut time = |name: &str| {
-        params.get(name).and_then(|t| {
-            Timestamp::parse_rfc3339(t)
-                .map_err(|_| details.push(FieldError::new(name, "must be an RFC 3339 date-time")))
-                .ok()
-        })
+    let terminal_id = q.parsed("terminalId", |t| TerminalId::parse(t).map_err(|e| e.0));
+    let time = |t: &str| {
+        Timestamp::parse_rfc3339(t).map_err(|_| "must be an RFC 3339 date-time".to_owned())
     };
-    let from = time("from");
-    let to = time("to");
-    for unknown in params
-        .keys()
-        .filter(|k| !["page", "limit", "state", "terminalId", "from", "to"].contains(&k.as_str()))
-    {
-        details.push(FieldError::new(unknown.clone(), "is not a known parameter"));
-    }
-    if !details.is_empty() {
-        return Err(ApiError::validation(details));
-    }
+    let from = q.parsed("from", time);
+    let to = q.parsed("to", time);
+    q.finish(&["page", "limit", "state", "terminalId", "from", "to"])?;
     let query = store::ListQuery {
         state: state_filter,
         terminal_id,
