@@ -308,3 +308,52 @@ async fn a_catalog_change_is_pushed_to_the_tenants_sockets_only() {
         "another tenant's socket hears nothing"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_price_changed_through_one_ingress_is_charged_by_the_other_at_once() {
+    // Two ingress processes: each caches the catalog; the notice must reach the other
+    // long before the cache's 30 s expiry would.
+    let mut stack = crate::support::ProcessStack::new();
+    let a = stack.spawn("ingress").await;
+    let b = stack.spawn("ingress").await;
+    let tenant = unique("shop");
+    let (via_a, via_b) = (stack.api(&tenant, a), stack.api(&tenant, b));
+    let manager = via_a.as_role(Role::Manager);
+    let body = |key: String| {
+        json!({ "idempotencyKey": key, "terminalId": "T1", "currency": "EUR",
+                "items": [ { "sku": "TEA", "quantity": "1" } ] })
+    };
+    assert_eq!(
+        manager
+            .send(
+                "PUT",
+                "/products/TEA",
+                Some(&product("Tea", "2.00", "0.10"))
+            )
+            .await
+            .status,
+        201
+    );
+    // B prices (and caches) the old price.
+    let first = via_b.post(&body(unique("k-"))).await;
+    assert_eq!(first.status, 202, "{}", first.body);
+    assert_eq!(first.body["items"][0]["unitPrice"], "2.00");
+    manager
+        .send(
+            "PUT",
+            "/products/TEA",
+            Some(&product("Tea", "2.40", "0.10")),
+        )
+        .await;
+    let changed_at = std::time::Instant::now();
+    let new_price = crate::support::eventually(
+        "ingress B to charge the new price",
+        Duration::from_secs(10),
+        || async {
+            let a = via_b.post(&body(unique("k-"))).await;
+            (a.body["items"][0]["unitPrice"] == "2.40").then_some(changed_at.elapsed())
+        },
+    )
+    .await;
+    println!("ingress B charged the new price {new_price:?} after the PUT through A");
+}
