@@ -4,8 +4,7 @@
 //! [`crate::DraftInvoice::parse`]. Storage and versions are the store's; ingress fills
 //! sku-only invoice lines from [`Product`]s.
 
-use crate::draft::{FieldError, MAX_NAME_LEN, MAX_SKU_LEN};
-use crate::money::parse_decimal;
+use crate::draft::{Errors, FieldError, MAX_NAME_LEN, MAX_SKU_LEN};
 use crate::{Currency, TenantId, Timestamp};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -44,60 +43,32 @@ impl ProductDraft {
         tax_rate: Option<&str>,
         active: Option<bool>,
     ) -> Result<Self, Vec<FieldError>> {
-        let mut errors = Vec::new();
-        if sku.is_empty() || sku.chars().count() > MAX_SKU_LEN {
-            errors.push(FieldError::new(
-                "sku",
-                format!("must be 1–{MAX_SKU_LEN} characters"),
-            ));
-        }
-        let name = match name {
-            None => {
-                errors.push(FieldError::new("name", "is required"));
-                None
-            }
-            Some(n) if n.is_empty() || n.chars().count() > MAX_NAME_LEN => {
-                errors.push(FieldError::new(
-                    "name",
-                    format!("must be 1–{MAX_NAME_LEN} characters"),
-                ));
-                None
-            }
-            Some(n) => Some(n.to_owned()),
-        };
-        let mut decimal = |path: &str, text: Option<&str>, ok: fn(Decimal) -> bool, rule: &str| {
-            match text.map(parse_decimal) {
-                None => errors.push(FieldError::new(path, "is required")),
-                Some(Err(e)) => errors.push(FieldError::new(path, e.to_string())),
-                Some(Ok(d)) if d.abs() > Decimal::from(crate::draft::MAX_MAGNITUDE) => {
-                    errors.push(FieldError::new(path, "is out of range"))
-                }
-                Some(Ok(d)) if ok(d) => return Some(d),
-                Some(Ok(_)) => errors.push(FieldError::new(path, rule)),
-            }
-            None
-        };
-        let unit_price = decimal(
+        let mut errors = Errors::default();
+        let sku = errors.text("sku", Some(&sku.to_owned()), MAX_SKU_LEN);
+        let name = errors.text("name", name.map(str::to_owned).as_ref(), MAX_NAME_LEN);
+        let unit_price = errors.decimal(
             "unitPrice",
-            unit_price,
+            unit_price.map(str::to_owned).as_ref(),
+            None,
             |d| d >= Decimal::ZERO,
             "must be ≥ 0",
         );
-        let tax_rate = decimal(
+        let tax_rate = errors.decimal(
             "taxRate",
-            tax_rate,
+            tax_rate.map(str::to_owned).as_ref(),
+            None,
             |d| d >= Decimal::ZERO && d <= Decimal::ONE,
             "must be a fraction in [0, 1] (\"0.21\" = 21 %)",
         );
-        match (name, unit_price, tax_rate) {
-            (Some(name), Some(unit_price), Some(tax_rate)) if errors.is_empty() => Ok(Self {
-                sku: sku.to_owned(),
+        match (sku, name, unit_price, tax_rate) {
+            (Some(sku), Some(name), Some(unit_price), Some(tax_rate)) => Ok(Self {
+                sku,
                 name,
                 unit_price,
                 tax_rate,
                 active: active.unwrap_or(true),
             }),
-            _ => Err(errors),
+            _ => Err(errors.0),
         }
     }
 }

@@ -115,22 +115,29 @@ pub fn check_counts(items: usize, payments: usize) -> Result<(), Vec<FieldError>
     }
 }
 
-/// Collects every failing field instead of stopping at the first.
-struct Errors(Vec<FieldError>);
+/// Collects every failing field instead of stopping at the first. Also the catalog's
+/// (`catalog.rs`): one place for the text and decimal rules.
+#[derive(Default)]
+pub(crate) struct Errors(pub(crate) Vec<FieldError>);
 
 impl Errors {
-    fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
+    pub(crate) fn push(&mut self, path: impl Into<String>, message: impl Into<String>) {
         self.0.push(FieldError::new(path, message));
     }
 
-    fn required<T>(&mut self, path: &str, value: Option<T>) -> Option<T> {
+    pub(crate) fn required<T>(&mut self, path: &str, value: Option<T>) -> Option<T> {
         if value.is_none() {
             self.push(path, "is required");
         }
         value
     }
 
-    fn text(&mut self, path: &str, value: Option<&String>, max: usize) -> Option<String> {
+    pub(crate) fn text(
+        &mut self,
+        path: &str,
+        value: Option<&String>,
+        max: usize,
+    ) -> Option<String> {
         let value = self.required(path, value)?;
         let len = value.chars().count();
         if len == 0 || len > max {
@@ -141,7 +148,7 @@ impl Errors {
     }
 
     /// A decimal that must satisfy `rule` (described by `expectation`).
-    fn decimal(
+    pub(crate) fn decimal(
         &mut self,
         path: &str,
         text: Option<&String>,
