@@ -77,24 +77,50 @@ impl Store {
         Ok(())
     }
 
-    /// `PUT /products/{sku}`; `DELETE` is a put with `active: false`.
+    /// `PUT /products/{sku}`.
     pub async fn put_product(
         &self,
         tenant: &TenantId,
         draft: &ProductDraft,
     ) -> Result<(Product, ProductWrite), StoreError> {
-        self.bounded(self.put_product_unbounded(tenant, draft))
-            .await
+        let written = self
+            .bounded(self.change_product(tenant, &draft.sku, |_| Some(draft.clone())))
+            .await?;
+        // `change` always gives a draft, so there is always a product.
+        written.ok_or_else(|| StoreError::Corrupt("no product after a put".into()))
     }
 
-    async fn put_product_unbounded(
+    /// `DELETE /products/{sku}`: the stored product with `active: false`, decided inside
+    /// the transaction (a price written meanwhile is kept); `None` if there is none.
+    pub async fn deactivate_product(
         &self,
         tenant: &TenantId,
-        draft: &ProductDraft,
-    ) -> Result<(Product, ProductWrite), StoreError> {
+        sku: &str,
+    ) -> Result<Option<(Product, ProductWrite)>, StoreError> {
+        self.bounded(self.change_product(tenant, sku, |current| {
+            current.map(|p| ProductDraft {
+                sku: p.sku.clone(),
+                name: p.name.clone(),
+                unit_price: p.unit_price,
+                tax_rate: p.tax_rate,
+                active: false,
+            })
+        }))
+        .await
+    }
+
+    /// One transaction: read the stored product, let `change` decide the new one
+    /// (`None`: nothing to write), and store it under the tenant's next catalog version
+    /// unless it equals the stored one.
+    async fn change_product(
+        &self,
+        tenant: &TenantId,
+        sku: &str,
+        change: impl Fn(Option<&Product>) -> Option<ProductDraft>,
+    ) -> Result<Option<(Product, ProductWrite)>, StoreError> {
         let products = self.products();
         let versions = self.db().collection::<Document>(VERSIONS);
-        let filter = doc! { "tenantId": tenant.as_str(), "sku": &draft.sku };
+        let filter = doc! { "tenantId": tenant.as_str(), "sku": sku };
         let mut last_error = None;
         for _ in 0..TRANSACTION_TRIES {
             let mut session = self.client.start_session().await?;
@@ -104,9 +130,12 @@ impl Store {
                     .find_one(filter.clone())
                     .session(&mut session)
                     .await?;
+                let Some(draft) = change(existing.as_ref().map(|e| &e.product)) else {
+                    return Ok(None);
+                };
                 if let Some(e) = &existing {
-                    if e.product.same_as(draft) {
-                        return Ok((e.product.clone(), ProductWrite::Unchanged));
+                    if e.product.same_as(&draft) {
+                        return Ok(Some((e.product.clone(), ProductWrite::Unchanged)));
                     }
                 }
                 let counter = versions
@@ -121,8 +150,8 @@ impl Store {
                     .ok_or_else(|| mongodb::error::Error::custom("no counter after upsert"))?;
                 let version = counter.get_i64("version").unwrap_or(1).max(1) as u64;
                 let product = Product {
-                    sku: draft.sku.clone(),
-                    name: draft.name.clone(),
+                    sku: draft.sku,
+                    name: draft.name,
                     unit_price: draft.unit_price,
                     tax_rate: draft.tax_rate,
                     active: draft.active,
@@ -145,11 +174,11 @@ impl Store {
                 } else {
                     ProductWrite::Created
                 };
-                Ok::<_, mongodb::error::Error>((product, write))
+                Ok::<_, mongodb::error::Error>(Some((product, write)))
             }
             .await;
             match attempt {
-                Ok(done @ (_, ProductWrite::Unchanged)) => {
+                Ok(done @ (None | Some((_, ProductWrite::Unchanged)))) => {
                     let _ = session.abort_transaction().await;
                     return Ok(done);
                 }

@@ -47,16 +47,9 @@ pub struct ProductPage {
     next: u64,
 }
 
-async fn write(
-    state: &AppState,
-    tenant: &TenantId,
-    draft: &ProductDraft,
-) -> Result<(Product, ProductWrite), ApiError> {
-    let (product, written) = state
-        .store
-        .put_product(tenant, draft)
-        .await
-        .map_err(unavailable)?;
+/// A change makes every ingress drop its cached copy (this one at once) and reaches
+/// the tenant's terminals.
+async fn announce(state: &AppState, tenant: &TenantId, product: &Product, written: ProductWrite) {
     if written != ProductWrite::Unchanged {
         state.catalog.invalidate(tenant);
         state
@@ -64,7 +57,6 @@ async fn write(
             .catalog_changed(tenant, Some(product.version))
             .await;
     }
-    Ok((product, written))
 }
 
 /// PUT /products/{sku}
@@ -99,7 +91,12 @@ pub async fn put(
         request.active,
     )
     .map_err(ApiError::validation)?;
-    let (product, written) = write(&state, &tenant, &draft).await?;
+    let (product, written) = state
+        .store
+        .put_product(&tenant, &draft)
+        .await
+        .map_err(unavailable)?;
+    announce(&state, &tenant, &product, written).await;
     let status = if written == ProductWrite::Created {
         StatusCode::CREATED
     } else {
@@ -156,22 +153,15 @@ pub async fn delete(
     Path(sku): Path<String>,
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(caller.claims())?;
-    let Some(current) = state
+    let Some((product, written)) = state
         .store
-        .product(&tenant, &sku)
+        .deactivate_product(&tenant, &sku)
         .await
         .map_err(unavailable)?
     else {
         return Err(ApiError::NotFound);
     };
-    let draft = ProductDraft {
-        sku: current.sku,
-        name: current.name,
-        unit_price: current.unit_price,
-        tax_rate: current.tax_rate,
-        active: false,
-    };
-    let (product, _) = write(&state, &tenant, &draft).await?;
+    announce(&state, &tenant, &product, written).await;
     Ok(Json(product).into_response())
 }
 
