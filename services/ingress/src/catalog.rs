@@ -7,6 +7,7 @@
 
 use domain::{Product, TenantId, TenantSettings};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use store::{Store, StoreError};
@@ -25,6 +26,9 @@ struct Entry {
 pub struct Catalog {
     store: Store,
     tenants: Arc<Mutex<HashMap<TenantId, Entry>>>,
+    /// Bumped by every invalidation: a lookup that read MongoDB while one happened does
+    /// not cache what it read (it may be the value the change replaced).
+    epoch: Arc<AtomicU64>,
 }
 
 impl Catalog {
@@ -32,6 +36,7 @@ impl Catalog {
         Self {
             store,
             tenants: Arc::default(),
+            epoch: Arc::default(),
         }
     }
 
@@ -50,7 +55,9 @@ impl Catalog {
     }
 
     pub fn invalidate(&self, tenant: &TenantId) {
-        self.lock().remove(tenant);
+        let mut tenants = self.lock();
+        self.epoch.fetch_add(1, Ordering::SeqCst);
+        tenants.remove(tenant);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, Entry>> {
@@ -89,8 +96,13 @@ impl Catalog {
         if missing.is_empty() {
             return Ok(found);
         }
+        let epoch = self.epoch.load(Ordering::SeqCst);
         let fetched = self.store.active_products(tenant, &missing).await?;
         let mut tenants = self.lock();
+        if self.epoch.load(Ordering::SeqCst) != epoch {
+            found.extend(fetched.into_iter().map(|p| (p.sku.clone(), p)));
+            return Ok(found);
+        }
         let entry = tenants.entry(tenant.clone()).or_default();
         entry.loaded.get_or_insert_with(Instant::now);
         for sku in missing {
@@ -114,8 +126,12 @@ impl Catalog {
                 return Ok(s);
             }
         }
+        let epoch = self.epoch.load(Ordering::SeqCst);
         let settings = self.store.tenant(tenant).await?;
         let mut tenants = self.lock();
+        if self.epoch.load(Ordering::SeqCst) != epoch {
+            return Ok(settings);
+        }
         let entry = tenants.entry(tenant.clone()).or_default();
         if !Self::fresh(entry) {
             *entry = Entry::default();
