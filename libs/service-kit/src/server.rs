@@ -69,8 +69,8 @@ impl Default for ServerLimits {
     }
 }
 
-/// Adds the whole-request timeout and the JSON error bodies to `router`.
-pub fn harden(router: Router, limits: &ServerLimits) -> Router {
+/// Adds the whole-request timeout, the JSON error bodies and the request id to `router`.
+fn harden(router: Router, limits: &ServerLimits) -> Router {
     router
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
@@ -141,8 +141,8 @@ async fn json_error_body(response: Response) -> Response {
     out
 }
 
-/// Serves `router` (already [`harden`]ed or not: this adds it) on `listener` until
-/// `shutdown` resolves, then waits for open requests to finish.
+/// Serves `router` with the layers of [`harden`] on `listener` until `shutdown`
+/// resolves, then waits for open requests to finish.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
