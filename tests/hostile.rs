@@ -249,15 +249,7 @@ async fn a_request_id_is_echoed_when_valid_and_replaced_when_not() {
 }
 
 fn token_of(tenant: &str, sub: &str) -> String {
-    auth::sign(
-        crate::support::stack::SECRET,
-        &auth::Claims {
-            sub: sub.into(),
-            tenant: tenant.into(),
-            role: auth::Role::Terminal,
-            exp: chrono::Utc::now().timestamp() + 600,
-        },
-    )
+    crate::support::stack::signed(tenant, sub, auth::Role::Terminal, 600)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

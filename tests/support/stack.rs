@@ -251,12 +251,17 @@ pub fn infra_settings_for(
 }
 
 pub fn token(tenant: &str, exp_in: i64) -> String {
+    signed(tenant, "T1", auth::Role::Terminal, exp_in)
+}
+
+/// A token of the test secret: every helper's one signing place.
+pub fn signed(tenant: &str, sub: &str, role: auth::Role, exp_in: i64) -> String {
     auth::sign(
         SECRET,
         &auth::Claims {
-            sub: "T1".into(),
+            sub: sub.into(),
             tenant: tenant.into(),
-            role: auth::Role::Terminal,
+            role,
             exp: chrono::Utc::now().timestamp() + exp_in,
         },
     )
@@ -490,15 +495,7 @@ pub async fn next_frame(ws: &mut Ws, timeout: Duration) -> Option<Received> {
 
 /// A token of `tenant` with `role`.
 pub fn token_as(tenant: &str, role: auth::Role) -> String {
-    auth::sign(
-        SECRET,
-        &auth::Claims {
-            sub: format!("{}-user", role.as_str()),
-            tenant: tenant.into(),
-            role,
-            exp: chrono::Utc::now().timestamp() + 3600,
-        },
-    )
+    signed(tenant, &format!("{}-user", role.as_str()), role, 3600)
 }
 
 impl Api {
