@@ -21,8 +21,12 @@ fn lifecycle_keyed(tenant: &TenantId, key: Option<&str>) -> Vec<Envelope> {
     let mut processing = queued.clone();
     processing.start_attempt(1, Timestamp::now()).unwrap();
     let mut completed = processing.clone();
+    let computed = domain::compute(&completed).unwrap();
+    let fiscal = domain::fiscal::Head::empty()
+        .chain(&completed.entry(&computed), "A", Timestamp::now())
+        .fiscal();
     completed
-        .complete(domain::compute(&completed).unwrap(), Timestamp::now())
+        .complete(computed, fiscal, Timestamp::now())
         .unwrap();
     [queued, processing, completed]
         .into_iter()

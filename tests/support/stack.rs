@@ -26,6 +26,8 @@ pub struct Options {
     pub http: service_kit::server::ServerLimits,
     /// Ingress rate limits (default: none, so that load tests measure the pipeline).
     pub rate_limits: ingress::guard::RateLimits,
+    /// How long an attempt waits for MongoDB to number an invoice (processor).
+    pub ledger_wait: Duration,
 }
 
 impl Default for Options {
@@ -42,6 +44,7 @@ impl Default for Options {
             redis_url: None,
             http: service_kit::server::ServerLimits::default(),
             rate_limits: ingress::guard::RateLimits::UNLIMITED,
+            ledger_wait: Duration::from_secs(60),
         }
     }
 }
@@ -112,6 +115,7 @@ impl TestStack {
                     max_delay: options.retry_base * 8,
                 },
                 job_ttl: Duration::from_secs(3600),
+                ledger_wait: options.ledger_wait,
             })
             .await
             .expect("processor builds");

@@ -1,6 +1,7 @@
 //! The invoice as the contract represents it, and the only methods that change its
 //! lifecycle. Every stage of the pipeline carries this one shape.
 
+use crate::fiscal::{Entry, FiscalRecord, InvoiceKind};
 use crate::{
     money, Currency, DraftInvoice, IdempotencyKey, InvoiceId, InvoiceState, TenantId, TerminalId,
     Timestamp, Version,
@@ -127,6 +128,18 @@ pub struct Invoice {
     /// How many times an operator replayed this invoice out of the dead-letter stream.
     #[serde(default)]
     pub replays: u32,
+    /// `invoice`, or `credit_note` (then `creditFor` names the invoice it corrects).
+    #[serde(default)]
+    pub kind: InvoiceKind,
+    #[serde(default)]
+    pub credit_for: Option<InvoiceId>,
+    /// Why a credit note was issued (as the manager gave it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub credit_reason: Option<String>,
+    /// The invoice's record in its tenant's fiscal series: set with COMPLETED, never
+    /// before, never on FAILED.
+    #[serde(default)]
+    pub fiscal: Option<FiscalRecord>,
 }
 
 /// A lifecycle method was asked for a move the state machine forbids.
@@ -196,6 +209,10 @@ impl Invoice {
             attempts: 0,
             error: None,
             replays: 0,
+            kind: InvoiceKind::Invoice,
+            credit_for: None,
+            credit_reason: None,
+            fiscal: None,
         }
     }
 
@@ -223,13 +240,20 @@ impl Invoice {
         Ok(())
     }
 
-    /// Records the computed amounts and completes the invoice.
+    /// The facts the fiscal record of this invoice chains, once `computed` is its money.
+    pub fn entry(&self, computed: &Computed) -> Entry {
+        Entry::new(self, &computed.totals)
+    }
+
+    /// Records the computed amounts and the fiscal record, and completes the invoice.
     pub fn complete(
         &mut self,
         computed: Computed,
+        fiscal: FiscalRecord,
         now: Timestamp,
     ) -> Result<(), IllegalTransition> {
         self.advance(InvoiceState::Completed, now)?;
+        self.fiscal = Some(fiscal);
         for (line, amounts) in self.items.iter_mut().zip(computed.lines) {
             line.net = Some(amounts.net);
             line.tax = Some(amounts.tax);
@@ -270,6 +294,7 @@ impl Invoice {
         self.attempts = 0;
         self.error = None;
         self.totals = None;
+        self.fiscal = None;
         for line in &mut self.items {
             line.net = None;
             line.tax = None;

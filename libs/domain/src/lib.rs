@@ -21,10 +21,14 @@
 //! - `totals.rs`: the computation
 //! - `state.rs`: lifecycle and monotonic versions
 //! - `time.rs`: timestamps in one fixed, sortable format
+//! - `fiscal.rs`: the fiscal record, its hash chain and the chain's verifier
+//! - `credit.rs`: the lines of a credit note and what is left to credit
 
 pub mod catalog;
+pub mod credit;
 pub mod currency;
 pub mod draft;
+pub mod fiscal;
 pub mod ids;
 pub mod invoice;
 pub mod money;
@@ -37,6 +41,7 @@ pub mod totals;
 pub use catalog::{Product, ProductDraft, TenantSettings};
 pub use currency::Currency;
 pub use draft::{DraftInvoice, DraftLine, FieldError};
+pub use fiscal::{FiscalRecord, InvoiceKind, LedgerRecord};
 pub use ids::{IdempotencyKey, InvoiceId, TenantId, TerminalId};
 pub use invoice::{Customer, Invoice, InvoiceError, Line, Payment, PaymentMethod, TaxBand, Totals};
 pub use state::{InvoiceState, Version};

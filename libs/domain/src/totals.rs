@@ -90,7 +90,9 @@ pub fn compute(invoice: &Invoice) -> Result<Computed, Fault> {
             total: total_sum.to_string(),
         });
     }
-    let change = if paid > total_sum {
+    // Only what was paid gives change: a credit note (negative total, no payments)
+    // gives none.
+    let change = if !invoice.payments.is_empty() && paid > total_sum {
         paid - total_sum
     } else {
         zero
@@ -285,8 +287,14 @@ mod tests {
         let mut inv = invoice("EUR", false, vec![line("2", "3.50", "0.10", "0")], &[]);
         inv.start_attempt(1, Timestamp::now()).unwrap();
         let c = compute(&inv).unwrap();
-        inv.complete(c, Timestamp::now()).unwrap();
+        let fiscal = crate::fiscal::Head::empty()
+            .chain(&inv.entry(&c), "A", Timestamp::now())
+            .fiscal();
+        inv.complete(c, fiscal, Timestamp::now()).unwrap();
         let json = serde_json::to_value(&inv).unwrap();
+        assert_eq!(json["fiscal"]["number"], 1);
+        assert_eq!(json["kind"], "invoice");
+        assert_eq!(json["creditFor"], serde_json::Value::Null);
         assert_eq!(json["items"][0]["total"], "7.70");
         assert_eq!(json["totals"]["taxBreakdown"][0]["rate"], "0.10");
         assert_eq!(json["state"], "COMPLETED");

@@ -1,7 +1,8 @@
 //! MongoDB, the system of record. The only crate that names mongodb: collection names,
 //! indexes and document shapes live here.
 //!
-//! The catalog and tenant settings are `catalog.rs`'s. The invoices: one collection,
+//! The catalog and tenant settings are `catalog.rs`'s, the fiscal ledger `ledger.rs`'s.
+//! The invoices: one collection,
 //! `invoices`, one document per invoice: the contract's representation
 //! plus `_id` (the invoice id), `fingerprint` (for idempotent replays) and `version`
 //! (see [`domain::Version`]). Writes are conditional upserts on `version`, so a
@@ -10,7 +11,9 @@
 //! submission impossible to store.
 
 mod catalog;
+mod ledger;
 pub use catalog::ProductWrite;
+pub use ledger::{Numbered, ToNumber, Verification, Voided};
 
 use domain::{IdempotencyKey, Invoice, InvoiceId, InvoiceState, TenantId, TerminalId, Timestamp};
 use futures_util::TryStreamExt;
@@ -196,9 +199,19 @@ impl Store {
                     "tenant_terminal_created",
                 ),
                 unique_key,
+                IndexModel::builder()
+                    .keys(doc! { "tenantId": 1, "fiscal.series": 1, "fiscal.number": -1 })
+                    .options(
+                        IndexOptions::builder()
+                            .name("tenant_fiscal".to_owned())
+                            .partial_filter_expression(doc! { "fiscal.number": { "$exists": true } })
+                            .build(),
+                    )
+                    .build(),
             ])
             .await?;
         self.ensure_catalog_indexes().await?;
+        self.ensure_ledger_indexes().await?;
         Ok(())
     }
 
@@ -371,6 +384,41 @@ impl Store {
         let filter = doc! { "_id": id.to_string(), "tenantId": tenant.as_str() };
         self.bounded(async { Ok(self.invoices.find_one(filter).await?.map(Into::into)) })
             .await
+    }
+
+    /// The stored invoices of `tenant` among `ids`.
+    pub async fn find_many(
+        &self,
+        tenant: &TenantId,
+        ids: &[InvoiceId],
+    ) -> Result<Vec<Invoice>, StoreError> {
+        let ids: Vec<String> = ids.iter().map(ToString::to_string).collect();
+        let filter = doc! { "tenantId": tenant.as_str(), "_id": { "$in": ids } };
+        self.bounded(async {
+            let found: Vec<StoredInvoice> = self.invoices.find(filter).await?.try_collect().await?;
+            Ok(found.into_iter().map(|s| s.invoice).collect())
+        })
+        .await
+    }
+
+    /// The highest fiscal number a stored invoice of the series carries.
+    pub(crate) async fn highest_number_on_invoices(
+        &self,
+        tenant: &TenantId,
+        series: &str,
+    ) -> Result<Option<u64>, StoreError> {
+        let filter = doc! {
+            "tenantId": tenant.as_str(), "fiscal.series": series, "fiscal.number": { "$exists": true },
+        };
+        self.bounded(async {
+            let top = self
+                .invoices
+                .find_one(filter)
+                .sort(doc! { "fiscal.number": -1 })
+                .await?;
+            Ok(top.and_then(|s| s.invoice.fiscal).map(|f| f.number))
+        })
+        .await
     }
 
     /// The invoices of `tenant` holding any of `keys`: one query, answered by the unique

@@ -1,24 +1,75 @@
 //! One delivery of a submission: `handle` is callable without a broker loop, and holds
 //! every decision the processor makes about an invoice.
 
-use domain::{compute, Invoice, InvoiceError, InvoiceState, Timestamp};
+use crate::ledger::Ledger;
+use domain::{compute, FiscalRecord, Invoice, InvoiceError, InvoiceState, Timestamp};
 use messaging::{consume::Delivery, Bus, DeadLetter, Encoded, Envelope, Handler, Outcome};
+use std::time::{Duration, Instant};
+use store::{Numbered, Voided};
 use tracing::{info, warn};
 
 pub struct Processor {
     bus: Bus,
     store: store::Store,
     cache: cache::Cache,
+    ledger: Ledger,
     max_attempts: u32,
+    ledger_wait: Duration,
+}
+
+/// Why an attempt ends without its own COMPLETED.
+enum NotNumbered {
+    /// MongoDB did not number it within the wait: the attempt failed.
+    Retry(String),
+    /// This generation gave up already (its ledger entry is void): it ends FAILED.
+    Void,
 }
 
 impl Processor {
-    pub fn new(bus: Bus, store: store::Store, cache: cache::Cache, max_attempts: u32) -> Self {
+    pub fn new(
+        bus: Bus,
+        store: store::Store,
+        cache: cache::Cache,
+        max_attempts: u32,
+        ledger_wait: Duration,
+    ) -> Self {
         Self {
+            ledger: Ledger::new(store.clone()),
             bus,
             store,
             cache,
             max_attempts,
+            ledger_wait,
+        }
+    }
+
+    /// The fiscal record of the computed `invoice`: waits out a MongoDB outage for up to
+    /// `ledger_wait`, telling JetStream the delivery is in progress meanwhile, so the
+    /// outage holds invoices at PROCESSING instead of spending their attempts.
+    async fn record(
+        &self,
+        invoice: &Invoice,
+        computed: &domain::invoice::Computed,
+        delivery: &Delivery,
+    ) -> Result<FiscalRecord, NotNumbered> {
+        let started = Instant::now();
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self
+                .ledger
+                .number(invoice.entry(computed), invoice.replays)
+                .await
+            {
+                Ok(Numbered::Record(r)) => return Ok(r.fiscal()),
+                Ok(Numbered::Void) => return Err(NotNumbered::Void),
+                Err(e) if started.elapsed() + delay < self.ledger_wait => {
+                    warn!(error = %e, invoice_id = %invoice.id, "not numbered yet; waiting for MongoDB");
+                    tokio::time::sleep(delay).await;
+                    delivery.in_progress().await;
+                    delay = (delay * 2).min(Duration::from_secs(2));
+                }
+                Err(e) => return Err(NotNumbered::Retry(e)),
+            }
         }
     }
 
@@ -148,7 +199,17 @@ impl Handler for Processor {
 
         match compute(&invoice) {
             Ok(computed) => {
-                if let Err(e) = invoice.complete(computed, Timestamp::now()) {
+                let fiscal = match self.record(&invoice, &computed, delivery).await {
+                    Ok(f) => f,
+                    Err(NotNumbered::Retry(e)) => return Outcome::Retry(e),
+                    // Another delivery of this generation gave up and voided its entry;
+                    // if it died before FAILED was emitted, this delivery's own last
+                    // attempt emits it (`exhausted` finds the void in place).
+                    Err(NotNumbered::Void) => {
+                        return Outcome::Retry("this generation gave up already".into())
+                    }
+                };
+                if let Err(e) = invoice.complete(computed, fiscal, Timestamp::now()) {
                     return Outcome::Poison(e.to_string());
                 }
                 let completed = Envelope {
@@ -184,6 +245,26 @@ impl Handler for Processor {
         invoice
             .start_attempt(attempts, Timestamp::now())
             .map_err(|e| e.to_string())?;
+        // A FAILED invoice never has a fiscal record: void its ledger entry first, so no
+        // attempt still running elsewhere can number it later. If an attempt numbered it
+        // already, it completes with that record instead.
+        let voided = self
+            .store
+            .void(&invoice.tenant_id, invoice.id, invoice.replays)
+            .await
+            .map_err(|e| format!("voiding the ledger entry: {e}"))?;
+        if let Voided::HasRecord(record) = voided {
+            let computed = compute(&invoice).map_err(|e| e.to_string())?;
+            invoice
+                .complete(computed, record.fiscal(), Timestamp::now())
+                .map_err(|e| e.to_string())?;
+            let completed = Envelope {
+                invoice,
+                fingerprint: submission.fingerprint,
+            };
+            info!(invoice_id = %completed.invoice.id, "numbered by an earlier attempt; COMPLETED instead of FAILED");
+            return self.emit(&completed, delivery.correlation()).await;
+        }
         let message = format!("gave up after {attempts} attempts: {last_error}");
         self.fail(
             submission,

@@ -15,6 +15,11 @@ pub struct Settings {
     /// `JOB_TTL_MS`: lifetime of a Redis job state this processor creates (default 1 h;
     /// normally ingress created it already, and its TTL is kept).
     pub job_ttl: Duration,
+    /// `LEDGER_WAIT_MS` (default 60000): how long one attempt waits for MongoDB to number
+    /// a computed invoice before it counts as a failed attempt. A COMPLETED invoice
+    /// needs its fiscal record, so a MongoDB outage holds invoices at PROCESSING for
+    /// this long instead of spending their retries in seconds.
+    pub ledger_wait: Duration,
 }
 
 impl Settings {
@@ -36,11 +41,13 @@ impl Settings {
             max_delay: env.millis("RETRY_MAX_MS", Duration::from_secs(30)),
         };
         let job_ttl = env.millis("JOB_TTL_MS", cache::DEFAULT_JOB_TTL);
+        let ledger_wait = env.millis("LEDGER_WAIT_MS", Duration::from_secs(60));
         env.finish().map(|_| Self {
             infra,
             worker,
             retry,
             job_ttl,
+            ledger_wait,
         })
     }
 }
