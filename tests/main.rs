@@ -15,6 +15,7 @@ mod flaky;
 mod hostile;
 mod http_contract;
 mod idempotency;
+mod ledger;
 mod messaging;
 mod operability;
 mod pipeline;

@@ -511,6 +511,25 @@ impl Api {
         }
     }
 
+    /// A GET answered as text (NDJSON exports), with its status and content type.
+    pub async fn get_text(&self, path: &str) -> (StatusCode, String, String) {
+        let r = self
+            .http
+            .get(format!("{}{path}", self.base))
+            .bearer_auth(&self.token)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        let content_type = r
+            .headers()
+            .get("content-type")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned();
+        (status, content_type, r.text().await.unwrap())
+    }
+
     /// A request with this client's token and a JSON body, answered as [`Answer`].
     pub async fn send(&self, method: &str, path: &str, body: Option<&Value>) -> Answer {
         let mut req = self

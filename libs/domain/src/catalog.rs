@@ -100,6 +100,15 @@ pub struct TenantSettings {
 /// Longest series code; letters, digits, `_` and `-`.
 pub const MAX_SERIES_LEN: usize = 16;
 
+/// Whether `text` is a series code (1–16 of `A-Z a-z 0-9 _ -`).
+pub fn is_series(text: &str) -> bool {
+    !text.is_empty()
+        && text.len() <= MAX_SERIES_LEN
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+}
+
 impl TenantSettings {
     /// A tenant that was never set: its id as name, series `A`.
     pub fn defaults(id: TenantId) -> Self {
@@ -143,12 +152,7 @@ impl TenantSettings {
             }
         };
         let series = series.unwrap_or("A");
-        if series.is_empty()
-            || series.len() > MAX_SERIES_LEN
-            || !series
-                .chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
-        {
+        if !is_series(series) {
             errors.push(FieldError::new(
                 "series",
                 format!("must be 1–{MAX_SERIES_LEN} of A-Z a-z 0-9 _ -"),

@@ -30,6 +30,10 @@ pub enum ErrorCode {
     UnsupportedMediaType,
     /// 422: the idempotency key was used with another body.
     IdempotencyKeyReused,
+    /// 422: a credit note for more than what is left of the invoice.
+    CreditExceedsInvoice,
+    /// 422: the invoice cannot be credited (a credit note, or not COMPLETED).
+    NotCreditable,
     /// 429: the tenant or terminal is over its rate; carries `Retry-After`.
     RateLimited,
     /// 503: a dependency cannot serve the request now; carries `Retry-After`.
@@ -39,7 +43,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
-    pub const ALL: [ErrorCode; 12] = [
+    pub const ALL: [ErrorCode; 14] = [
         Self::ValidationFailed,
         Self::Unauthorized,
         Self::Forbidden,
@@ -49,6 +53,8 @@ impl ErrorCode {
         Self::PayloadTooLarge,
         Self::UnsupportedMediaType,
         Self::IdempotencyKeyReused,
+        Self::CreditExceedsInvoice,
+        Self::NotCreditable,
         Self::RateLimited,
         Self::Unavailable,
         Self::Internal,
@@ -64,7 +70,9 @@ impl ErrorCode {
             Self::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             Self::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
             Self::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            Self::IdempotencyKeyReused => StatusCode::UNPROCESSABLE_ENTITY,
+            Self::IdempotencyKeyReused | Self::CreditExceedsInvoice | Self::NotCreditable => {
+                StatusCode::UNPROCESSABLE_ENTITY
+            }
             Self::RateLimited => StatusCode::TOO_MANY_REQUESTS,
             Self::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal => StatusCode::INTERNAL_SERVER_ERROR,
@@ -83,6 +91,8 @@ impl ErrorCode {
             Self::PayloadTooLarge => "payload_too_large",
             Self::UnsupportedMediaType => "unsupported_media_type",
             Self::IdempotencyKeyReused => "idempotency_key_reused",
+            Self::CreditExceedsInvoice => "credit_exceeds_invoice",
+            Self::NotCreditable => "not_creditable",
             Self::RateLimited => "rate_limited",
             Self::Unavailable => "unavailable",
             Self::Internal => "internal",

@@ -93,7 +93,8 @@ fn decode(doc: Document) -> Result<Stored, StoreError> {
         .map_err(|e| StoreError::Corrupt(format!("ledger record: {e}")))
 }
 
-fn is_duplicate(e: &mongodb::error::Error) -> bool {
+/// A duplicate-key refusal (of a single write or of any write of a batch).
+pub(crate) fn is_duplicate(e: &mongodb::error::Error) -> bool {
     use mongodb::error::{ErrorKind, WriteFailure};
     match e.kind.as_ref() {
         ErrorKind::Write(WriteFailure::WriteError(w)) => w.code == 11000,

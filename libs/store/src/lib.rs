@@ -1,7 +1,8 @@
 //! MongoDB, the system of record. The only crate that names mongodb: collection names,
 //! indexes and document shapes live here.
 //!
-//! The catalog and tenant settings are `catalog.rs`'s, the fiscal ledger `ledger.rs`'s.
+//! The catalog and tenant settings are `catalog.rs`'s, the fiscal ledger `ledger.rs`'s,
+//! what credit notes took from each invoice `credits.rs`'s.
 //! The invoices: one collection,
 //! `invoices`, one document per invoice: the contract's representation
 //! plus `_id` (the invoice id), `fingerprint` (for idempotent replays) and `version`
@@ -11,8 +12,10 @@
 //! submission impossible to store.
 
 mod catalog;
+mod credits;
 mod ledger;
 pub use catalog::ProductWrite;
+pub use credits::{CreditRefused, Reserved};
 pub use ledger::{Numbered, ToNumber, Verification, Voided};
 
 use domain::{IdempotencyKey, Invoice, InvoiceId, InvoiceState, TenantId, TerminalId, Timestamp};

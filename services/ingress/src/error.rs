@@ -31,6 +31,12 @@ pub enum ApiError {
     /// 422 `idempotency_key_reused`.
     #[error("idempotency key was already used for a different request body")]
     KeyReused,
+    /// 422 `credit_exceeds_invoice`: more than what is left of the invoice.
+    #[error("{0}")]
+    CreditExceeds(String),
+    /// 422 `not_creditable`: a credit note, or an invoice not COMPLETED.
+    #[error("{0}")]
+    NotCreditable(String),
     /// 429 `rate_limited`: the tenant or terminal is over its rate.
     #[error("too many requests; retry in {retry_after_secs} s")]
     RateLimited { retry_after_secs: u64 },
@@ -73,6 +79,8 @@ impl ApiError {
             ApiError::TooLarge(_) => ErrorCode::PayloadTooLarge,
             ApiError::UnsupportedMediaType => ErrorCode::UnsupportedMediaType,
             ApiError::KeyReused => ErrorCode::IdempotencyKeyReused,
+            ApiError::CreditExceeds(_) => ErrorCode::CreditExceedsInvoice,
+            ApiError::NotCreditable(_) => ErrorCode::NotCreditable,
             ApiError::RateLimited { .. } => ErrorCode::RateLimited,
             ApiError::Unavailable(_) | ApiError::Unconfirmed(_) => ErrorCode::Unavailable,
         }

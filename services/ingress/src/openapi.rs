@@ -20,7 +20,7 @@ use utoipa::{Modify, OpenApi};
     ),
     servers((url = "http://localhost:3000")),
     modifiers(&Bearer),
-    tags((name = "invoices"), (name = "catalog"), (name = "operations"))
+    tags((name = "invoices"), (name = "catalog"), (name = "fiscal"), (name = "operations"))
 )]
 pub struct ApiDoc;
 

@@ -7,6 +7,7 @@ use utoipa::OpenApi;
 use utoipa_axum::{router::OpenApiRouter, routes};
 
 pub mod catalog;
+pub mod fiscal;
 pub mod health;
 pub mod invoices;
 
@@ -19,6 +20,9 @@ pub fn routes(state: AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .routes(routes!(catalog::put, catalog::get, catalog::delete))
         .routes(routes!(catalog::list))
         .routes(routes!(catalog::get_tenant, catalog::put_tenant))
+        .routes(routes!(fiscal::credit))
+        .routes(routes!(fiscal::verify))
+        .routes(routes!(fiscal::export))
         .route_layer(axum::middleware::from_fn_with_state(
             state,
             crate::guard::gate,
