@@ -556,10 +556,13 @@ async fn the_served_openapi_document_and_the_routes_agree() {
             "get /health",
             "get /invoices",
             "get /invoices/{id}",
+            "get /ledger/export",
+            "get /ledger/verify",
             "get /products",
             "get /products/{sku}",
             "get /tenant",
             "post /invoices",
+            "post /invoices/{id}/credit-notes",
             "put /products/{sku}",
             "put /tenant"
         ]

@@ -1,11 +1,11 @@
 //! Failure semantics with real faults (contract § Lifecycle): outages inside and past the
 //! retry window, dead letters and their replay, kill -9 and SIGTERM of workers under load.
 //!
-//! The processor needs no database to compute an invoice: it asks Redis (then MongoDB)
-//! only whether the invoice is already done. So a MongoDB outage alone delays only the
-//! system of record (the persister retries without limit), while MongoDB and Redis down
-//! together leave the processor unable to tell, and it retries: the outages below take
-//! both down.
+//! The processor asks Redis (then MongoDB) whether an invoice is already done, and
+//! MongoDB for its fiscal number. A MongoDB outage alone holds computed invoices at
+//! PROCESSING (the attempt waits, `LEDGER_WAIT_MS`) and the persister retries without
+//! limit; MongoDB and Redis down together leave the processor unable to tell whether an
+//! invoice is done, and it retries: the outages below take both down.
 
 use crate::support::{
     eventually, infra::PrivateServer, invoice_body, stack::Options, unique, ProcessStack, TestStack,
@@ -62,26 +62,29 @@ async fn private_stores(retry_base: Duration) -> (PrivateServer, PrivateServer, 
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_mongodb_outage_alone_completes_every_invoice_and_stores_them_when_it_is_back() {
+async fn a_mongodb_outage_alone_holds_invoices_at_processing_and_numbers_them_when_it_is_back() {
     let mut mongo = PrivateServer::mongod().await;
     let stack = TestStack::with(Options {
         mongodb_uri: Some(mongo.url.clone()),
         ..Options::default()
     })
     .await;
-    post_many(&stack, 10).await;
+    let before = post_many(&stack, 10).await;
+    for id in &before {
+        stack.api.wait_state(id, "COMPLETED", Duration::from_secs(30)).await;
+    }
     mongo.kill().await;
     let during = post_many(&stack, 10).await;
-    // Read from Redis' job state while MongoDB is down (each read waits out MongoDB's
-    // server selection, so all at once). They cannot be stored, so Redis keeps them.
-    let done = futures_util::future::join_all(during.iter().map(|id| {
+    // Computed, but a COMPLETED invoice needs its fiscal number, which needs the system
+    // of record: they wait at PROCESSING, read from Redis' job state meanwhile.
+    let held = futures_util::future::join_all(during.iter().map(|id| {
         stack
             .api
-            .wait_state(id, "COMPLETED", Duration::from_secs(60))
+            .wait_state(id, "PROCESSING", Duration::from_secs(60))
     }))
     .await;
-    for invoice in done {
-        assert_eq!(invoice["attempts"], 1, "nothing to retry: {invoice}");
+    for invoice in held {
+        assert_eq!(invoice["fiscal"], Value::Null, "{invoice}");
     }
     // An invoice Redis does not hold cannot be read now: 503, not 404.
     let unknown = stack
@@ -91,6 +94,13 @@ async fn a_mongodb_outage_alone_completes_every_invoice_and_stores_them_when_it_
     assert_eq!(unknown.status, 503, "{}", unknown.body);
     assert_eq!(unknown.error_code(), "unavailable");
     mongo.start().await;
+    let mut numbers = std::collections::BTreeSet::new();
+    for id in before.iter().chain(&during) {
+        let done = stack.api.wait_state(id, "COMPLETED", Duration::from_secs(60)).await;
+        assert_eq!(done["attempts"], 1, "the outage held the attempt, it did not fail it: {done}");
+        numbers.insert(done["fiscal"]["number"].as_u64().unwrap());
+    }
+    assert_eq!(numbers, (1..=20).collect(), "numbered 1..20, no gap");
     eventually("all 20 stored", Duration::from_secs(60), || async {
         let n = stack
             .mongo()
@@ -145,7 +155,32 @@ async fn an_outage_past_the_last_retry_dead_letters_and_a_replay_completes_them_
     mongo.kill().await;
     redis.kill().await;
     let ids = post_many(&stack, 5).await;
-    // Nothing can be read over HTTP while both are down; the DLQ is on NATS.
+    // Their attempts are spent while neither can say whether they are done. A FAILED
+    // invoice must never hold a fiscal record, so they are failed only once MongoDB can
+    // void their ledger entries: until then they stay on the consumer.
+    // Every submission delivered past its last attempt (4 tries, then `exhausted` at
+    // least once): the processor consumer has made 5 deliveries of each.
+    let js = async_nats::jetstream::new(nats.clone());
+    let stream = messaging::Topology::new(&stack.namespace).invoices_stream();
+    eventually("every attempt spent", Duration::from_secs(90), || async {
+        let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+            .get_stream(&stream)
+            .await
+            .ok()?
+            .get_consumer("processor")
+            .await
+            .ok()?;
+        let info = consumer.info().await.ok()?;
+        (info.delivered.consumer_sequence >= 25).then_some(())
+    })
+    .await;
+    assert_eq!(
+        admin(&nats, &stack.namespace, "dlq.list", json!({})).await["count"],
+        0,
+        "nothing is dead-lettered before the ledger entry is voided"
+    );
+    mongo.start().await;
+    // Nothing can be read over HTTP while Redis is down too; the DLQ is on NATS.
     let listed = eventually("5 dead letters", Duration::from_secs(90), || async {
         let listed = admin(&nats, &stack.namespace, "dlq.list", json!({})).await;
         (listed["count"] == 5).then_some(listed)
@@ -180,7 +215,6 @@ async fn an_outage_past_the_last_retry_dead_letters_and_a_replay_completes_them_
     assert_eq!(from, json!(null), "the last page says it is the last");
     seen.dedup();
     assert_eq!(seen.len(), 5);
-    mongo.start().await;
     redis.start().await;
     for id in &ids {
         let failed = stack

@@ -147,6 +147,12 @@ impl Store {
         tenant: &TenantId,
         batch: &[ToNumber],
     ) -> Result<Vec<Numbered>, StoreError> {
+        // Without the unique index nothing stops a second record of a number.
+        if !*self.indexed.borrow() {
+            return Err(StoreError::Unavailable(
+                "the ledger's unique indexes are not created yet".into(),
+            ));
+        }
         let ids: Vec<String> = batch
             .iter()
             .map(|t| record_id(tenant, t.entry.invoice_id))
