@@ -94,8 +94,11 @@ async fn post_ok(api: &crate::support::stack::Api, body: &Value) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn completed_invoices_carry_consecutive_records_that_an_independent_verifier_accepts() {
+    use crate::support::stack::{next_frame, Received};
     let stack = TestStack::start().await;
     let api = &stack.api;
+    let fanout = stack.start_fanout(&[]).await;
+    let mut socket = fanout.connect(&stack.tenant, "").await;
     let queued = api.post(&invoice_body(Some(&unique("k-")), "T1")).await;
     assert_eq!(queued.body["fiscal"], Value::Null, "no record before COMPLETED");
     assert_eq!(queued.body["kind"], "invoice");
@@ -114,6 +117,21 @@ async fn completed_invoices_carry_consecutive_records_that_an_independent_verifi
         numbers.insert(fiscal["number"].as_u64().unwrap());
     }
     assert_eq!(numbers, (1..=10).collect(), "exactly 1..10");
+    // Terminals get the record in the COMPLETED frame (and nothing before it).
+    let completed_frame = loop {
+        match next_frame(&mut socket, Duration::from_secs(10)).await {
+            Some(Received::Frame(f)) if f["invoiceId"] == ids[0] && f["state"] == "COMPLETED" => break f,
+            Some(Received::Frame(f)) if f["invoiceId"] == ids[0] => {
+                assert_eq!(f["invoice"]["fiscal"], Value::Null, "{f}")
+            }
+            Some(Received::Frame(_)) => continue,
+            other => panic!("no COMPLETED frame: {other:?}\n{}", fanout.log()),
+        }
+    };
+    assert_eq!(
+        completed_frame["invoice"]["fiscal"],
+        api.invoice(&ids[0]).await.body["fiscal"]
+    );
     let f = api.wait_state(&failed, "FAILED", Duration::from_secs(30)).await;
     assert_eq!(f["fiscal"], Value::Null, "a FAILED invoice has no record");
 

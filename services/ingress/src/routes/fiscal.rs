@@ -199,6 +199,15 @@ pub async fn credit(
         .ok_or(ApiError::NotFound)?
         .invoice;
     let fingerprint = domain::credit::fingerprint(id, request.items.as_deref(), &request.reason);
+    // A key another request holds is refused before anything is reserved under it (the
+    // reservation would otherwise keep quantities for a note that is never accepted).
+    if let Some(key) = &request.key {
+        match state.bus.submission_of_key(&tenant, key).await {
+            Ok(Some(holder)) if holder.fingerprint != fingerprint => return Err(ApiError::KeyReused),
+            Ok(_) => {}
+            Err(e) => return Err(ApiError::Unavailable(e.to_string())),
+        }
+    }
     let reserved = state
         .store
         .reserve_credit(&original, request.key.as_ref(), &fingerprint, request.items.as_deref())
