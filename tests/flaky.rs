@@ -181,7 +181,10 @@ async fn a_stalled_mongodb_does_not_hang_posts_or_reads() {
         .api
         .wait_state(&id, "COMPLETED", Duration::from_secs(60))
         .await;
-    assert_eq!(done["attempts"], 1, "the stall held the attempt, it did not fail it");
+    assert_eq!(
+        done["attempts"], 1,
+        "the stall held the attempt, it did not fail it"
+    );
     assert_eq!(done["fiscal"]["number"], 1);
 }
 

@@ -32,7 +32,9 @@ fn independent_verify(lines: &[Value]) -> Result<Vec<String>, String> {
             return Err(format!("line {i} has number {number}"));
         }
         if s("previousHash")? != previous {
-            return Err(format!("number {number}: previousHash is not the hash before"));
+            return Err(format!(
+                "number {number}: previousHash is not the hash before"
+            ));
         }
         let text = format!(
             "v1|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}|{}",
@@ -100,7 +102,11 @@ async fn completed_invoices_carry_consecutive_records_that_an_independent_verifi
     let fanout = stack.start_fanout(&[]).await;
     let mut socket = fanout.connect(&stack.tenant, "").await;
     let queued = api.post(&invoice_body(Some(&unique("k-")), "T1")).await;
-    assert_eq!(queued.body["fiscal"], Value::Null, "no record before COMPLETED");
+    assert_eq!(
+        queued.body["fiscal"],
+        Value::Null,
+        "no record before COMPLETED"
+    );
     assert_eq!(queued.body["kind"], "invoice");
     assert_eq!(queued.body["creditFor"], Value::Null);
     let mut ids = vec![queued.body["id"].as_str().unwrap().to_owned()];
@@ -110,7 +116,9 @@ async fn completed_invoices_carry_consecutive_records_that_an_independent_verifi
     let failed = post_ok(api, &unpaid_body(&unique("k-"))).await;
     let mut numbers = BTreeSet::new();
     for id in &ids {
-        let done = api.wait_state(id, "COMPLETED", Duration::from_secs(30)).await;
+        let done = api
+            .wait_state(id, "COMPLETED", Duration::from_secs(30))
+            .await;
         let fiscal = &done["fiscal"];
         assert_eq!(fiscal["series"], "A", "{done}");
         assert_eq!(fiscal["hash"].as_str().unwrap().len(), 64);
@@ -120,7 +128,9 @@ async fn completed_invoices_carry_consecutive_records_that_an_independent_verifi
     // Terminals get the record in the COMPLETED frame (and nothing before it).
     let completed_frame = loop {
         match next_frame(&mut socket, Duration::from_secs(10)).await {
-            Some(Received::Frame(f)) if f["invoiceId"] == ids[0] && f["state"] == "COMPLETED" => break f,
+            Some(Received::Frame(f)) if f["invoiceId"] == ids[0] && f["state"] == "COMPLETED" => {
+                break f
+            }
             Some(Received::Frame(f)) if f["invoiceId"] == ids[0] => {
                 assert_eq!(f["invoice"]["fiscal"], Value::Null, "{f}")
             }
@@ -132,7 +142,9 @@ async fn completed_invoices_carry_consecutive_records_that_an_independent_verifi
         completed_frame["invoice"]["fiscal"],
         api.invoice(&ids[0]).await.body["fiscal"]
     );
-    let f = api.wait_state(&failed, "FAILED", Duration::from_secs(30)).await;
+    let f = api
+        .wait_state(&failed, "FAILED", Duration::from_secs(30))
+        .await;
     assert_eq!(f["fiscal"], Value::Null, "a FAILED invoice has no record");
 
     let lines = export(api, "").await;
@@ -164,7 +176,10 @@ async fn completed_invoices_carry_consecutive_records_that_an_independent_verifi
     let other = stack.api_for(&unique("other"));
     assert_eq!(verify(&other).await["count"], 0);
     assert!(export(&other, "").await.is_empty());
-    let bad = api.as_role(Role::Manager).get("/ledger/verify?series=no%20such").await;
+    let bad = api
+        .as_role(Role::Manager)
+        .get("/ledger/verify?series=no%20such")
+        .await;
     assert_eq!(bad.status, 400, "{}", bad.body);
 }
 
@@ -185,15 +200,20 @@ async fn verify_names_the_record_whose_invoice_hash_or_existence_was_tampered_wi
             ids.push(post_ok(&api, &invoice_body(Some(&unique("k-")), "T1")).await);
         }
         for id in &ids {
-            api.wait_state(id, "COMPLETED", Duration::from_secs(30)).await;
+            api.wait_state(id, "COMPLETED", Duration::from_secs(30))
+                .await;
         }
-        eventually("all six stored COMPLETED", Duration::from_secs(30), || async {
-            let n = invoices
-                .count_documents(doc! { "tenantId": &api.tenant, "state": "COMPLETED" })
-                .await
-                .ok()?;
-            (n == 6).then_some(())
-        })
+        eventually(
+            "all six stored COMPLETED",
+            Duration::from_secs(30),
+            || async {
+                let n = invoices
+                    .count_documents(doc! { "tenantId": &api.tenant, "state": "COMPLETED" })
+                    .await
+                    .ok()?;
+                (n == 6).then_some(())
+            },
+        )
         .await;
         assert_eq!(verify(&api).await["ok"], true);
         let record = |n: i64| {
@@ -223,7 +243,13 @@ async fn verify_names_the_record_whose_invoice_hash_or_existence_was_tampered_wi
     let v = verify(api).await;
     assert_eq!(v["ok"], false, "{v}");
     assert_eq!(v["firstBroken"]["number"], 3, "{v}");
-    assert!(v["firstBroken"]["reason"].as_str().unwrap().contains("totals"), "{v}");
+    assert!(
+        v["firstBroken"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("totals"),
+        "{v}"
+    );
 
     // A record's hash replaced.
     let (api, _, fifth) = &cases[1];
@@ -246,7 +272,13 @@ async fn verify_names_the_record_whose_invoice_hash_or_existence_was_tampered_wi
         .unwrap();
     let v = verify(api).await;
     assert_eq!(v["firstBroken"]["number"], 3, "{v}");
-    assert!(v["firstBroken"]["reason"].as_str().unwrap().contains("missing"), "{v}");
+    assert!(
+        v["firstBroken"]["reason"]
+            .as_str()
+            .unwrap()
+            .contains("missing"),
+        "{v}"
+    );
     // The independent verifier sees the same break in the export.
     let err = independent_verify(&export(api, "").await).unwrap_err();
     assert!(err.contains("number 4") || err.contains("line 2"), "{err}");
@@ -265,42 +297,71 @@ async fn credit_notes_are_numbered_negative_and_never_exceed_the_invoice() {
     body["payments"] = json!([{ "method": "card", "amount": "20.24" }]);
     let original = post_ok(&api, &body).await;
     let whole_one = post_ok(&api, &invoice_body(Some(&unique("k-")), "T2")).await;
-    api.wait_state(&original, "COMPLETED", Duration::from_secs(30)).await;
-    api.wait_state(&whole_one, "COMPLETED", Duration::from_secs(30)).await;
+    api.wait_state(&original, "COMPLETED", Duration::from_secs(30))
+        .await;
+    api.wait_state(&whole_one, "COMPLETED", Duration::from_secs(30))
+        .await;
     let path = |id: &str| format!("/invoices/{id}/credit-notes");
 
     // Terminals may not credit; a queued invoice or an unknown id cannot be credited.
-    let denied = api.send("POST", &path(&original), Some(&json!({ "reason": "r" }))).await;
+    let denied = api
+        .send("POST", &path(&original), Some(&json!({ "reason": "r" })))
+        .await;
     assert_eq!(denied.status, 403, "{}", denied.body);
     let missing = manager
-        .send("POST", &path(&domain::InvoiceId::generate().to_string()), Some(&json!({ "reason": "r" })))
+        .send(
+            "POST",
+            &path(&domain::InvoiceId::generate().to_string()),
+            Some(&json!({ "reason": "r" })),
+        )
         .await;
     assert_eq!(missing.status, 404, "{}", missing.body);
-    let no_reason = manager.send("POST", &path(&original), Some(&json!({}))).await;
+    let no_reason = manager
+        .send("POST", &path(&original), Some(&json!({})))
+        .await;
     assert_eq!(no_reason.status, 400, "{}", no_reason.body);
 
     // Whole invoice.
     let whole = manager
-        .send("POST", &path(&whole_one), Some(&json!({ "reason": "returned", "idempotencyKey": unique("c-") })))
+        .send(
+            "POST",
+            &path(&whole_one),
+            Some(&json!({ "reason": "returned", "idempotencyKey": unique("c-") })),
+        )
         .await;
     assert_eq!(whole.status, 202, "{}", whole.body);
     assert_eq!(whole.body["kind"], "credit_note");
     assert_eq!(whole.body["creditFor"], whole_one.as_str());
     assert_eq!(whole.body["items"][0]["quantity"], "-2");
     let note = api
-        .wait_state(whole.body["id"].as_str().unwrap(), "COMPLETED", Duration::from_secs(30))
+        .wait_state(
+            whole.body["id"].as_str().unwrap(),
+            "COMPLETED",
+            Duration::from_secs(30),
+        )
         .await;
     assert_eq!(note["totals"]["total"], "-7.70", "{note}");
     assert_eq!(note["totals"]["change"], "0.00");
-    assert!(note["fiscal"]["number"].as_u64().is_some(), "its own record: {note}");
+    assert!(
+        note["fiscal"]["number"].as_u64().is_some(),
+        "its own record: {note}"
+    );
     let again = manager
-        .send("POST", &path(&whole_one), Some(&json!({ "reason": "again" })))
+        .send(
+            "POST",
+            &path(&whole_one),
+            Some(&json!({ "reason": "again" })),
+        )
         .await;
     assert_eq!(again.status, 422, "{}", again.body);
     assert_eq!(again.error_code(), "credit_exceeds_invoice");
     // A credit note of a credit note.
     let of_note = manager
-        .send("POST", &path(note["id"].as_str().unwrap()), Some(&json!({ "reason": "r" })))
+        .send(
+            "POST",
+            &path(note["id"].as_str().unwrap()),
+            Some(&json!({ "reason": "r" })),
+        )
         .await;
     assert_eq!(of_note.status, 422, "{}", of_note.body);
     assert_eq!(of_note.error_code(), "not_creditable");
@@ -312,22 +373,38 @@ async fn credit_notes_are_numbered_negative_and_never_exceed_the_invoice() {
     let first = manager.send("POST", &path(&original), Some(&partial)).await;
     assert_eq!(first.status, 202, "{}", first.body);
     let replay = manager.send("POST", &path(&original), Some(&partial)).await;
-    assert!(replay.status == 200 || replay.status == 202, "{}", replay.body);
-    assert_eq!(replay.body["id"], first.body["id"], "one credit note per key");
+    assert!(
+        replay.status == 200 || replay.status == 202,
+        "{}",
+        replay.body
+    );
+    assert_eq!(
+        replay.body["id"], first.body["id"],
+        "one credit note per key"
+    );
     let mut reused = partial.clone();
     reused["items"][0]["quantity"] = json!("2");
     let reused = manager.send("POST", &path(&original), Some(&reused)).await;
     assert_eq!(reused.status, 422, "{}", reused.body);
     assert_eq!(reused.error_code(), "idempotency_key_reused");
     let unknown_sku = manager
-        .send("POST", &path(&original), Some(&json!({ "reason": "r", "items": [{ "sku": "NOPE", "quantity": "1" }] })))
+        .send(
+            "POST",
+            &path(&original),
+            Some(&json!({ "reason": "r", "items": [{ "sku": "NOPE", "quantity": "1" }] })),
+        )
         .await;
     assert_eq!(unknown_sku.status, 400, "{}", unknown_sku.body);
-    assert_eq!(unknown_sku.body["error"]["details"][0]["path"], "items[0].sku");
+    assert_eq!(
+        unknown_sku.body["error"]["details"][0]["path"],
+        "items[0].sku"
+    );
 
     // 3 coffees are left: two concurrent requests for 2 each, one must be refused.
-    let two = |k: String| json!({ "reason": "race", "idempotencyKey": k,
-                                 "items": [{ "sku": "COFFEE-L", "quantity": "2" }] });
+    let two = |k: String| {
+        json!({ "reason": "race", "idempotencyKey": k,
+                                 "items": [{ "sku": "COFFEE-L", "quantity": "2" }] })
+    };
     let (p, b1, b2) = (path(&original), two(unique("c-")), two(unique("c-")));
     let (a, b) = tokio::join!(
         manager.send("POST", &p, Some(&b1)),
@@ -346,8 +423,12 @@ async fn credit_notes_are_numbered_negative_and_never_exceed_the_invoice() {
         .await;
     assert_eq!(rest.status, 202, "{}", rest.body);
     let over = manager
-        .send("POST", &path(&original), Some(&json!({ "reason": "over",
-            "items": [{ "sku": "CAKE", "quantity": "0.001" }] })))
+        .send(
+            "POST",
+            &path(&original),
+            Some(&json!({ "reason": "over",
+            "items": [{ "sku": "CAKE", "quantity": "0.001" }] })),
+        )
         .await;
     assert_eq!(over.error_code(), "credit_exceeds_invoice", "{}", over.body);
 
@@ -356,18 +437,29 @@ async fn credit_notes_are_numbered_negative_and_never_exceed_the_invoice() {
         let n = api
             .wait_state(id.as_str().unwrap(), "COMPLETED", Duration::from_secs(30))
             .await;
-        credited += n["totals"]["total"].as_str().unwrap().parse::<rust_decimal::Decimal>().unwrap();
+        credited += n["totals"]["total"]
+            .as_str()
+            .unwrap()
+            .parse::<rust_decimal::Decimal>()
+            .unwrap();
     }
     let was = api.invoice(&original).await.body;
     assert_eq!(
         -credited,
-        was["totals"]["total"].as_str().unwrap().parse::<rust_decimal::Decimal>().unwrap(),
+        was["totals"]["total"]
+            .as_str()
+            .unwrap()
+            .parse::<rust_decimal::Decimal>()
+            .unwrap(),
         "the credit notes together undo the invoice exactly"
     );
     // Invoices and credit notes share the series; the chain holds.
     let lines = export(&api, "").await;
     assert_eq!(lines.len(), 2 + 4, "2 invoices and 4 credit notes");
-    assert_eq!(lines.iter().filter(|l| l["kind"] == "credit_note").count(), 4);
+    assert_eq!(
+        lines.iter().filter(|l| l["kind"] == "credit_note").count(),
+        4
+    );
     independent_verify(&lines).unwrap();
     assert_eq!(verify(&api).await["ok"], true);
 }
@@ -407,7 +499,10 @@ async fn five_thousand_invoices_through_kill_9_and_a_nats_restart_number_every_s
         stack.spawn("processor").await,
         stack.spawn("processor").await,
     ];
-    let persisters = [stack.spawn("persister").await, stack.spawn("persister").await];
+    let persisters = [
+        stack.spawn("persister").await,
+        stack.spawn("persister").await,
+    ];
     let tenants: Vec<String> = (0..3).map(|_| unique("shop")).collect();
     let apis: Vec<_> = tenants.iter().map(|t| stack.api(t, 0)).collect();
     const TOTAL: usize = 5000;
@@ -426,7 +521,9 @@ async fn five_thousand_invoices_through_kill_9_and_a_nats_restart_number_every_s
     };
     let mut answers: BTreeMap<usize, String> = BTreeMap::new();
     {
-        let mut posts = futures_util::stream::iter(0..TOTAL).map(post).buffer_unordered(48);
+        let mut posts = futures_util::stream::iter(0..TOTAL)
+            .map(post)
+            .buffer_unordered(48);
         let mut killed = false;
         let mut nats_down = false;
         while let Some((i, id)) = posts.next().await {
@@ -448,17 +545,23 @@ async fn five_thousand_invoices_through_kill_9_and_a_nats_restart_number_every_s
     let distinct: BTreeSet<&String> = answers.values().collect();
     assert_eq!(distinct.len(), TOTAL, "one invoice per key");
 
-    let client = mongodb::Client::with_uri_str(&stack.infra.mongodb_uri).await.unwrap();
+    let client = mongodb::Client::with_uri_str(&stack.infra.mongodb_uri)
+        .await
+        .unwrap();
     let db = client.database(&stack.namespace);
     let invoices = db.collection::<Document>("invoices");
     let expected_failed = (0..TOTAL).filter(|i| i % 25 == 7).count() as u64;
-    eventually("every invoice final and stored", Duration::from_secs(240), || async {
-        let done = invoices
-            .count_documents(doc! { "state": { "$in": ["COMPLETED", "FAILED"] } })
-            .await
-            .ok()?;
-        (done == TOTAL as u64).then_some(())
-    })
+    eventually(
+        "every invoice final and stored",
+        Duration::from_secs(240),
+        || async {
+            let done = invoices
+                .count_documents(doc! { "state": { "$in": ["COMPLETED", "FAILED"] } })
+                .await
+                .ok()?;
+            (done == TOTAL as u64).then_some(())
+        },
+    )
     .await;
     for (t, tenant) in tenants.iter().enumerate() {
         let mut completed = BTreeSet::new();
@@ -466,11 +569,16 @@ async fn five_thousand_invoices_through_kill_9_and_a_nats_restart_number_every_s
             .find(doc! { "tenantId": tenant, "state": "COMPLETED" })
             .await
             .unwrap();
-        while let Some(d) = futures_util::TryStreamExt::try_next(&mut cursor).await.unwrap() {
+        while let Some(d) = futures_util::TryStreamExt::try_next(&mut cursor)
+            .await
+            .unwrap()
+        {
             completed.insert(d.get_str("_id").unwrap().to_owned());
         }
         let failed_with_record = invoices
-            .count_documents(doc! { "tenantId": tenant, "state": "FAILED", "fiscal": { "$ne": null } })
+            .count_documents(
+                doc! { "tenantId": tenant, "state": "FAILED", "fiscal": { "$ne": null } },
+            )
             .await
             .unwrap();
         assert_eq!(failed_with_record, 0, "a FAILED invoice has no record");
@@ -487,12 +595,18 @@ async fn five_thousand_invoices_through_kill_9_and_a_nats_restart_number_every_s
             .unwrap_or_else(|e| panic!("tenant {tenant}: the chain breaks: {e}"));
         let numbered: BTreeSet<String> = chained.iter().cloned().collect();
         assert_eq!(numbered.len(), chained.len(), "no invoice with two numbers");
-        assert_eq!(numbered, completed, "every COMPLETED invoice has exactly one record, nothing else has one");
+        assert_eq!(
+            numbered, completed,
+            "every COMPLETED invoice has exactly one record, nothing else has one"
+        );
         let v = verify(&apis[t]).await;
         assert_eq!(v["ok"], true, "{v}");
         assert_eq!(v["lastNumber"], completed.len() as u64);
     }
-    let failed_total = invoices.count_documents(doc! { "state": "FAILED" }).await.unwrap();
+    let failed_total = invoices
+        .count_documents(doc! { "state": "FAILED" })
+        .await
+        .unwrap();
     assert_eq!(failed_total, expected_failed);
     println!(
         "ledger chaos: {TOTAL} invoices, 3 tenants, 3 processors + 2 persisters, kill -9 of one each and a NATS restart: \

@@ -71,7 +71,10 @@ async fn a_mongodb_outage_alone_holds_invoices_at_processing_and_numbers_them_wh
     .await;
     let before = post_many(&stack, 10).await;
     for id in &before {
-        stack.api.wait_state(id, "COMPLETED", Duration::from_secs(30)).await;
+        stack
+            .api
+            .wait_state(id, "COMPLETED", Duration::from_secs(30))
+            .await;
     }
     mongo.kill().await;
     let during = post_many(&stack, 10).await;
@@ -96,8 +99,14 @@ async fn a_mongodb_outage_alone_holds_invoices_at_processing_and_numbers_them_wh
     mongo.start().await;
     let mut numbers = std::collections::BTreeSet::new();
     for id in before.iter().chain(&during) {
-        let done = stack.api.wait_state(id, "COMPLETED", Duration::from_secs(60)).await;
-        assert_eq!(done["attempts"], 1, "the outage held the attempt, it did not fail it: {done}");
+        let done = stack
+            .api
+            .wait_state(id, "COMPLETED", Duration::from_secs(60))
+            .await;
+        assert_eq!(
+            done["attempts"], 1,
+            "the outage held the attempt, it did not fail it: {done}"
+        );
         numbers.insert(done["fiscal"]["number"].as_u64().unwrap());
     }
     assert_eq!(numbers, (1..=20).collect(), "numbered 1..20, no gap");

@@ -105,7 +105,11 @@ pub fn take(
                         break;
                     }
                     let already = after.quantity[i]
-                        + takes.iter().filter(|t| t.0 == i).map(|t| t.1).sum::<Decimal>();
+                        + takes
+                            .iter()
+                            .filter(|t| t.0 == i)
+                            .map(|t| t.1)
+                            .sum::<Decimal>();
                     let left = line.quantity - already;
                     if line.sku != item.sku || left <= Decimal::ZERO {
                         continue;
@@ -120,7 +124,9 @@ pub fn take(
                         .iter()
                         .enumerate()
                         .filter(|(_, l)| l.sku == item.sku)
-                        .map(|(i, l)| l.quantity - credited.quantity.get(i).copied().unwrap_or_default())
+                        .map(|(i, l)| {
+                            l.quantity - credited.quantity.get(i).copied().unwrap_or_default()
+                        })
                         .sum();
                     return Err(CreditError::Exceeds {
                         sku: item.sku.clone(),
@@ -254,9 +260,19 @@ mod tests {
 
     #[test]
     fn a_whole_credit_negates_every_line_and_the_totals() {
-        let original = completed(vec![line("A", "2", "3.50", "0.50"), line("B", "1", "10", "0")]);
+        let original = completed(vec![
+            line("A", "2", "3.50", "0.50"),
+            line("B", "1", "10", "0"),
+        ]);
         let (lines, after) = take(&original, &Credited::default(), None).unwrap();
-        let note = Invoice::credit_note(InvoiceId::generate(), &original, lines, "r".into(), None, Timestamp::now());
+        let note = Invoice::credit_note(
+            InvoiceId::generate(),
+            &original,
+            lines,
+            "r".into(),
+            None,
+            Timestamp::now(),
+        );
         let totals = compute(&note).unwrap().totals;
         let was = original.totals.as_ref().unwrap();
         assert_eq!(totals.total, -was.total);
@@ -279,7 +295,10 @@ mod tests {
         assert_eq!(l2[0].discount, d("-0.67"), "the last credit takes the rest");
         assert_eq!(c2.discount[0], d("1.00"));
         let err = take(&original, &c2, Some(&[item("A", "0.5")])).unwrap_err();
-        assert!(matches!(err, CreditError::Exceeds { ref left, .. } if left == "0"), "{err:?}");
+        assert!(
+            matches!(err, CreditError::Exceeds { ref left, .. } if left == "0"),
+            "{err:?}"
+        );
         assert!(matches!(
             take(&original, &c1, Some(&[item("A", "2.5")])),
             Err(CreditError::Exceeds { .. })
@@ -294,9 +313,19 @@ mod tests {
             Err(CreditError::UnknownSku("Z".into()))
         );
         let (lines, _) = take(&original, &Credited::default(), None).unwrap();
-        let mut note = Invoice::credit_note(InvoiceId::generate(), &original, lines, "r".into(), None, Timestamp::now());
+        let mut note = Invoice::credit_note(
+            InvoiceId::generate(),
+            &original,
+            lines,
+            "r".into(),
+            None,
+            Timestamp::now(),
+        );
         note.state = InvoiceState::Completed;
-        assert_eq!(take(&note, &Credited::default(), None), Err(CreditError::OfCreditNote));
+        assert_eq!(
+            take(&note, &Credited::default(), None),
+            Err(CreditError::OfCreditNote)
+        );
         let mut queued = original.clone();
         queued.state = InvoiceState::Queued;
         assert!(matches!(

@@ -212,19 +212,29 @@ impl Default for Verifier {
 impl Verifier {
     /// Checks the next record, and the invoice it belongs to as stored once COMPLETED
     /// (`None` before that: the persister lags the ledger by a moment).
-    pub fn check(&mut self, record: &LedgerRecord, invoice: Option<&Invoice>) -> Result<(), Broken> {
+    pub fn check(
+        &mut self,
+        record: &LedgerRecord,
+        invoice: Option<&Invoice>,
+    ) -> Result<(), Broken> {
         let expected = self.head.number + 1;
         let broken = |number: u64, reason: String| Err(Broken { number, reason });
         if record.number != expected {
             return broken(
                 expected,
-                format!("record {expected} is missing (the next stored is {})", record.number),
+                format!(
+                    "record {expected} is missing (the next stored is {})",
+                    record.number
+                ),
             );
         }
         if record.previous_hash != self.head.hash {
             return broken(
                 record.number,
-                format!("previousHash is not the hash of record {}", self.head.number),
+                format!(
+                    "previousHash is not the hash of record {}",
+                    self.head.number
+                ),
             );
         }
         if record.computed_hash() != record.hash {
@@ -237,7 +247,10 @@ impl Verifier {
             if let Some(what) = mismatch(record, invoice) {
                 return broken(
                     record.number,
-                    format!("invoice {} no longer matches its record: {what}", record.invoice_id),
+                    format!(
+                        "invoice {} no longer matches its record: {what}",
+                        record.invoice_id
+                    ),
                 );
             }
         }
@@ -318,7 +331,9 @@ mod tests {
     fn chain(n: usize) -> Vec<LedgerRecord> {
         let mut head = Head::empty();
         let at = Timestamp::parse_rfc3339("2026-11-25T10:00:00.456Z").unwrap();
-        (0..n).map(|_| head.chain(&entry("7.70"), "A", at)).collect()
+        (0..n)
+            .map(|_| head.chain(&entry("7.70"), "A", at))
+            .collect()
     }
 
     #[test]

@@ -76,7 +76,11 @@ impl Store {
                 .bounded(async { Ok(credits.find_one(doc! { "_id": id.as_str() }).await?) })
                 .await?;
             if let (Some(doc), Some(key)) = (&found, key) {
-                if let Some(note) = doc.notes.iter().find(|n| n.key.as_deref() == Some(key.as_str())) {
+                if let Some(note) = doc
+                    .notes
+                    .iter()
+                    .find(|n| n.key.as_deref() == Some(key.as_str()))
+                {
                     if note.fingerprint != fingerprint {
                         return Err(CreditRefused::KeyReused);
                     }
@@ -87,7 +91,10 @@ impl Store {
                     });
                 }
             }
-            let credited = found.as_ref().map(|d| d.credited.clone()).unwrap_or_default();
+            let credited = found
+                .as_ref()
+                .map(|d| d.credited.clone())
+                .unwrap_or_default();
             let (lines, after) = take(original, &credited, items)?;
             let note = Note {
                 key: key.map(|k| k.as_str().to_owned()),

@@ -195,7 +195,9 @@ impl Store {
             for (id, generation) in stale_voids {
                 self.bounded(async {
                     self.ledger()
-                        .delete_one(doc! { "_id": id, "void": true, "replays": i64::from(generation) })
+                        .delete_one(
+                            doc! { "_id": id, "void": true, "replays": i64::from(generation) },
+                        )
                         .await?;
                     Ok(())
                 })
@@ -363,21 +365,30 @@ impl Store {
             })
             .await?;
         let timeout = self.op_timeout;
-        Ok(futures_util::stream::try_unfold(cursor, move |mut cursor| async move {
-            let next = tokio::time::timeout(timeout, cursor.try_next())
-                .await
-                .map_err(|_| StoreError::Unavailable("the ledger cursor stalled".into()))??;
-            match next.map(decode).transpose()? {
-                Some(Stored::Record(r)) => Ok(Some((r, cursor))),
-                Some(Stored::Void { .. }) => Err(StoreError::Corrupt("a void in a series".into())),
-                None => Ok(None),
-            }
-        }))
+        Ok(futures_util::stream::try_unfold(
+            cursor,
+            move |mut cursor| async move {
+                let next = tokio::time::timeout(timeout, cursor.try_next())
+                    .await
+                    .map_err(|_| StoreError::Unavailable("the ledger cursor stalled".into()))??;
+                match next.map(decode).transpose()? {
+                    Some(Stored::Record(r)) => Ok(Some((r, cursor))),
+                    Some(Stored::Void { .. }) => {
+                        Err(StoreError::Corrupt("a void in a series".into()))
+                    }
+                    None => Ok(None),
+                }
+            },
+        ))
     }
 
     /// Walks a series against its hashes, its links and the stored invoices, and names
     /// the first record that no longer holds.
-    pub async fn verify(&self, tenant: &TenantId, series: &str) -> Result<Verification, StoreError> {
+    pub async fn verify(
+        &self,
+        tenant: &TenantId,
+        series: &str,
+    ) -> Result<Verification, StoreError> {
         let mut verifier = Verifier::default();
         let records = self.records(tenant, series, 1).await?;
         let mut chunks = std::pin::pin!(records.try_chunks(VERIFY_CHUNK));

@@ -207,7 +207,9 @@ impl Store {
                     .options(
                         IndexOptions::builder()
                             .name("tenant_fiscal".to_owned())
-                            .partial_filter_expression(doc! { "fiscal.number": { "$exists": true } })
+                            .partial_filter_expression(
+                                doc! { "fiscal.number": { "$exists": true } },
+                            )
                             .build(),
                     )
                     .build(),

@@ -59,11 +59,7 @@ impl Ledger {
 }
 
 /// One tenant's numbering: batches whatever is waiting, one insert per batch.
-async fn numberer(
-    store: Store,
-    tenant: TenantId,
-    mut queue: mpsc::Receiver<(ToNumber, Reply)>,
-) {
+async fn numberer(store: Store, tenant: TenantId, mut queue: mpsc::Receiver<(ToNumber, Reply)>) {
     let mut waiting = Vec::with_capacity(MAX_BATCH);
     while queue.recv_many(&mut waiting, MAX_BATCH).await > 0 {
         let (batch, replies): (Vec<ToNumber>, Vec<Reply>) = waiting.drain(..).unzip();

@@ -9,12 +9,12 @@
 //! export streams it as NDJSON straight from a cursor.
 
 use super::tenant_of;
+use crate::acceptance::{AcceptError, Accepted};
 use crate::{
     error::ApiError,
     extract::{DecimalText, JsonBody, Params, QueryParams},
     AppState,
 };
-use crate::acceptance::{AcceptError, Accepted};
 use auth::{Authorized, Manager};
 use axum::{
     body::Body,
@@ -69,13 +69,19 @@ impl CreditNoteRequest {
         let reason = match self.reason {
             Some(r) if !r.trim().is_empty() && r.chars().count() <= MAX_REASON => r,
             _ => {
-                details.push(FieldError::new("reason", format!("must be 1–{MAX_REASON} characters")));
+                details.push(FieldError::new(
+                    "reason",
+                    format!("must be 1–{MAX_REASON} characters"),
+                ));
                 String::new()
             }
         };
         let key = match (self.idempotency_key, header_key) {
             (Some(b), Some(h)) if b != h => {
-                details.push(FieldError::new("idempotencyKey", "differs from the Idempotency-Key header"));
+                details.push(FieldError::new(
+                    "idempotencyKey",
+                    "differs from the Idempotency-Key header",
+                ));
                 None
             }
             (b, h) => b.or(h).and_then(|k| match IdempotencyKey::parse(k) {
@@ -91,7 +97,10 @@ impl CreditNoteRequest {
             Some(items) if items.is_empty() || items.len() > domain::draft::MAX_LINES => {
                 details.push(FieldError::new(
                     "items",
-                    format!("must hold 1–{} lines (or be left out: the whole invoice)", domain::draft::MAX_LINES),
+                    format!(
+                        "must hold 1–{} lines (or be left out: the whole invoice)",
+                        domain::draft::MAX_LINES
+                    ),
                 ));
                 None
             }
@@ -101,22 +110,37 @@ impl CreditNoteRequest {
                     let sku = match item.sku {
                         Some(s) if !s.is_empty() && s.chars().count() <= 64 => Some(s),
                         _ => {
-                            details.push(FieldError::new(format!("items[{n}].sku"), "must be 1–64 characters"));
+                            details.push(FieldError::new(
+                                format!("items[{n}].sku"),
+                                "must be 1–64 characters",
+                            ));
                             None
                         }
                     };
-                    let quantity = match item.quantity.map(|q| domain::money::parse_decimal(&q.text())) {
+                    let quantity = match item
+                        .quantity
+                        .map(|q| domain::money::parse_decimal(&q.text()))
+                    {
                         Some(Ok(q)) if q > rust_decimal::Decimal::ZERO => Some(q),
                         Some(Ok(_)) => {
-                            details.push(FieldError::new(format!("items[{n}].quantity"), "must be > 0"));
+                            details.push(FieldError::new(
+                                format!("items[{n}].quantity"),
+                                "must be > 0",
+                            ));
                             None
                         }
                         Some(Err(e)) => {
-                            details.push(FieldError::new(format!("items[{n}].quantity"), e.to_string()));
+                            details.push(FieldError::new(
+                                format!("items[{n}].quantity"),
+                                e.to_string(),
+                            ));
                             None
                         }
                         None => {
-                            details.push(FieldError::new(format!("items[{n}].quantity"), "is required"));
+                            details.push(FieldError::new(
+                                format!("items[{n}].quantity"),
+                                "is required",
+                            ));
                             None
                         }
                     };
@@ -137,12 +161,17 @@ impl CreditNoteRequest {
 
 fn refused(e: CreditRefused, items: Option<&[CreditItem]>) -> ApiError {
     match e {
-        CreditRefused::Rule(rule @ CreditError::Exceeds { .. }) => ApiError::CreditExceeds(rule.to_string()),
+        CreditRefused::Rule(rule @ CreditError::Exceeds { .. }) => {
+            ApiError::CreditExceeds(rule.to_string())
+        }
         CreditRefused::Rule(CreditError::UnknownSku(sku)) => {
             let n = items
                 .and_then(|items| items.iter().position(|i| i.sku == sku))
                 .unwrap_or(0);
-            ApiError::field(&format!("items[{n}].sku"), format!("`{sku}` is not a line of the invoice"))
+            ApiError::field(
+                &format!("items[{n}].sku"),
+                format!("`{sku}` is not a line of the invoice"),
+            )
         }
         CreditRefused::Rule(rule) => ApiError::NotCreditable(rule.to_string()),
         CreditRefused::KeyReused => ApiError::KeyReused,
@@ -203,14 +232,21 @@ pub async fn credit(
     // reservation would otherwise keep quantities for a note that is never accepted).
     if let Some(key) = &request.key {
         match state.bus.submission_of_key(&tenant, key).await {
-            Ok(Some(holder)) if holder.fingerprint != fingerprint => return Err(ApiError::KeyReused),
+            Ok(Some(holder)) if holder.fingerprint != fingerprint => {
+                return Err(ApiError::KeyReused)
+            }
             Ok(_) => {}
             Err(e) => return Err(ApiError::Unavailable(e.to_string())),
         }
     }
     let reserved = state
         .store
-        .reserve_credit(&original, request.key.as_ref(), &fingerprint, request.items.as_deref())
+        .reserve_credit(
+            &original,
+            request.key.as_ref(),
+            &fingerprint,
+            request.items.as_deref(),
+        )
         .await
         .map_err(|e| refused(e, request.items.as_deref()))?;
     let note = Invoice::credit_note(
@@ -230,9 +266,10 @@ pub async fn credit(
         fingerprint,
     };
     let acceptor = state.acceptor.clone();
-    let outcome = tokio::spawn(async move { acceptor.accept(envelope, correlation.as_deref()).await })
-        .await
-        .map_err(|e| ApiError::Unconfirmed(format!("acceptance task failed: {e}")))?;
+    let outcome =
+        tokio::spawn(async move { acceptor.accept(envelope, correlation.as_deref()).await })
+            .await
+            .map_err(|e| ApiError::Unconfirmed(format!("acceptance task failed: {e}")))?;
     let (status, invoice) = match outcome {
         Ok(Accepted::New(invoice)) => (StatusCode::ACCEPTED, invoice),
         Ok(Accepted::Replayed(invoice)) => (StatusCode::OK, invoice),
@@ -245,18 +282,26 @@ pub async fn credit(
         r.headers_mut().insert(header::LOCATION, loc);
     }
     if status == StatusCode::OK {
-        r.headers_mut().insert("Idempotent-Replayed", HeaderValue::from_static("true"));
+        r.headers_mut()
+            .insert("Idempotent-Replayed", HeaderValue::from_static("true"));
     }
     Ok(r)
 }
 
 /// The series a ledger request names, or the tenant's current one.
-async fn series_of(state: &AppState, tenant: &TenantId, q: &mut Params) -> Result<String, ApiError> {
+async fn series_of(
+    state: &AppState,
+    tenant: &TenantId,
+    q: &mut Params,
+) -> Result<String, ApiError> {
     match q.parsed("series", |s| {
         if domain::catalog::is_series(s) {
             Ok(s.to_owned())
         } else {
-            Err(format!("must be 1–{} of A-Z a-z 0-9 _ -", domain::catalog::MAX_SERIES_LEN))
+            Err(format!(
+                "must be 1–{} of A-Z a-z 0-9 _ -",
+                domain::catalog::MAX_SERIES_LEN
+            ))
         }
     }) {
         Some(s) => Ok(s),
