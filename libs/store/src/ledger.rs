@@ -12,7 +12,8 @@
 //!   ARCHITECTURE.md).
 //!
 //! A batch of invoices of one tenant is chained in one ordered `insert`: one round trip
-//! for many numbers. An invoice that gives up (retries exhausted) first *voids* its `_id`
+//! for many numbers, on the head the numbering task remembers; only a failed insert
+//! costs the reads of what is stored. An invoice that gives up (retries exhausted) first *voids* its `_id`
 //! (a document without a number), so a stalled process that wakes up later cannot give a
 //! FAILED invoice a record; a replay (next generation) lifts the void.
 //!
@@ -36,6 +37,17 @@ const LEDGER: &str = "ledger";
 const CHAIN_TRIES: usize = 50;
 /// Records checked per invoice lookup while verifying.
 const VERIFY_CHUNK: usize = 256;
+/// How long a numbering task keeps the tenant's series before reading it again: a
+/// change of the `series` setting applies to records made from this long after it.
+pub const SERIES_TTL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What one numbering task remembers between batches: the tenant's series and the head
+/// it last chained to. Hints only — the unique indexes decide.
+#[derive(Debug, Default)]
+pub struct Chain {
+    series: Option<(String, std::time::Instant)>,
+    head: Option<(String, Head)>,
+}
 
 /// An invoice to number, with the replay generation that asks.
 #[derive(Debug, Clone)]
@@ -142,10 +154,16 @@ impl Store {
     /// Numbers `batch` (invoices of `tenant`) in the tenant's current series, in order:
     /// each gets the record an earlier try stored for it, or the next number; one
     /// outcome per invoice, in order.
+    ///
+    /// The first try is optimistic — one round trip: chain on the head `chain`
+    /// remembers and insert. Nothing can be lost by it: an invoice that has a record (a
+    /// redelivery) or a void, and a number another writer took, make the insert fail on
+    /// a unique index, and the next try reads what is stored and chains again.
     pub async fn number(
         &self,
         tenant: &TenantId,
         batch: &[ToNumber],
+        chain: &mut Chain,
     ) -> Result<Vec<Numbered>, StoreError> {
         // Without the unique index nothing stops a second record of a number.
         if !*self.indexed.borrow() {
@@ -158,57 +176,26 @@ impl Store {
             .map(|t| record_id(tenant, t.entry.invoice_id))
             .collect();
         let mut answers: Vec<Option<Numbered>> = vec![None; batch.len()];
-        for _ in 0..CHAIN_TRIES {
+        for attempt in 0..CHAIN_TRIES {
             let open: Vec<usize> = (0..batch.len()).filter(|&i| answers[i].is_none()).collect();
             if open.is_empty() {
                 break;
             }
-            let wanted: Vec<&str> = open.iter().map(|&i| ids[i].as_str()).collect();
-            let found = self
-                .bounded(async {
-                    let docs: Vec<Document> = self
-                        .ledger()
-                        .find(doc! { "_id": { "$in": wanted } })
-                        .await?
-                        .try_collect()
-                        .await?;
-                    Ok(docs)
-                })
-                .await?;
-            let mut stale_voids = Vec::new();
-            for doc in found {
-                let Ok(id) = doc.get_str("_id").map(str::to_owned) else {
-                    continue;
-                };
-                let Some(i) = open.iter().copied().find(|&i| ids[i] == id) else {
-                    continue;
-                };
-                match decode(doc)? {
-                    Stored::Record(r) => answers[i] = Some(Numbered::Record(r)),
-                    Stored::Void { generation } if generation >= batch[i].generation => {
-                        answers[i] = Some(Numbered::Void)
-                    }
-                    // An earlier generation gave up; this one (a replay) may be numbered.
-                    Stored::Void { generation } => stale_voids.push((id, generation)),
+            let series = self.series(tenant, chain).await?;
+            let cached = chain.head.take().filter(|(s, _)| *s == series && attempt == 0);
+            let mut head = match cached {
+                Some((_, head)) => head,
+                None => {
+                    // What is stored decides: earlier records of these invoices, voids,
+                    // and the series' real last record.
+                    self.settle_existing(&ids, &open, batch, &mut answers).await?;
+                    self.head(tenant, &series).await?
                 }
-            }
-            for (id, generation) in stale_voids {
-                self.bounded(async {
-                    self.ledger()
-                        .delete_one(
-                            doc! { "_id": id, "void": true, "replays": i64::from(generation) },
-                        )
-                        .await?;
-                    Ok(())
-                })
-                .await?;
-            }
+            };
             let open: Vec<usize> = open.into_iter().filter(|&i| answers[i].is_none()).collect();
             if open.is_empty() {
                 break;
             }
-            let series = self.tenant(tenant).await?.series;
-            let mut head = self.head(tenant, &series).await?;
             let now = Timestamp::now();
             let mut records = Vec::with_capacity(open.len());
             let mut docs = Vec::with_capacity(open.len());
@@ -224,14 +211,15 @@ impl Store {
                 .bounded(async {
                     match self.ledger().insert_many(docs).ordered(true).await {
                         Ok(_) => Ok(true),
-                        // Another writer took a number (or one of these invoices) first:
-                        // what was inserted before the collision is found by the next read.
+                        // Another writer took a number (or one of these invoices has a
+                        // record or a void): the next try reads what is stored.
                         Err(e) if is_duplicate(&e) => Ok(false),
                         Err(e) => Err(e.into()),
                     }
                 })
                 .await?;
             if inserted {
+                chain.head = Some((series, head));
                 for (i, record) in records {
                     answers[i] = Some(Numbered::Record(record));
                 }
@@ -248,6 +236,66 @@ impl Store {
                 })
             })
             .collect()
+    }
+
+    /// The tenant's series, re-read once [`SERIES_TTL`] has passed.
+    async fn series(&self, tenant: &TenantId, chain: &mut Chain) -> Result<String, StoreError> {
+        if let Some((series, at)) = &chain.series {
+            if at.elapsed() < SERIES_TTL {
+                return Ok(series.clone());
+            }
+        }
+        let series = self.tenant(tenant).await?.series;
+        chain.series = Some((series.clone(), std::time::Instant::now()));
+        Ok(series)
+    }
+
+    /// Answers the invoices among `open` that have a record (or a void of their
+    /// generation) already, and lifts the voids of earlier generations.
+    async fn settle_existing(
+        &self,
+        ids: &[String],
+        open: &[usize],
+        batch: &[ToNumber],
+        answers: &mut [Option<Numbered>],
+    ) -> Result<(), StoreError> {
+        let wanted: Vec<&str> = open.iter().map(|&i| ids[i].as_str()).collect();
+        let found = self
+            .bounded(async {
+                let docs: Vec<Document> = self
+                    .ledger()
+                    .find(doc! { "_id": { "$in": wanted } })
+                    .await?
+                    .try_collect()
+                    .await?;
+                Ok(docs)
+            })
+            .await?;
+        for doc in found {
+            let Ok(id) = doc.get_str("_id").map(str::to_owned) else {
+                continue;
+            };
+            let Some(i) = open.iter().copied().find(|&i| ids[i] == id) else {
+                continue;
+            };
+            match decode(doc)? {
+                Stored::Record(r) => answers[i] = Some(Numbered::Record(r)),
+                Stored::Void { generation } if generation >= batch[i].generation => {
+                    answers[i] = Some(Numbered::Void)
+                }
+                // An earlier generation gave up; this one (a replay) may be numbered.
+                Stored::Void { generation } => {
+                    self.bounded(async {
+                        self.ledger()
+                            .delete_one(doc! { "_id": id, "void": true, "replays": i64::from(generation) })
+                            .await?;
+                        Ok(())
+                    })
+                    .await?;
+                }
+            }
+        }
+        Ok(())
     }
 
     /// The last record of a series (the empty head if it has none).

@@ -16,7 +16,7 @@ mod credits;
 mod ledger;
 pub use catalog::ProductWrite;
 pub use credits::{CreditRefused, Reserved};
-pub use ledger::{Numbered, ToNumber, Verification, Voided};
+pub use ledger::{Chain, Numbered, ToNumber, Verification, Voided, SERIES_TTL};
 
 use domain::{IdempotencyKey, Invoice, InvoiceId, InvoiceState, TenantId, TerminalId, Timestamp};
 use futures_util::TryStreamExt;

@@ -5,11 +5,12 @@
 //! MongoDB round trip per invoice, and a lost race for most of them), each tenant has one
 //! task here that takes whatever invoices are waiting and numbers them in one batch
 //! ([`store::Store::number`]: one ordered insert). Other instances' tasks race it per
-//! batch, not per invoice; the unique indexes settle every race.
+//! batch, not per invoice; the unique indexes settle every race. The task remembers the
+//! head it chained to last, so a batch costs one insert while no other writer appends.
 
 use domain::{fiscal::Entry, TenantId};
 use std::{collections::HashMap, sync::Mutex};
-use store::{Numbered, Store, ToNumber};
+use store::{Chain, Numbered, Store, ToNumber};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most invoices numbered in one insert.
@@ -61,9 +62,10 @@ impl Ledger {
 /// One tenant's numbering: batches whatever is waiting, one insert per batch.
 async fn numberer(store: Store, tenant: TenantId, mut queue: mpsc::Receiver<(ToNumber, Reply)>) {
     let mut waiting = Vec::with_capacity(MAX_BATCH);
+    let mut chain = Chain::default();
     while queue.recv_many(&mut waiting, MAX_BATCH).await > 0 {
         let (batch, replies): (Vec<ToNumber>, Vec<Reply>) = waiting.drain(..).unzip();
-        match store.number(&tenant, &batch).await {
+        match store.number(&tenant, &batch, &mut chain).await {
             Ok(numbered) => {
                 for (reply, n) in replies.into_iter().zip(numbered) {
                     let _ = reply.send(Ok(n));

@@ -9,7 +9,6 @@
 //! export streams it as NDJSON straight from a cursor.
 
 use super::tenant_of;
-use crate::acceptance::{AcceptError, Accepted};
 use crate::{
     error::ApiError,
     extract::{DecimalText, JsonBody, Params, QueryParams},
@@ -19,7 +18,7 @@ use auth::{Authorized, Manager};
 use axum::{
     body::Body,
     extract::{Path, State},
-    http::{header, HeaderMap, HeaderValue, StatusCode},
+    http::{header, HeaderMap},
     response::{IntoResponse, Response},
     Json,
 };
@@ -211,14 +210,7 @@ pub async fn credit(
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(caller.claims())?;
     let id = InvoiceId::parse(&id).map_err(|_| ApiError::NotFound)?;
-    let header_key = match headers.get("Idempotency-Key") {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .map_err(|_| ApiError::field("Idempotency-Key", "must be ASCII"))?
-                .to_owned(),
-        ),
-    };
+    let header_key = super::invoices::header_key(&headers)?;
     let request = request.parse(header_key)?;
     let original = state
         .reader
@@ -257,35 +249,11 @@ pub async fn credit(
         request.key,
         reserved.issued_at,
     );
-    let correlation = headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
     let envelope = Envelope {
         invoice: note,
         fingerprint,
     };
-    let acceptor = state.acceptor.clone();
-    let outcome =
-        tokio::spawn(async move { acceptor.accept(envelope, correlation.as_deref()).await })
-            .await
-            .map_err(|e| ApiError::Unconfirmed(format!("acceptance task failed: {e}")))?;
-    let (status, invoice) = match outcome {
-        Ok(Accepted::New(invoice)) => (StatusCode::ACCEPTED, invoice),
-        Ok(Accepted::Replayed(invoice)) => (StatusCode::OK, invoice),
-        Err(AcceptError::KeyReused) => return Err(ApiError::KeyReused),
-        Err(AcceptError::Unavailable(e)) => return Err(ApiError::Unavailable(e)),
-        Err(AcceptError::Unconfirmed(e)) => return Err(ApiError::Unconfirmed(e)),
-    };
-    let mut r = (status, Json(&invoice)).into_response();
-    if let Ok(loc) = HeaderValue::from_str(&format!("/invoices/{}", invoice.id)) {
-        r.headers_mut().insert(header::LOCATION, loc);
-    }
-    if status == StatusCode::OK {
-        r.headers_mut()
-            .insert("Idempotent-Replayed", HeaderValue::from_static("true"));
-    }
-    Ok(r)
+    super::invoices::submit(&state, envelope, &headers).await
 }
 
 /// The series a ledger request names, or the tenant's current one.

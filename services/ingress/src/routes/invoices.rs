@@ -328,14 +328,7 @@ pub async fn create(
 ) -> Result<Response, ApiError> {
     let claims = caller.into_claims();
     let tenant = tenant_of(&claims)?;
-    let header_key = match headers.get("Idempotency-Key") {
-        None => None,
-        Some(v) => Some(
-            v.to_str()
-                .map_err(|_| ApiError::field("Idempotency-Key", "must be ASCII"))?
-                .to_owned(),
-        ),
-    };
+    let header_key = header_key(&headers)?;
     // Counts first (constant time), then what the catalog and settings supply.
     domain::draft::check_counts(request.items.len(), request.payments.len())
         .map_err(ApiError::validation)?;
@@ -358,14 +351,24 @@ pub async fn create(
     }
     let draft = request.into_draft_with(header_key, &supplied)?;
     let fingerprint = draft.fingerprint();
-    let correlation = headers
-        .get("x-request-id")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned);
     let envelope = Envelope {
         invoice: Invoice::queued(InvoiceId::generate(), tenant, draft, Timestamp::now()),
         fingerprint,
     };
+    submit(&state, envelope, &headers).await
+}
+
+/// Accepts a submission (an invoice or a credit note) and answers 202, or 200 for a
+/// replay of its key.
+pub(crate) async fn submit(
+    state: &AppState,
+    envelope: Envelope,
+    headers: &HeaderMap,
+) -> Result<Response, ApiError> {
+    let correlation = headers
+        .get("x-request-id")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     // A task of its own: a client that gives up (its future is dropped) must not cut the
     // acceptance short between the broker's ack and the job state, nor leave work undone.
     let acceptor = state.acceptor.clone();
@@ -380,6 +383,18 @@ pub async fn create(
         Err(AcceptError::Unavailable(e)) => Err(ApiError::Unavailable(e)),
         Err(AcceptError::Unconfirmed(e)) => Err(ApiError::Unconfirmed(e)),
     }
+}
+
+/// The `Idempotency-Key` header, if sent.
+pub(crate) fn header_key(headers: &HeaderMap) -> Result<Option<String>, ApiError> {
+    headers
+        .get("Idempotency-Key")
+        .map(|v| {
+            v.to_str()
+                .map(str::to_owned)
+                .map_err(|_| ApiError::field("Idempotency-Key", "must be ASCII"))
+        })
+        .transpose()
 }
 
 /// GET /invoices/{id}
