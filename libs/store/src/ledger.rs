@@ -60,7 +60,7 @@ pub struct ToNumber {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Numbered {
     /// Its record: new, or the one an earlier try stored.
-    Record(LedgerRecord),
+    Record(Box<LedgerRecord>),
     /// The invoice gave up in this generation (it is FAILED): it gets no record.
     Void,
 }
@@ -71,7 +71,7 @@ pub enum Voided {
     /// No record can be made for this generation any more.
     Fenced,
     /// The invoice was numbered already: it must complete with this record, not fail.
-    HasRecord(LedgerRecord),
+    HasRecord(Box<LedgerRecord>),
 }
 
 /// The answer of `GET /ledger/verify`.
@@ -89,7 +89,7 @@ fn record_id(tenant: &TenantId, invoice: InvoiceId) -> String {
 
 /// A stored ledger document: a record, or the void of an invoice that gave up.
 enum Stored {
-    Record(LedgerRecord),
+    Record(Box<LedgerRecord>),
     Void { generation: u32 },
 }
 
@@ -101,7 +101,7 @@ fn decode(doc: Document) -> Result<Stored, StoreError> {
         });
     }
     bson::from_document(doc)
-        .map(Stored::Record)
+        .map(|r| Stored::Record(Box::new(r)))
         .map_err(|e| StoreError::Corrupt(format!("ledger record: {e}")))
 }
 
@@ -182,13 +182,17 @@ impl Store {
                 break;
             }
             let series = self.series(tenant, chain).await?;
-            let cached = chain.head.take().filter(|(s, _)| *s == series && attempt == 0);
+            let cached = chain
+                .head
+                .take()
+                .filter(|(s, _)| *s == series && attempt == 0);
             let mut head = match cached {
                 Some((_, head)) => head,
                 None => {
                     // What is stored decides: earlier records of these invoices, voids,
                     // and the series' real last record.
-                    self.settle_existing(&ids, &open, batch, &mut answers).await?;
+                    self.settle_existing(&ids, &open, batch, &mut answers)
+                        .await?;
                     self.head(tenant, &series).await?
                 }
             };
@@ -221,7 +225,7 @@ impl Store {
             if inserted {
                 chain.head = Some((series, head));
                 for (i, record) in records {
-                    answers[i] = Some(Numbered::Record(record));
+                    answers[i] = Some(Numbered::Record(Box::new(record)));
                 }
                 break;
             }
@@ -287,7 +291,9 @@ impl Store {
                 Stored::Void { generation } => {
                     self.bounded(async {
                         self.ledger()
-                            .delete_one(doc! { "_id": id, "void": true, "replays": i64::from(generation) })
+                            .delete_one(
+                                doc! { "_id": id, "void": true, "replays": i64::from(generation) },
+                            )
                             .await?;
                         Ok(())
                     })
@@ -326,7 +332,7 @@ impl Store {
                 .find_one(doc! { "_id": record_id(tenant, invoice) })
                 .await?;
             Ok(match found.map(decode).transpose()? {
-                Some(Stored::Record(r)) => Some(r),
+                Some(Stored::Record(r)) => Some(*r),
                 _ => None,
             })
         })
@@ -420,7 +426,7 @@ impl Store {
                     .await
                     .map_err(|_| StoreError::Unavailable("the ledger cursor stalled".into()))??;
                 match next.map(decode).transpose()? {
-                    Some(Stored::Record(r)) => Ok(Some((r, cursor))),
+                    Some(Stored::Record(r)) => Ok(Some((*r, cursor))),
                     Some(Stored::Void { .. }) => {
                         Err(StoreError::Corrupt("a void in a series".into()))
                     }
