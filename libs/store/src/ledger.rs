@@ -320,25 +320,6 @@ impl Store {
         .await
     }
 
-    /// The record of one invoice, if it has one.
-    pub async fn record_of(
-        &self,
-        tenant: &TenantId,
-        invoice: InvoiceId,
-    ) -> Result<Option<LedgerRecord>, StoreError> {
-        self.bounded(async {
-            let found = self
-                .ledger()
-                .find_one(doc! { "_id": record_id(tenant, invoice) })
-                .await?;
-            Ok(match found.map(decode).transpose()? {
-                Some(Stored::Record(r)) => Some(*r),
-                _ => None,
-            })
-        })
-        .await
-    }
-
     /// Makes sure `invoice` gets no record in `generation` (it is about to be FAILED),
     /// unless it has one already.
     pub async fn void(

@@ -256,13 +256,9 @@ pub async fn credit(
     super::invoices::submit(&state, envelope, &headers).await
 }
 
-/// The series a ledger request names, or the tenant's current one.
-async fn series_of(
-    state: &AppState,
-    tenant: &TenantId,
-    q: &mut Params,
-) -> Result<String, ApiError> {
-    match q.parsed("series", |s| {
+/// The series a ledger request names, if it names one.
+fn series_param(q: &mut Params) -> Option<String> {
+    q.parsed("series", |s| {
         if domain::catalog::is_series(s) {
             Ok(s.to_owned())
         } else {
@@ -271,15 +267,15 @@ async fn series_of(
                 domain::catalog::MAX_SERIES_LEN
             ))
         }
-    }) {
-        Some(s) => Ok(s),
-        None => Ok(state
-            .catalog
-            .settings(tenant)
-            .await
-            .map_err(|e| ApiError::Unavailable(e.to_string()))?
-            .series),
-    }
+    })
+}
+
+async fn settings(state: &AppState, tenant: &TenantId) -> Result<domain::TenantSettings, ApiError> {
+    state
+        .catalog
+        .settings(tenant)
+        .await
+        .map_err(|e| ApiError::Unavailable(e.to_string()))
 }
 
 /// The answer of `GET /ledger/verify`.
@@ -326,8 +322,12 @@ pub async fn verify(
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(caller.claims())?;
     let mut q = Params::new(params);
-    let series = series_of(&state, &tenant, &mut q).await?;
+    let series = series_param(&mut q);
     q.finish(&["series"])?;
+    let series = match series {
+        Some(s) => s,
+        None => settings(&state, &tenant).await?.series,
+    };
     let v = state
         .store
         .verify(&tenant, &series)
@@ -381,15 +381,13 @@ pub async fn export(
 ) -> Result<Response, ApiError> {
     let tenant = tenant_of(caller.claims())?;
     let mut q = Params::new(params);
-    let series = series_of(&state, &tenant, &mut q).await?;
+    let series = series_param(&mut q);
     let from = q.number("from", 1, 1, i64::MAX as u64);
     q.finish(&["series", "from"])?;
-    let issuer = state
-        .catalog
-        .settings(&tenant)
-        .await
-        .map_err(|e| ApiError::Unavailable(e.to_string()))?
-        .issuer_tax_id;
+    // One read of the settings: the default series and the issuer shown on every line.
+    let settings = settings(&state, &tenant).await?;
+    let series = series.unwrap_or(settings.series);
+    let issuer = settings.issuer_tax_id;
     let records = state
         .store
         .records(&tenant, &series, from)
