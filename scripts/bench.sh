@@ -274,7 +274,7 @@ for N in $INSTANCES; do
   FAN="$(IFS=,; echo "${FANOUT_URLS[*]}")"
 
   if [ "$CEILINGS" = 1 ] && [ "$FIRST" = 1 ]; then
-    log "loadgen ceilings (${CEIL_DURATION}s per measurement, 4 measurements)"
+    log "loadgen ceilings (${CEIL_DURATION}s per measurement, 5 measurements)"
     "$BIN_DIR/loadgen" ceilings --nats "$(operator_url)" --mongo "$MONGODB_URI" \
       --duration "$CEIL_DURATION" --json >"$LOGS/n$N-ceilings.json" || log "loadgen ceilings failed"
     record "$LOGS/n$N-ceilings.json" ceilings "$N" "" "" "" ""

@@ -14,9 +14,11 @@
 mod catalog;
 mod credits;
 mod ledger;
+mod numbering;
 pub use catalog::ProductWrite;
 pub use credits::{CreditRefused, Reserved};
 pub use ledger::{Chain, Numbered, ToNumber, Verification, Voided, SERIES_TTL};
+pub use numbering::{Numberer, NumberingError};
 
 use domain::{IdempotencyKey, Invoice, InvoiceId, InvoiceState, TenantId, TerminalId, Timestamp};
 use futures_util::TryStreamExt;

@@ -1,7 +1,6 @@
 //! One delivery of a submission: `handle` is callable without a broker loop, and holds
 //! every decision the processor makes about an invoice.
 
-use crate::ledger::Ledger;
 use domain::{compute, FiscalRecord, Invoice, InvoiceError, InvoiceState, Timestamp};
 use messaging::{consume::Delivery, Bus, DeadLetter, Encoded, Envelope, Handler, Outcome};
 use std::time::{Duration, Instant};
@@ -12,7 +11,7 @@ pub struct Processor {
     bus: Bus,
     store: store::Store,
     cache: cache::Cache,
-    ledger: Ledger,
+    ledger: store::Numberer,
     max_attempts: u32,
     ledger_wait: Duration,
 }
@@ -34,7 +33,7 @@ impl Processor {
         ledger_wait: Duration,
     ) -> Self {
         Self {
-            ledger: Ledger::new(store.clone()),
+            ledger: store::Numberer::new(store.clone()),
             bus,
             store,
             cache,
@@ -68,7 +67,7 @@ impl Processor {
                     delivery.in_progress().await;
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }
-                Err(e) => return Err(NotNumbered::Retry(e)),
+                Err(e) => return Err(NotNumbered::Retry(e.to_string())),
             }
         }
     }

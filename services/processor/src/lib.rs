@@ -4,17 +4,16 @@
 //! instance. For each delivery, [`handler::Processor`] checks whether the invoice is
 //! already final in this generation (Redis' job state on a first delivery, MongoDB
 //! otherwise; a final one is never recomputed), emits PROCESSING,
-//! computes the money, numbers it in the tenant's fiscal series (`ledger.rs`) and emits
+//! computes the money, numbers it in the tenant's fiscal series (`store::Numberer`,
+//! batched per tenant) and emits
 //! COMPLETED with its record — or FAILED plus a dead letter for a permanent fault. Transient faults go back to JetStream with a delayed NAK; the shared consume
 //! loop in `messaging` owns that policy.
 //!
-//! Layout: `settings.rs` (env), `handler.rs` (the per-message logic), `ledger.rs`
-//! (numbering, batched per tenant), `admin.rs` (the
+//! Layout: `settings.rs` (env), `handler.rs` (the per-message logic), `admin.rs` (the
 //! operator endpoints: dead-letter list and replay, stats), this file (wiring).
 
 mod admin;
 mod handler;
-mod ledger;
 mod settings;
 
 pub use handler::Processor;

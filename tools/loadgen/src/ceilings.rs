@@ -8,6 +8,10 @@
 //!   writes) into a temporary database carrying the store's indexes: `insert_one` from
 //!   `--concurrency` tasks, and `insert_many` batches of 100 from `--bulk-concurrency`
 //!   tasks.
+//! - Fiscal numbering: `--ledger-callers` tasks numbering invoices of one tenant through
+//!   `store::Numberer` — the code the processor runs, batching per tenant — into a
+//!   temporary database with the store's indexes: how fast one series can go, which
+//!   numbering serialises.
 //!
 //! Each measurement runs for `--duration`; the temporary stream and database are
 //! removed at the end, also when a measurement failed.
@@ -71,6 +75,10 @@ pub async fn run(args: CeilingsArgs) -> Result<(), String> {
         Ok(mut r) => rates.append(&mut r),
         Err(e) => problems.push(format!("mongodb: {e}")),
     }
+    match ledger_ceiling(&args, &tag).await {
+        Ok(r) => rates.push(r),
+        Err(e) => problems.push(format!("ledger: {e}")),
+    }
 
     let rows: Vec<(String, String)> = rates
         .iter()
@@ -92,11 +100,13 @@ pub async fn run(args: CeilingsArgs) -> Result<(), String> {
         .chain(problems.iter().map(|p| ("FAILED".to_owned(), p.clone())))
         .collect();
     let title = format!(
-        "loadgen ceilings ({} s each; {} acks in flight, insert_one × {}, insert_many(100) × {})",
+        "loadgen ceilings ({} s each; {} acks in flight, insert_one × {}, insert_many(100) × {}, \
+         numbering one series × {})",
         args.duration.as_secs_f64(),
         args.in_flight,
         args.concurrency,
-        args.bulk_concurrency
+        args.bulk_concurrency,
+        args.ledger_callers
     );
     let text = table(&title, &rows);
     if args.json {
@@ -110,6 +120,7 @@ pub async fn run(args: CeilingsArgs) -> Result<(), String> {
     result.insert("in_flight".into(), json!(args.in_flight));
     result.insert("concurrency".into(), json!(args.concurrency));
     result.insert("bulk_concurrency".into(), json!(args.bulk_concurrency));
+    result.insert("ledger_callers".into(), json!(args.ledger_callers));
     for r in &rates {
         result.insert(r.name.into(), r.to_json());
     }
@@ -124,9 +135,22 @@ pub async fn run(args: CeilingsArgs) -> Result<(), String> {
 // ------------------------------------------------------------------ JetStream
 
 async fn nats_ceilings(args: &CeilingsArgs, tag: &str) -> Result<Vec<Rate>, String> {
-    let client = async_nats::connect(args.nats.as_str())
+    // async-nats ignores a user and password in the URL: hand them over explicitly.
+    let url = reqwest::Url::parse(&args.nats).map_err(|e| format!("bad URL {}: {e}", args.nats))?;
+    let options = match url.password() {
+        Some(password) => async_nats::ConnectOptions::with_user_and_password(
+            url.username().to_owned(),
+            password.to_owned(),
+        ),
+        None => async_nats::ConnectOptions::new(),
+    };
+    let mut server = url.clone();
+    let _ = server.set_username("");
+    let _ = server.set_password(None);
+    let client = options
+        .connect(server.as_str())
         .await
-        .map_err(|e| format!("connect {}: {e}", args.nats))?;
+        .map_err(|e| format!("connect {server}: {e}"))?;
     let js = jetstream::new(client.clone());
     let name = format!("LOADGEN_CEILINGS_{tag}");
     let subject = format!("loadgen.ceilings.{tag}");
@@ -445,5 +469,69 @@ async fn insert_many_rate(
         secs,
         latency,
         errors,
+    }
+}
+
+// ------------------------------------------------------------------ fiscal numbering
+
+/// Invoices of one tenant numbered per second by `store::Numberer`, and the wait of each.
+async fn ledger_ceiling(args: &CeilingsArgs, tag: &str) -> Result<Rate, String> {
+    let db_name = format!("loadgen_ledger_{tag}");
+    let store = store::Store::connect(&args.mongo, &db_name, Duration::from_secs(10))
+        .await
+        .map_err(|e| e.to_string())?;
+    eprintln!("loadgen: fiscal numbering ceiling in temporary database {db_name}");
+    let ready = tokio::time::timeout(Duration::from_secs(30), store.wait_indexed()).await;
+    let result = match ready {
+        Err(_) => Err("the store's indexes were not created within 30 s".to_owned()),
+        Ok(()) => {
+            let tenant =
+                domain::TenantId::parse(format!("ceilings-{tag}")).map_err(|e| e.to_string())?;
+            let numberer = Arc::new(store::Numberer::new(store.clone()));
+            let (ops, secs, latency, errors) =
+                hammer(args.duration, args.ledger_callers, move |_| {
+                    let (numberer, entry) = (numberer.clone(), ledger_entry(&tenant));
+                    async move {
+                        match numberer.number(entry, 0).await {
+                            Ok(store::Numbered::Record(_)) => Ok(1),
+                            Ok(store::Numbered::Void) => Err("numbered as void".to_owned()),
+                            Err(e) => Err(e.to_string()),
+                        }
+                    }
+                })
+                .await;
+            Ok(Rate {
+                name: "ledger_one_series",
+                ops,
+                secs,
+                latency,
+                errors,
+            })
+        }
+    };
+    // The store has (rightly) no way to drop a database: a client of our own does it.
+    let dropped = match mongodb::Client::with_uri_str(&args.mongo).await {
+        Ok(client) => client.database(&db_name).drop().await,
+        Err(e) => Err(e),
+    };
+    if let Err(e) = dropped {
+        eprintln!("loadgen: could not drop database {db_name}: {e}");
+    }
+    result
+}
+
+/// A computed invoice's facts, as the processor hands them to numbering.
+fn ledger_entry(tenant: &domain::TenantId) -> domain::fiscal::Entry {
+    let cents = |c: i64| rust_decimal::Decimal::new(c, 2);
+    domain::fiscal::Entry {
+        tenant_id: tenant.clone(),
+        kind: domain::InvoiceKind::Invoice,
+        invoice_id: domain::InvoiceId::generate(),
+        issued_at: "2026-12-02T10:00:00Z".into(),
+        currency: domain::Currency::parse("EUR").expect("EUR is a currency"),
+        net: cents(2_000),
+        tax: cents(380),
+        total: cents(2_380),
+        tax_breakdown: vec![],
     }
 }

@@ -46,10 +46,12 @@ SOCKETS OPTIONS
 CEILINGS OPTIONS
   --nats URL             (default $NATS_URL, else nats://127.0.0.1:4222)
   --mongo URI            (default $MONGODB_URI, else mongodb://127.0.0.1:27017/?replicaSet=rs0&directConnection=true)
-  --duration D           length of EACH of the four measurements (default 10s)
+  --duration D           length of EACH of the five measurements (default 10s)
   --in-flight N          pipelined JetStream publishes awaiting their ack (default 256)
   --concurrency C        tasks running insert_one                (default 64)
   --bulk-concurrency C   tasks running insert_many of 100        (default 4)
+  --ledger-callers C     tasks numbering invoices of ONE tenant through the store's
+                         batching numberer, as a processor's deliveries do (default 256)
   --json                 stdout gets only the JSON line; the table goes to stderr
 ";
 
@@ -99,6 +101,7 @@ pub struct CeilingsArgs {
     pub in_flight: usize,
     pub concurrency: usize,
     pub bulk_concurrency: usize,
+    pub ledger_callers: usize,
     pub json: bool,
 }
 
@@ -319,6 +322,7 @@ fn parse_ceilings(opts: &mut Options) -> Result<CeilingsArgs, String> {
         in_flight: 256,
         concurrency: 64,
         bulk_concurrency: 4,
+        ledger_callers: 256,
         json: false,
     };
     while let Some((name, inline)) = opts.next() {
@@ -333,11 +337,15 @@ fn parse_ceilings(opts: &mut Options) -> Result<CeilingsArgs, String> {
             "--bulk-concurrency" => {
                 a.bulk_concurrency = number(&name, &opts.value(&name, inline)?)?
             }
+            "--ledger-callers" => a.ledger_callers = number(&name, &opts.value(&name, inline)?)?,
             _ => return Err(format!("ceilings: unknown option {name}")),
         }
     }
-    if a.in_flight == 0 || a.concurrency == 0 || a.bulk_concurrency == 0 {
-        return Err("--in-flight, --concurrency and --bulk-concurrency must be ≥ 1".into());
+    if a.in_flight == 0 || a.concurrency == 0 || a.bulk_concurrency == 0 || a.ledger_callers == 0 {
+        return Err(
+            "--in-flight, --concurrency, --bulk-concurrency and --ledger-callers must be ≥ 1"
+                .into(),
+        );
     }
     if a.duration.is_zero() {
         return Err("--duration must be > 0".into());

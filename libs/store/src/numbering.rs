@@ -1,16 +1,19 @@
-//! Numbering computed invoices in their tenant's fiscal series.
+//! Numbering invoices in their tenant's fiscal series, batched per tenant.
 //!
 //! A series is a chain: each record links to the one before, so its records are made one
-//! after another. Rather than every delivery racing the others for the next number (one
+//! after another. Rather than every caller racing the others for the next number (one
 //! MongoDB round trip per invoice, and a lost race for most of them), each tenant has one
 //! task here that takes whatever invoices are waiting and numbers them in one batch
-//! ([`store::Store::number`]: one ordered insert). Other instances' tasks race it per
-//! batch, not per invoice; the unique indexes settle every race. The task remembers the
-//! head it chained to last, so a batch costs one insert while no other writer appends.
+//! ([`Store::number`]: one ordered insert). Other processes' tasks race it per batch, not
+//! per invoice; the unique indexes settle every race. The task remembers the head it
+//! chained to last, so a batch costs one insert while no other writer appends.
+//!
+//! Callers: the processor (one [`Numberer`] per process, shared by its deliveries) and
+//! `loadgen ceilings` (the same code path, measured alone).
 
+use crate::{Chain, Numbered, Store, StoreError, ToNumber};
 use domain::{fiscal::Entry, TenantId};
-use std::{collections::HashMap, sync::Mutex};
-use store::{Chain, Numbered, Store, ToNumber};
+use std::{collections::HashMap, sync::Mutex, time::Instant};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most invoices numbered in one insert.
@@ -18,14 +21,24 @@ const MAX_BATCH: usize = 256;
 /// Invoices waiting per tenant before a caller waits to hand one over.
 const QUEUE: usize = 4096;
 
-type Reply = oneshot::Sender<Result<Numbered, String>>;
+type Reply = oneshot::Sender<Result<Numbered, NumberingError>>;
 
-pub struct Ledger {
+/// Why an invoice was not numbered this time; every case is worth another try.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum NumberingError {
+    #[error("numbering: {0}")]
+    Store(String),
+    #[error("the numbering task of the tenant is gone")]
+    TaskGone,
+}
+
+/// The per-tenant numbering tasks of one process.
+pub struct Numberer {
     store: Store,
     tenants: Mutex<HashMap<TenantId, mpsc::Sender<(ToNumber, Reply)>>>,
 }
 
-impl Ledger {
+impl Numberer {
     pub fn new(store: Store) -> Self {
         Self {
             store,
@@ -35,7 +48,7 @@ impl Ledger {
 
     /// The record of `entry` (new, or the one an earlier try made), or `Void` when the
     /// invoice gave up in `generation`.
-    pub async fn number(&self, entry: Entry, generation: u32) -> Result<Numbered, String> {
+    pub async fn number(&self, entry: Entry, generation: u32) -> Result<Numbered, NumberingError> {
         let tenant = entry.tenant_id.clone();
         let queue = {
             let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
@@ -52,10 +65,8 @@ impl Ledger {
         queue
             .send((ToNumber { entry, generation }, reply))
             .await
-            .map_err(|_| "the numbering task is gone".to_owned())?;
-        answer
-            .await
-            .map_err(|_| "the numbering task dropped the request".to_owned())?
+            .map_err(|_| NumberingError::TaskGone)?;
+        answer.await.map_err(|_| NumberingError::TaskGone)?
     }
 }
 
@@ -65,14 +76,23 @@ async fn numberer(store: Store, tenant: TenantId, mut queue: mpsc::Receiver<(ToN
     let mut chain = Chain::default();
     while queue.recv_many(&mut waiting, MAX_BATCH).await > 0 {
         let (batch, replies): (Vec<ToNumber>, Vec<Reply>) = waiting.drain(..).unzip();
-        match store.number(&tenant, &batch, &mut chain).await {
+        let started = Instant::now();
+        let result = store.number(&tenant, &batch, &mut chain).await;
+        tracing::debug!(
+            %tenant,
+            size = batch.len(),
+            ms = started.elapsed().as_millis() as u64,
+            ok = result.is_ok(),
+            "numbering batch"
+        );
+        match result {
             Ok(numbered) => {
                 for (reply, n) in replies.into_iter().zip(numbered) {
                     let _ = reply.send(Ok(n));
                 }
             }
             Err(e) => {
-                let e = format!("numbering: {e}");
+                let e = NumberingError::Store(StoreError::to_string(&e));
                 for reply in replies {
                     let _ = reply.send(Err(e.clone()));
                 }
