@@ -152,7 +152,7 @@ pub fn take(
             name: line.name.clone(),
             quantity: -quantity,
             unit_price: line.unit_price,
-            discount: -discount,
+            discount: negated(discount),
             tax_rate: line.tax_rate,
             net: None,
             tax: None,
@@ -196,6 +196,16 @@ impl Invoice {
             fiscal: None,
         }
     }
+}
+
+/// `-d`, without a negative zero: rust_decimal keeps the sign of `-0`, which would be
+/// written "-0.00" in the representation.
+fn negated(d: Decimal) -> Decimal {
+    let mut n = -d;
+    if n.is_zero() {
+        n.set_sign_positive(true);
+    }
+    n
 }
 
 #[cfg(test)]
@@ -272,6 +282,11 @@ mod tests {
             "r".into(),
             None,
             Timestamp::now(),
+        );
+        assert_eq!(
+            note.items[1].discount.to_string(),
+            "0",
+            "no discount is 0, never -0"
         );
         let totals = compute(&note).unwrap().totals;
         let was = original.totals.as_ref().unwrap();
