@@ -38,6 +38,14 @@ stack-down:
 stack-status:
     scripts/stack.sh status --dir {{dev_stack}}
 
+# write nats/ to the running dev NATS (.stack/dev): create what is missing, update what
+# differs, print each change. Services never rewrite an existing stream or consumer.
+nats-apply:
+    @[ -f {{dev_stack}}/env ] || { echo "no dev stack in {{dev_stack}}: start one with ./x up or ./x stack-up"; exit 1; }
+    cargo build -q -p nats-apply
+    set -a; source {{dev_stack}}/env; source {{dev_stack}}/nats.passwords; set +a; \
+      NATS_USER=operator NATS_PASSWORD="$NATS_PASSWORD_OPERATOR" target/debug/nats-apply
+
 # print a dev JWT (HS256); e.g. ./x jwt --sub T2 --role manager --ttl 600
 jwt *args:
     python3 scripts/devjwt.py --secret "${JWT_SECRET:-dev-secret-change-me-0123456789abcdef}" "$@"

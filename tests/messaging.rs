@@ -74,3 +74,114 @@ async fn publishing_the_same_submission_or_event_twice_stores_it_once() {
         "a re-emitted state change is stored once"
     );
 }
+
+/// A bus for namespace `ns`, logged in as `user`, as a service builds it.
+async fn bus_as(infra: &Infra, ns: &str, user: &str) -> Bus {
+    let settings = crate::support::stack::infra_settings_for(infra, ns, "unused", user);
+    Bus::connect(
+        NatsSettings {
+            url: settings.nats_url.clone(),
+            client_name: format!("test-{user}"),
+            ack_timeout: Duration::from_secs(2),
+            publish_tries: 1,
+            auth: settings.nats_auth.clone(),
+        },
+        Topology::from_infra(&settings),
+    )
+    .await
+    .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_operators_change_survives_a_service_start_is_reported_and_nats_apply_restores_nats_dir()
+{
+    let infra = Infra::from_env();
+    let ns = unique("own");
+    // A service creates what is missing, and a fresh topology is exactly nats/.
+    let processor = bus_as(&infra, &ns, "processor").await;
+    assert_eq!(processor.ensure_topology().await.unwrap(), vec![]);
+
+    // The operator (nats CLI) raises the events' retention and halves the processor's cap.
+    let js = async_nats::jetstream::new(infra.operator_nats().await);
+    let topology = Topology::new(&ns);
+    let events = topology.events_stream();
+    let mut config = stream_config(&js, &events).await;
+    config.max_age = Duration::from_secs(7 * 86_400);
+    js.update_stream(&config).await.unwrap();
+    let mut consumer = topology.processor_consumer().unwrap();
+    consumer.max_ack_pending = 512;
+    js.get_stream(topology.invoices_stream())
+        .await
+        .unwrap()
+        .create_consumer(consumer)
+        .await
+        .unwrap();
+
+    // Every service's start (ensure_topology, then binding its consumer) keeps both, and
+    // names each difference.
+    for user in ["ingress", "processor", "persister", "fanout"] {
+        let bus = bus_as(&infra, &ns, user).await;
+        let drift = bus.ensure_topology().await.unwrap();
+        let named: Vec<(String, String)> = drift
+            .iter()
+            .map(|d| (d.object.clone(), d.setting.clone()))
+            .collect();
+        assert_eq!(
+            named,
+            vec![
+                (events.clone(), "max_age".to_owned()),
+                (
+                    format!("{}/processor", topology.invoices_stream()),
+                    "max_ack_pending".to_owned()
+                ),
+            ],
+            "{user} reports exactly the operator's two changes"
+        );
+        assert_eq!(
+            drift[0].running,
+            serde_json::json!(7u64 * 86_400 * 1_000_000_000)
+        );
+    }
+    let bound = processor
+        .durable(
+            &topology.invoices_stream(),
+            topology.processor_consumer().unwrap(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        bound.cached_info().config.max_ack_pending,
+        512,
+        "binding does not edit"
+    );
+    let running = stream_config(&js, &events).await;
+    assert_eq!(
+        running.max_age,
+        Duration::from_secs(7 * 86_400),
+        "still the operator's"
+    );
+
+    // A service may not change a stream even if it tried: only the operator can.
+    let service_js = async_nats::jetstream::new(infra.nats_as("processor", &infra.nats_url).await);
+    assert!(
+        service_js.update_stream(&running).await.is_err(),
+        "the processor's NATS user cannot update streams"
+    );
+
+    // nats-apply's step, as the operator: nats/ again, nothing left to report.
+    let operator = bus_as(&infra, &ns, "operator").await;
+    operator.apply_topology().await.unwrap();
+    assert_eq!(operator.ensure_topology().await.unwrap(), vec![]);
+}
+
+async fn stream_config(
+    js: &async_nats::jetstream::Context,
+    name: &str,
+) -> async_nats::jetstream::stream::Config {
+    js.get_stream(name)
+        .await
+        .unwrap()
+        .cached_info()
+        .config
+        .clone()
+}

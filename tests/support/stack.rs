@@ -82,6 +82,7 @@ impl TestStack {
         let settings_of = |service: &str| {
             let mut s = infra_settings_for(&infra, &namespace, &db, service);
             s.submit_dedupe_window = options.dedupe_window;
+            s.ack_wait = options.ack_wait;
             s
         };
 
@@ -103,7 +104,6 @@ impl TestStack {
             health_addr: None,
             concurrency: 32,
             shutdown_grace: Duration::from_secs(5),
-            ack_wait: options.ack_wait,
         };
         if options.start_processor {
             let processor = processor::App::build(processor::Settings {
@@ -249,6 +249,7 @@ pub fn infra_settings_for(
         mongodb_db: db.to_owned(),
         mongodb_timeout: Duration::from_secs(2),
         submit_dedupe_window: Duration::from_secs(600),
+        ack_wait: Duration::from_secs(30),
         namespace: namespace.to_owned(),
         instance: unique("test-"),
     }

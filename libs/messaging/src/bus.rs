@@ -3,7 +3,11 @@
 //! times out is retried with the same id: JetStream answers `duplicate` if the first
 //! try was stored after all (jetstream.md §0.5), so a retry can never double a message.
 
-use crate::{envelope::DeadLetter, Encoded, Envelope, Topology};
+use crate::{
+    drift::{self, Drift},
+    envelope::DeadLetter,
+    Encoded, Envelope, Topology,
+};
 use async_nats::jetstream::{
     self,
     consumer::pull,
@@ -199,30 +203,71 @@ impl Bus {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
 
-    /// Creates or updates every stream and durable consumer from the definitions in
-    /// `nats/`. Safe to run from every instance at once; every service runs it, so the
-    /// topology exists whichever service starts first.
-    pub async fn ensure_topology(&self) -> Result<(), BusError> {
-        for config in self.topology.stream_configs()? {
-            let name = config.name.clone();
+    /// Creates every stream and durable consumer of `nats/` that is missing, and reports
+    /// (logs, and returns) every setting where an existing one differs from its
+    /// definition, without changing it: an operator's change survives a service start,
+    /// and no service's environment reverts another's. Safe to run from every instance at
+    /// once. [`Bus::apply_topology`] (`./x nats-apply`) is the one step that overwrites.
+    pub async fn ensure_topology(&self) -> Result<Vec<Drift>, BusError> {
+        let mut drift = Vec::new();
+        for (config, named) in self.topology.stream_definitions()? {
+            let stream = self
+                .js
+                .get_or_create_stream(config.clone())
+                .await
+                .map_err(request_error)?;
+            drift.extend(drift::compare(
+                &config.name,
+                &named,
+                &as_json(&config),
+                &as_json(&stream.cached_info().config),
+            ));
+        }
+        for (stream, config, named) in self.topology.consumer_definitions()? {
+            let name = config.durable_name.clone().unwrap_or_default();
+            let consumer = self.durable(&stream, config.clone()).await?;
+            drift.extend(drift::compare(
+                &format!("{stream}/{name}"),
+                &named,
+                &as_json(&config),
+                &as_json(&consumer.cached_info().config),
+            ));
+        }
+        for d in &drift {
+            warn!(
+                object = %d.object,
+                setting = %d.setting,
+                running = %d.running,
+                defined = %d.defined,
+                "a NATS setting differs from nats/: kept as it runs (`./x nats-apply` applies nats/)"
+            );
+        }
+        Ok(drift)
+    }
+
+    /// Creates or updates every stream and durable consumer to its definition in `nats/`
+    /// (with this process's overrides): the operator's step, `./x nats-apply`. A setting
+    /// the server cannot change in place (storage, a stream's subjects' overlap) fails
+    /// the step with the server's reason.
+    pub async fn apply_topology(&self) -> Result<(), BusError> {
+        for (config, _) in self.topology.stream_definitions()? {
             self.js
                 .get_or_create_stream(config.clone())
                 .await
                 .map_err(request_error)?;
-            if let Err(e) = self.js.update_stream(&config).await {
-                warn!(stream = %name, error = %e, "stream exists with a configuration that cannot be updated in place");
-            }
+            self.js
+                .update_stream(&config)
+                .await
+                .map_err(request_error)?;
         }
-        self.durable(
-            &self.topology.invoices_stream(),
-            self.topology.processor_consumer()?,
-        )
-        .await?;
-        self.durable(
-            &self.topology.events_stream(),
-            self.topology.persister_consumer()?,
-        )
-        .await?;
+        for (stream, config, _) in self.topology.consumer_definitions()? {
+            // create_consumer is create-or-update on the server.
+            self.stream(&stream)
+                .await?
+                .create_consumer(config)
+                .await
+                .map_err(request_error)?;
+        }
         Ok(())
     }
 
@@ -230,14 +275,22 @@ impl Bus {
         self.js.get_stream(name).await.map_err(request_error)
     }
 
-    /// Creates (or, on 2.9, silently reconfigures) a durable pull consumer.
+    /// Binds a durable pull consumer, creating it from `config` if it does not exist; an
+    /// existing one keeps its settings.
     pub async fn durable(
         &self,
         stream: &str,
         config: pull::Config,
     ) -> Result<jetstream::consumer::PullConsumer, BusError> {
+        let name = config
+            .durable_name
+            .clone()
+            .ok_or_else(|| BusError::Request("a durable consumer needs a name".into()))?;
         let stream = self.stream(stream).await?;
-        stream.create_consumer(config).await.map_err(request_error)
+        stream
+            .get_or_create_consumer(&name, config)
+            .await
+            .map_err(request_error)
     }
 
     /// [`Bus::durable`], retried with logged backoff while the broker is unreachable:
@@ -496,6 +549,11 @@ impl Bus {
             duplicate: ack.duplicate,
         })
     }
+}
+
+/// A configuration as the JSON the definition files are written in.
+fn as_json(config: &impl serde::Serialize) -> serde_json::Value {
+    serde_json::to_value(config).unwrap_or(serde_json::Value::Null)
 }
 
 #[cfg(test)]

@@ -20,6 +20,7 @@
 pub mod admin;
 pub mod bus;
 pub mod consume;
+pub mod drift;
 pub mod envelope;
 pub mod feed;
 pub mod stats;
@@ -28,6 +29,7 @@ pub mod topology;
 pub use async_nats::service::Service;
 pub use bus::{Bus, BusError, NatsSettings, Published};
 pub use consume::{Delivery, Handler, Outcome, RetryPolicy};
+pub use drift::Drift;
 pub use envelope::{DeadLetter, Encoded, Envelope};
 pub use stats::QueueStats;
 pub use topology::Topology;

@@ -50,6 +50,16 @@ impl Topology {
         }
     }
 
+    /// The topology every service and `nats-apply` derive alike from the shared settings,
+    /// so that whichever creates the streams and consumers creates the same ones.
+    pub fn from_infra(infra: &service_kit::settings::Infra) -> Self {
+        let mut t = Self::new(&infra.namespace);
+        t.submit_dedupe_window = Some(infra.submit_dedupe_window);
+        t.processor_ack_wait = Some(infra.ack_wait);
+        t.persister_ack_wait = Some(infra.ack_wait);
+        t
+    }
+
     pub fn namespace(&self) -> &str {
         &self.ns
     }
@@ -131,6 +141,32 @@ impl Topology {
         }
         let dlq = self.stream("streams/dlq.json", DLQ_JSON)?;
         Ok(vec![invoices, events, dlq])
+    }
+
+    /// Every stream, with the settings its file names (what [`crate::drift`] compares).
+    pub fn stream_definitions(
+        &self,
+    ) -> Result<Vec<(stream::Config, Vec<String>)>, DefinitionError> {
+        let named = [INVOICES_JSON, EVENTS_JSON, DLQ_JSON].map(crate::drift::named_settings);
+        Ok(self.stream_configs()?.into_iter().zip(named).collect())
+    }
+
+    /// Every durable consumer: its stream, its config, the settings its file names.
+    pub fn consumer_definitions(
+        &self,
+    ) -> Result<Vec<(String, pull::Config, Vec<String>)>, DefinitionError> {
+        Ok(vec![
+            (
+                self.invoices_stream(),
+                self.processor_consumer()?,
+                crate::drift::named_settings(PROCESSOR_JSON),
+            ),
+            (
+                self.events_stream(),
+                self.persister_consumer()?,
+                crate::drift::named_settings(PERSISTER_JSON),
+            ),
+        ])
     }
 
     pub fn processor_consumer(&self) -> Result<pull::Config, DefinitionError> {

@@ -155,9 +155,15 @@ pub struct Infra {
     /// for the persister's batch writes.
     pub mongodb_timeout: Duration,
     /// `SUBMIT_DEDUPE_WINDOW_MS`: JetStream's dedupe window on submissions (default
-    /// 10 min). Read by every service, since each applies the stream definitions and
-    /// would otherwise put its own default back.
+    /// 10 min).
     pub submit_dedupe_window: Duration,
+    /// `ACK_WAIT_MS`: the lease of the processor's and the persister's durable consumers
+    /// on a delivered message (default 30 s).
+    ///
+    /// Both are topology settings: every service reads them, since whichever starts
+    /// first creates the streams and consumers (an existing one is never changed at
+    /// start: `./x nats-apply` does that).
+    pub ack_wait: Duration,
     /// Prefix of every stream, subject and Redis key (`pos`); tests use a random one.
     pub namespace: String,
     /// This process's name in NATS connection lists and the services API.
@@ -189,6 +195,7 @@ impl Infra {
         if submit_dedupe_window < Duration::from_millis(100) {
             env.problem("SUBMIT_DEDUPE_WINDOW_MS must be at least 100");
         }
+        let ack_wait = env.millis("ACK_WAIT_MS", Duration::from_secs(30));
         let namespace = env.string("POS_NAMESPACE", "pos");
         if namespace.is_empty()
             || !namespace
@@ -210,6 +217,7 @@ impl Infra {
             mongodb_db,
             mongodb_timeout,
             submit_dedupe_window,
+            ack_wait,
             namespace,
             instance,
         }
@@ -225,8 +233,6 @@ pub struct Worker {
     pub concurrency: usize,
     /// `SHUTDOWN_GRACE_MS`: how long SIGTERM waits for in-flight messages.
     pub shutdown_grace: Duration,
-    /// `ACK_WAIT_MS`: the consumer's lease on a delivered message.
-    pub ack_wait: Duration,
 }
 
 impl Worker {
@@ -253,7 +259,6 @@ impl Worker {
             health_addr,
             concurrency: concurrency.max(1),
             shutdown_grace: env.millis("SHUTDOWN_GRACE_MS", Duration::from_secs(10)),
-            ack_wait: env.millis("ACK_WAIT_MS", Duration::from_secs(30)),
         }
     }
 }

@@ -105,8 +105,7 @@ impl App {
             problems.join("\n  - ")
         );
         let infra = &settings.infra;
-        let mut topology = Topology::new(&infra.namespace);
-        topology.submit_dedupe_window = Some(infra.submit_dedupe_window);
+        let topology = Topology::from_infra(infra);
         let bus = Bus::connect(
             NatsSettings {
                 url: infra.nats_url.clone(),

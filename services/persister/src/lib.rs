@@ -40,9 +40,7 @@ pub struct App {
 impl App {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let infra = &settings.infra;
-        let mut topology = Topology::new(&infra.namespace);
-        topology.persister_ack_wait = Some(settings.worker.ack_wait);
-        topology.submit_dedupe_window = Some(infra.submit_dedupe_window);
+        let topology = Topology::from_infra(infra);
         let nats = NatsSettings {
             url: infra.nats_url.clone(),
             client_name: infra.instance.clone(),
