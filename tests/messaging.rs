@@ -79,13 +79,7 @@ async fn publishing_the_same_submission_or_event_twice_stores_it_once() {
 async fn bus_as(infra: &Infra, ns: &str, user: &str) -> Bus {
     let settings = crate::support::stack::infra_settings_for(infra, ns, "unused", user);
     Bus::connect(
-        NatsSettings {
-            url: settings.nats_url.clone(),
-            client_name: format!("test-{user}"),
-            ack_timeout: Duration::from_secs(2),
-            publish_tries: 1,
-            auth: settings.nats_auth.clone(),
-        },
+        NatsSettings::for_infra(&settings, Duration::from_secs(2), 1),
         Topology::from_infra(&settings),
     )
     .await

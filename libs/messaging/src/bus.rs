@@ -37,6 +37,23 @@ pub struct NatsSettings {
     pub auth: service_kit::settings::NatsAuth,
 }
 
+impl NatsSettings {
+    /// Where and as whom `infra` says to connect, with this caller's publish policy.
+    pub fn for_infra(
+        infra: &service_kit::settings::Infra,
+        ack_timeout: Duration,
+        publish_tries: u32,
+    ) -> Self {
+        Self {
+            url: infra.nats_url.clone(),
+            client_name: infra.instance.clone(),
+            ack_timeout,
+            publish_tries,
+            auth: infra.nats_auth.clone(),
+        }
+    }
+}
+
 /// The credentials of `settings`, and an inbox prefix of the user's own: replies to its
 /// requests (JetStream API answers, fetched messages) are then readable only by it, since
 /// each service user may subscribe to `_INBOX_<user>.>` alone.

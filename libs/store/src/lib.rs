@@ -35,7 +35,7 @@ use tracing::{info, warn};
 const COLLECTION: &str = "invoices";
 const KEY_INDEX: &str = "tenant_idempotency_key";
 
-#[derive(Debug, thiserror::Error)]
+#[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
     #[error("MONGODB_URI is not a valid MongoDB connection string: {0}")]
     BadUri(String),

@@ -27,7 +27,7 @@ type Reply = oneshot::Sender<Result<Numbered, NumberingError>>;
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum NumberingError {
     #[error("numbering: {0}")]
-    Store(String),
+    Store(#[from] StoreError),
     #[error("the numbering task of the tenant is gone")]
     TaskGone,
 }
@@ -92,7 +92,7 @@ async fn numberer(store: Store, tenant: TenantId, mut queue: mpsc::Receiver<(ToN
                 }
             }
             Err(e) => {
-                let e = NumberingError::Store(StoreError::to_string(&e));
+                let e = NumberingError::from(e);
                 for reply in replies {
                     let _ = reply.send(Err(e.clone()));
                 }

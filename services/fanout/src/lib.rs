@@ -107,13 +107,7 @@ impl App {
         let infra = &settings.infra;
         let topology = Topology::from_infra(infra);
         let bus = Bus::connect(
-            NatsSettings {
-                url: infra.nats_url.clone(),
-                client_name: infra.instance.clone(),
-                auth: infra.nats_auth.clone(),
-                ack_timeout: NATS_REQUEST_TIMEOUT,
-                publish_tries: 1,
-            },
+            NatsSettings::for_infra(infra, NATS_REQUEST_TIMEOUT, 1),
             topology,
         )
         .await?;

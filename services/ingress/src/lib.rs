@@ -69,13 +69,7 @@ impl App {
         let infra = &settings.infra;
         let topology = Topology::from_infra(infra);
         let bus = Bus::connect(
-            NatsSettings {
-                url: infra.nats_url.clone(),
-                client_name: infra.instance.clone(),
-                auth: infra.nats_auth.clone(),
-                ack_timeout: settings.publish_timeout,
-                publish_tries: 2,
-            },
+            NatsSettings::for_infra(infra, settings.publish_timeout, 2),
             topology,
         )
         .await?;

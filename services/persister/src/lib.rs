@@ -41,13 +41,7 @@ impl App {
     pub async fn build(settings: Settings) -> anyhow::Result<Self> {
         let infra = &settings.infra;
         let topology = Topology::from_infra(infra);
-        let nats = NatsSettings {
-            url: infra.nats_url.clone(),
-            client_name: infra.instance.clone(),
-            auth: infra.nats_auth.clone(),
-            ack_timeout: Duration::from_secs(5),
-            publish_tries: 3,
-        };
+        let nats = NatsSettings::for_infra(infra, Duration::from_secs(5), 3);
         let bus = Bus::connect(nats, topology).await?;
         bus.ensure_topology()
             .await

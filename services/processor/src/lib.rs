@@ -39,13 +39,7 @@ impl App {
         let infra = &settings.infra;
         let topology = Topology::from_infra(infra);
         let bus = Bus::connect(
-            NatsSettings {
-                url: infra.nats_url.clone(),
-                client_name: infra.instance.clone(),
-                auth: infra.nats_auth.clone(),
-                ack_timeout: std::time::Duration::from_secs(5),
-                publish_tries: 3,
-            },
+            NatsSettings::for_infra(infra, std::time::Duration::from_secs(5), 3),
             topology,
         )
         .await?;

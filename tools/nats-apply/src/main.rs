@@ -19,13 +19,7 @@ async fn main() -> anyhow::Result<()> {
     let infra = Infra::from_env(&mut env, "nats-apply", &["NATS_URL"]);
     env.finish()?;
     let bus = Bus::connect(
-        NatsSettings {
-            url: infra.nats_url.clone(),
-            client_name: infra.instance.clone(),
-            auth: infra.nats_auth.clone(),
-            ack_timeout: Duration::from_secs(5),
-            publish_tries: 1,
-        },
+        NatsSettings::for_infra(&infra, Duration::from_secs(5), 1),
         Topology::from_infra(&infra),
     )
     .await?;
