@@ -65,14 +65,18 @@ impl ProcessStack {
         if let Some(p) = port {
             env.push(("INGRESS_ADDR".into(), format!("127.0.0.1:{p}")));
             env.push(("FANOUT_ADDR".into(), format!("127.0.0.1:{p}")));
+            // The workers' HTTP port: `/health` and `/metrics`.
+            env.push(("HEALTH_ADDR".into(), format!("127.0.0.1:{p}")));
         }
         env.extend(self.extra_env.clone());
         env
     }
 
-    /// Starts one instance of `service`; ingress gets a port and is waited for.
+    /// Starts one instance of `service` on a port of its own (the workers' is their
+    /// `/health` and `/metrics`); ingress and fanout are waited for. Workers are not:
+    /// a test may start one while a dependency it waits for is down.
     pub async fn spawn(&mut self, service: &'static str) -> usize {
-        let port = (service == "ingress" || service == "fanout").then(free_port);
+        let port = Some(free_port());
         let instance = self.start(service, port, self.instances.len()).await;
         self.instances.push(instance);
         self.instances.len() - 1
@@ -104,7 +108,7 @@ impl ProcessStack {
                     bin.display()
                 )
             });
-        if let Some(p) = port {
+        if let Some(p) = port.filter(|_| service == "ingress" || service == "fanout") {
             let url = format!("http://127.0.0.1:{p}/health");
             eventually(
                 &format!("{service} on port {p} to answer"),

@@ -94,6 +94,7 @@ impl TestStack {
             publish_timeout: Duration::from_secs(1),
             http: options.http.clone(),
             rate_limits: options.rate_limits,
+            max_unstored_events: Some(1_000_000),
         })
         .await
         .expect("ingress builds");
@@ -134,6 +135,7 @@ impl TestStack {
                     linger: Duration::from_millis(2),
                     hold: Duration::from_millis(50),
                 },
+                max_lag: Duration::from_secs(60),
             })
             .await
             .expect("persister builds");
@@ -250,6 +252,8 @@ pub fn infra_settings_for(
         mongodb_timeout: Duration::from_secs(2),
         submit_dedupe_window: Duration::from_secs(600),
         ack_wait: Duration::from_secs(30),
+        // Every in-process stack lives until the test binary ends: poll the broker gently.
+        backlog_poll: Duration::from_secs(5),
         namespace: namespace.to_owned(),
         instance: unique("test-"),
     }
@@ -386,7 +390,7 @@ impl Api {
 //
 // The tests crate does not depend on the `fanout` library crate, so fanout runs as its
 // real binary (`target/<profile>/fanout`, built by `cargo build --workspace`), started
-// on this stack's namespace; its figures come from its `GET /metrics`.
+// on this stack's namespace; its figures come from the `metrics` object of its `/health`.
 
 /// A client socket as `tokio_tungstenite::connect_async` returns it.
 pub type Ws =
@@ -450,14 +454,15 @@ impl Fanout {
         }
     }
 
-    /// `GET /metrics` of this instance.
+    /// The `metrics` object of this instance's `GET /health`.
     pub async fn metrics(&self) -> Value {
-        reqwest::get(format!("http://127.0.0.1:{}/metrics", self.port))
+        let health: Value = reqwest::get(format!("http://127.0.0.1:{}/health", self.port))
             .await
             .unwrap()
             .json()
             .await
-            .unwrap()
+            .unwrap();
+        health["metrics"].clone()
     }
 
     /// What the instance logged so far (for failure messages).

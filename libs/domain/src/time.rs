@@ -28,6 +28,12 @@ impl Timestamp {
     pub fn as_datetime(&self) -> DateTime<Utc> {
         self.0
     }
+
+    /// Time from this instant until now; zero if it lies in the future (clock skew
+    /// between hosts).
+    pub fn elapsed(&self) -> std::time::Duration {
+        (Utc::now() - self.0).to_std().unwrap_or_default()
+    }
 }
 
 impl fmt::Display for Timestamp {

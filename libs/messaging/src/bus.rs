@@ -22,7 +22,7 @@ use tracing::{info, warn};
 
 /// Header carrying the request id from ingress through every stage, so one invoice's
 /// logs can be followed across the four services.
-pub const CORRELATION_HEADER: &str = "Pos-Correlation-Id";
+pub const REQUEST_ID_HEADER: &str = "X-Request-Id";
 
 #[derive(Debug, Clone)]
 pub struct NatsSettings {
@@ -336,7 +336,7 @@ impl Bus {
         subject: String,
         id: String,
         payload: bytes::Bytes,
-        correlation: Option<&str>,
+        request_id: Option<&str>,
         expect_empty_subject: bool,
     ) -> Result<Published, BusError> {
         let mut last_error = String::new();
@@ -354,8 +354,8 @@ impl Bus {
                 continue;
             }
             let mut headers = HeaderMap::new();
-            if let Some(c) = correlation {
-                headers.insert(CORRELATION_HEADER, c);
+            if let Some(c) = request_id {
+                headers.insert(REQUEST_ID_HEADER, c);
             }
             // Headers first: `headers()` replaces the map, so calling it after
             // `message_id()` would silently drop the id and with it all deduplication.
@@ -417,7 +417,7 @@ impl Bus {
     pub async fn publish_submission(
         &self,
         message: &Encoded<'_>,
-        correlation: Option<&str>,
+        request_id: Option<&str>,
     ) -> Result<Published, BusError> {
         let inv = &message.envelope.invoice;
         let key = inv.idempotency_key.as_ref();
@@ -427,7 +427,7 @@ impl Bus {
             subject,
             Self::submission_id(message.envelope),
             message.bytes.clone(),
-            correlation,
+            request_id,
             first_of_key,
         )
         .await
@@ -480,22 +480,22 @@ impl Bus {
     pub async fn publish_event(
         &self,
         message: &Encoded<'_>,
-        correlation: Option<&str>,
+        request_id: Option<&str>,
     ) -> Result<Published, BusError> {
         let (subject, id) = self.event_target(message);
-        self.publish(subject, id, message.bytes.clone(), correlation, false)
+        self.publish(subject, id, message.bytes.clone(), request_id, false)
             .await
     }
 
     /// [`Bus::publish_event`] as a task of its own, for an event the caller's answer does
     /// not depend on; a failure is logged.
-    pub fn publish_event_detached(&self, message: &Encoded<'_>, correlation: Option<&str>) {
+    pub fn publish_event_detached(&self, message: &Encoded<'_>, request_id: Option<&str>) {
         let (subject, id) = self.event_target(message);
         let (bus, payload) = (self.clone(), message.bytes.clone());
-        let correlation = correlation.map(str::to_owned);
+        let request_id = request_id.map(str::to_owned);
         tokio::spawn(async move {
             if let Err(e) = bus
-                .publish(subject, id.clone(), payload, correlation.as_deref(), false)
+                .publish(subject, id.clone(), payload, request_id.as_deref(), false)
                 .await
             {
                 warn!(error = %e, event = %id, "event not published");

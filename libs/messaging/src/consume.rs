@@ -65,11 +65,11 @@ impl Delivery {
         self.message.subject.as_str()
     }
 
-    pub fn correlation(&self) -> Option<&str> {
+    pub fn request_id(&self) -> Option<&str> {
         self.message
             .headers
             .as_ref()?
-            .get(crate::bus::CORRELATION_HEADER)
+            .get(crate::bus::REQUEST_ID_HEADER)
             .map(|v| v.as_str())
     }
 
@@ -125,6 +125,8 @@ pub async fn run<H: Handler>(
         }
     };
     let permits = Arc::new(Semaphore::new(concurrency));
+    // The metrics' `consumer` label: `processor`, `persister`.
+    let name: Arc<str> = consumer.cached_info().name.as_str().into();
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -160,16 +162,17 @@ pub async fn run<H: Handler>(
             attempt,
             stream_sequence,
         };
-        let (bus, handler) = (bus.clone(), handler.clone());
-        let span = tracing::info_span!(
+        let (bus, handler, name) = (bus.clone(), handler.clone(), name.clone());
+        // ERROR level: present under any filter (see service-kit's request span).
+        let span = tracing::error_span!(
             "delivery",
             seq = stream_sequence,
             attempt,
-            correlation_id = delivery.correlation().unwrap_or("")
+            request_id = delivery.request_id().unwrap_or("")
         );
         tokio::spawn(
             async move {
-                settle(&bus, &*handler, policy, delivery).await;
+                settle(&bus, &*handler, policy, delivery, &name).await;
                 drop(permit);
             }
             .instrument(span),
@@ -180,24 +183,31 @@ pub async fn run<H: Handler>(
     Ok(())
 }
 
-async fn settle<H: Handler>(bus: &Bus, handler: &H, policy: RetryPolicy, delivery: Delivery) {
+async fn settle<H: Handler>(
+    bus: &Bus,
+    handler: &H,
+    policy: RetryPolicy,
+    delivery: Delivery,
+    consumer: &str,
+) {
+    let started = std::time::Instant::now();
     let outcome = if delivery.attempt > policy.max_attempts {
         // A crash during the last attempt: the budget is spent, go straight to dead-letter.
         Outcome::Retry("processing was interrupted on the last attempt".to_owned())
     } else {
         handler.handle(&delivery).await
     };
-    let ack = match outcome {
-        Outcome::Done => AckKind::Ack,
+    let (ack, settled) = match outcome {
+        Outcome::Done => (AckKind::Ack, "done"),
         Outcome::Retry(e) if delivery.attempt < policy.max_attempts => {
             warn!(error = %e, "transient failure; will retry");
-            AckKind::Nak(Some(policy.delay(delivery.attempt)))
+            (AckKind::Nak(Some(policy.delay(delivery.attempt))), "retry")
         }
         Outcome::Retry(e) => match handler.exhausted(&delivery, e).await {
-            Ok(()) => AckKind::Term,
+            Ok(()) => (AckKind::Term, "dead_lettered"),
             Err(e) => {
                 error!(error = %e, "could not dead-letter an exhausted message; keeping it");
-                AckKind::Nak(Some(policy.max_delay))
+                (AckKind::Nak(Some(policy.max_delay)), "kept")
             }
         },
         Outcome::Poison(e) => {
@@ -206,14 +216,18 @@ async fn settle<H: Handler>(bus: &Bus, handler: &H, policy: RetryPolicy, deliver
                 .publish_raw_dead_letter(delivery.payload(), delivery.subject(), &e)
                 .await
             {
-                Ok(_) => AckKind::Term,
+                Ok(_) => (AckKind::Term, "poison"),
                 Err(e) => {
                     error!(error = %e, "could not dead-letter an undecodable message; keeping it");
-                    AckKind::Nak(Some(policy.max_delay))
+                    (AckKind::Nak(Some(policy.max_delay)), "kept")
                 }
             }
         }
     };
+    metrics::histogram!("pos_delivery_duration_seconds", "consumer" => consumer.to_owned())
+        .record(started.elapsed().as_secs_f64());
+    metrics::counter!("pos_deliveries_total", "consumer" => consumer.to_owned(), "outcome" => settled)
+        .increment(1);
     if let Err(e) = delivery.message.ack_with(ack).await {
         // The message will be redelivered after ack_wait; handlers are idempotent.
         warn!(error = %e, "ack failed");

@@ -49,6 +49,8 @@ pub struct LoggedEvent {
     /// that moved it (the stream's own receive time would shift with broker retries).
     pub at: Timestamp,
     pub envelope: Envelope,
+    /// The `X-Request-Id` of the request that led to this event, for logs.
+    pub request_id: Option<String>,
 }
 
 /// Pause after a consumer error before reading or recreating again, so a broker outage
@@ -222,12 +224,18 @@ async fn next_event(mut reader: Reader) -> Option<(LoggedEvent, Reader)> {
         match Envelope::decode(&message.payload) {
             Ok(envelope) => {
                 let at = envelope.invoice.updated_at;
+                let request_id = message
+                    .headers
+                    .as_ref()
+                    .and_then(|h| h.get(crate::bus::REQUEST_ID_HEADER))
+                    .map(|v| v.as_str().to_owned());
                 return Some((
                     LoggedEvent {
                         seq,
                         pending,
                         at,
                         envelope,
+                        request_id,
                     },
                     reader,
                 ));

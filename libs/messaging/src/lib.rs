@@ -16,8 +16,10 @@
 //! - `consume.rs`: the pull-consumer loop and its ack / nak / term policy
 //! - `admin.rs`: the NATS services API, admin endpoints, dead-letter reads
 //! - `stats.rs`: queue figures for `/health`
+//! - `backlog.rs`: how far behind a consumer is (metrics, health, back-pressure)
 
 pub mod admin;
+pub mod backlog;
 pub mod bus;
 pub mod consume;
 pub mod drift;
@@ -27,6 +29,7 @@ pub mod stats;
 pub mod topology;
 
 pub use async_nats::service::Service;
+pub use backlog::{unstored_events, Backlog};
 pub use bus::{Bus, BusError, NatsSettings, Published};
 pub use consume::{Delivery, Handler, Outcome, RetryPolicy};
 pub use drift::Drift;

@@ -22,25 +22,22 @@ pub struct QueueStats {
 
 impl Bus {
     pub async fn queue_stats(&self) -> Result<QueueStats, crate::BusError> {
-        let err = |e: &dyn std::fmt::Display| crate::BusError::Request(e.to_string());
         let t = self.topology();
         let mut invoices = self.stream(&t.invoices_stream()).await?;
-        let stored = invoices.info().await.map_err(|e| err(&e))?.state.messages;
-        let mut dlq = self.stream(&t.dlq_stream()).await?;
-        let failed = dlq.info().await.map_err(|e| err(&e))?.state.messages;
-        let mut consumer: async_nats::jetstream::consumer::PullConsumer = invoices
-            .get_consumer("processor")
+        let stored = invoices
+            .info()
             .await
-            .map_err(|e| err(&e))?;
-        let info = consumer.info().await.map_err(|e| err(&e))?;
-        let pending = info.num_pending;
-        let ack_pending = info.num_ack_pending as u64;
+            .map_err(|e| crate::BusError::Request(e.to_string()))?
+            .state
+            .messages;
+        let failed = self.dead_letters().await?;
+        let processor = self.backlog(&t.invoices_stream(), "processor").await?;
         Ok(QueueStats {
-            pending,
-            ack_pending,
-            redelivered: info.num_redelivered as u64,
+            pending: processor.pending,
+            ack_pending: processor.ack_pending,
+            redelivered: processor.redelivered,
             failed,
-            completed: stored.saturating_sub(pending + ack_pending + failed),
+            completed: stored.saturating_sub(processor.outstanding() + failed),
         })
     }
 }

@@ -24,8 +24,6 @@ pub struct Topology {
     ns: String,
     /// Overrides of the files' dedupe windows (tests shorten them).
     pub submit_dedupe_window: Option<Duration>,
-    /// How long an event stays replayable for `since=` (the events stream's max_age).
-    pub events_retention: Option<Duration>,
     /// The processor consumer's ack wait (lease): tests shorten it to prove redelivery.
     pub processor_ack_wait: Option<Duration>,
     pub persister_ack_wait: Option<Duration>,
@@ -44,7 +42,6 @@ impl Topology {
         Self {
             ns: ns.into(),
             submit_dedupe_window: None,
-            events_retention: None,
             processor_ack_wait: None,
             persister_ack_wait: None,
         }
@@ -134,11 +131,7 @@ impl Topology {
         if let Some(w) = self.submit_dedupe_window {
             invoices.duplicate_window = w;
         }
-        let mut events = self.stream("streams/events.json", EVENTS_JSON)?;
-        if let Some(r) = self.events_retention {
-            events.max_age = r;
-            events.duplicate_window = events.duplicate_window.min(r);
-        }
+        let events = self.stream("streams/events.json", EVENTS_JSON)?;
         let dlq = self.stream("streams/dlq.json", DLQ_JSON)?;
         Ok(vec![invoices, events, dlq])
     }

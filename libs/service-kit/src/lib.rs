@@ -5,9 +5,11 @@
 //! - `shutdown.rs`: the SIGINT/SIGTERM future and a cloneable shutdown handle;
 //! - `http.rs`: the contract's error body and the `/health` response shape;
 //! - `server.rs`: the HTTP server with connection limits and timeouts, used by all;
+//! - `metrics.rs`: the Prometheus recorder, `GET /metrics` and the HTTP figures;
 //! - the global allocator of every binary that links this crate (below).
 
 pub mod http;
+pub mod metrics;
 pub mod server;
 pub mod settings;
 pub mod shutdown;

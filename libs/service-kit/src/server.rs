@@ -69,22 +69,28 @@ impl Default for ServerLimits {
     }
 }
 
-/// Adds the whole-request timeout, the JSON error bodies and the request id to `router`.
+/// Adds `GET /metrics`, the whole-request timeout, the JSON error bodies, the request id
+/// and the HTTP metrics to `router`.
 fn harden(router: Router, limits: &ServerLimits) -> Router {
     router
+        .route("/metrics", axum::routing::get(crate::metrics::render))
         .layer(tower_http::timeout::TimeoutLayer::with_status_code(
             StatusCode::REQUEST_TIMEOUT,
             limits.request_timeout,
         ))
         .layer(axum::middleware::map_response(json_error_body))
         .layer(axum::middleware::from_fn(request_id))
+        // Outermost: it sees the status the client gets (a 408 of the timeout too).
+        .layer(axum::middleware::from_fn(crate::metrics::track_http))
 }
 
 /// Contract: `X-Request-Id` of at most 128 visible ASCII characters, else a new id.
 pub const MAX_REQUEST_ID: usize = 128;
 
 /// The request id a handler sees is always a valid one (the caller's, or a new UUID in
-/// its place), and the response echoes it.
+/// its place), the response echoes it, and every log line written while the request is
+/// handled carries it (`request_id`), as the pipeline's lines do after it (NATS header
+/// [`REQUEST_ID`]).
 async fn request_id(mut request: Request, next: axum::middleware::Next) -> Response {
     let valid = request
         .headers()
@@ -97,11 +103,15 @@ async fn request_id(mut request: Request, next: axum::middleware::Next) -> Respo
             .unwrap_or(header::HeaderValue::from_static("invalid")),
     };
     request.headers_mut().insert(REQUEST_ID, id.clone());
-    let mut response = next.run(request).await;
+    // At ERROR level so that no filter (`RUST_LOG=warn`) leaves a warning without it;
+    // a span's level only decides when it exists, its lines keep their own levels.
+    let span = tracing::error_span!("request", request_id = id.to_str().unwrap_or(""));
+    let mut response = tracing::Instrument::instrument(next.run(request), span).await;
     response.headers_mut().insert(REQUEST_ID, id);
     response
 }
 
+/// The request id's header, in HTTP and (the same name) in NATS message headers.
 pub const REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
 
 /// 1–128 visible ASCII characters (`!` to `~`).

@@ -164,6 +164,10 @@ pub struct Infra {
     /// first creates the streams and consumers (an existing one is never changed at
     /// start: `./x nats-apply` does that).
     pub ack_wait: Duration,
+    /// `BACKLOG_POLL_MS` (default 1000): how often a service reads the consumers'
+    /// backlog from the broker (metrics, the persister's lag health, ingress's
+    /// back-pressure).
+    pub backlog_poll: Duration,
     /// Prefix of every stream, subject and Redis key (`pos`); tests use a random one.
     pub namespace: String,
     /// This process's name in NATS connection lists and the services API.
@@ -196,6 +200,9 @@ impl Infra {
             env.problem("SUBMIT_DEDUPE_WINDOW_MS must be at least 100");
         }
         let ack_wait = env.millis("ACK_WAIT_MS", Duration::from_secs(30));
+        let backlog_poll = env
+            .millis("BACKLOG_POLL_MS", Duration::from_secs(1))
+            .max(Duration::from_millis(50));
         let namespace = env.string("POS_NAMESPACE", "pos");
         if namespace.is_empty()
             || !namespace
@@ -218,6 +225,7 @@ impl Infra {
             mongodb_timeout,
             submit_dedupe_window,
             ack_wait,
+            backlog_poll,
             namespace,
             instance,
         }

@@ -292,6 +292,12 @@ async fn read_live_events(
     while let Some(event) = feed.next().await {
         // An error only means no socket is subscribed at this instant; the feed stays
         // until the hub stops it.
+        tracing::debug!(
+            request_id = event.request_id.as_deref().unwrap_or(""),
+            invoice_id = %event.envelope.invoice.id,
+            seq = event.seq,
+            "event to the tenant's sockets"
+        );
         let _ = frames.send(Arc::new(EventFrame::from_event(&event)));
     }
 }

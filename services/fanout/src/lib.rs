@@ -27,13 +27,14 @@
 //! - **`?terminalId=`** narrows a socket to one terminal's invoices.
 //! - **Close codes**: 4008 slow consumer, 1013 event log unavailable, 1001 shutting
 //!   down, 1000 idle timeout, 1011 live feed lost; see `socket.rs`.
-//! - **Metrics**: `GET /health` answers the contract's shape plus a `metrics` object;
-//!   `GET /metrics` answers that object alone: `connectedSockets`, `tenantFeeds`,
-//!   `framesSent`, `slowClientDisconnects`, `refusedConnections`.
+//! - **Metrics**: `GET /health` answers the contract's shape plus a `metrics` object
+//!   (`connectedSockets`, `tenantFeeds`, `framesSent`, `slowClientDisconnects`,
+//!   `refusedConnections`); `GET /metrics` has the same as Prometheus series
+//!   (`pos_fanout_*`) beside the HTTP ones every service has.
 //!
 //! Layout:
 //! - `settings.rs`: env → typed settings
-//! - `routes.rs`: the upgrade handler (auth, query, limit) and `/health`, `/metrics`
+//! - `routes.rs`: the upgrade handler (auth, query, limit) and `/health`
 //! - `hub.rs`: per-tenant shared live feed and broadcast ring
 //! - `replay.rs`: `since` → replay from the log → hand-over to live (pure parts tested)
 //! - `socket.rs`: the writer loop, pings, idle timeout

@@ -1,4 +1,5 @@
-//! Counters shown under `metrics` in `GET /health` and by `GET /metrics`.
+//! This instance's socket figures: shown as JSON under `metrics` in `GET /health`, and
+//! kept in step as Prometheus series (`pos_fanout_*`) for `GET /metrics`.
 
 use serde::Serialize;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -46,23 +47,30 @@ impl Metrics {
 
     pub(crate) fn socket_opened(&self) {
         self.connected_sockets.fetch_add(1, Relaxed);
+        metrics::gauge!("pos_fanout_sockets").increment(1.0);
     }
     pub(crate) fn socket_closed(&self) {
         self.connected_sockets.fetch_sub(1, Relaxed);
+        metrics::gauge!("pos_fanout_sockets").decrement(1.0);
     }
     pub(crate) fn feed_started(&self) {
         self.tenant_feeds.fetch_add(1, Relaxed);
+        metrics::gauge!("pos_fanout_tenant_feeds").increment(1.0);
     }
     pub(crate) fn feed_stopped(&self) {
         self.tenant_feeds.fetch_sub(1, Relaxed);
+        metrics::gauge!("pos_fanout_tenant_feeds").decrement(1.0);
     }
     pub(crate) fn frame_sent(&self) {
         self.frames_sent.fetch_add(1, Relaxed);
+        metrics::counter!("pos_fanout_frames_sent_total").increment(1);
     }
     pub(crate) fn slow_client(&self) {
         self.slow_client_disconnects.fetch_add(1, Relaxed);
+        metrics::counter!("pos_fanout_slow_client_disconnects_total").increment(1);
     }
     pub(crate) fn refused(&self) {
         self.refused_connections.fetch_add(1, Relaxed);
+        metrics::counter!("pos_fanout_refused_connections_total").increment(1);
     }
 }

@@ -456,6 +456,7 @@ mod tests {
                 invoice,
                 fingerprint: "f".into(),
             },
+            request_id: None,
         }
     }
 

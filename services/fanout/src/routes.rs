@@ -1,4 +1,5 @@
-//! HTTP routes: `GET /ws` (the upgrade), `GET /health`, `GET /metrics`, and a JSON 404
+//! HTTP routes: `GET /ws` (the upgrade), `GET /health`, and a JSON 404 (`GET /metrics`
+//! is the server's, `service_kit::metrics`)
 //! for everything else.
 
 use crate::{
@@ -41,7 +42,6 @@ pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/ws", get(upgrade))
         .route("/health", get(health))
-        .route("/metrics", get(metrics))
         .fallback(not_found)
         .with_state(state)
 }
@@ -200,10 +200,6 @@ async fn health(State(app): State<AppState>) -> Response {
 }
 
 /// The same figures alone, always 200.
-async fn metrics(State(app): State<AppState>) -> Json<MetricsSnapshot> {
-    Json(app.metrics.snapshot())
-}
-
 async fn not_found() -> ErrorResponse {
     ErrorResponse::new(ErrorCode::NotFound, "no such route")
 }

@@ -70,7 +70,7 @@ impl Acceptor {
     pub async fn accept(
         &self,
         envelope: Envelope,
-        correlation: Option<&str>,
+        request_id: Option<&str>,
     ) -> Result<Accepted, AcceptError> {
         let tenant = envelope.invoice.tenant_id.clone();
         if let Some(key) = envelope.invoice.idempotency_key.clone() {
@@ -82,14 +82,14 @@ impl Acceptor {
                 }
             }
         }
-        self.publish(envelope, correlation).await
+        self.publish(envelope, request_id).await
     }
 
     /// Publishes the submission, caching its job state meanwhile.
     async fn publish(
         &self,
         envelope: Envelope,
-        correlation: Option<&str>,
+        request_id: Option<&str>,
     ) -> Result<Accepted, AcceptError> {
         let tenant = envelope.invoice.tenant_id.clone();
         let id = envelope.invoice.id;
@@ -98,17 +98,17 @@ impl Acceptor {
         let message = envelope.encoded();
         let (cached, published) = tokio::join!(
             self.cache.put_job(&message),
-            self.bus.publish_submission(&message, correlation)
+            self.bus.publish_submission(&message, request_id)
         );
         match after_publish(published, envelope.invoice.idempotency_key.is_some()) {
             AfterPublish::Stored(seq) => {
                 info!(invoice_id = %id, tenant_id = %tenant, seq, "invoice accepted");
-                self.queued(&message, cached.is_ok(), correlation).await;
+                self.queued(&message, cached.is_ok(), request_id).await;
                 Ok(Accepted::New(envelope.invoice))
             }
             AfterPublish::AskTheKey => match &envelope.invoice.idempotency_key {
                 Some(key) => {
-                    self.taken(&envelope, &tenant, key, &message, correlation)
+                    self.taken(&envelope, &tenant, key, &message, request_id)
                         .await
                 }
                 None => Err(AcceptError::Unconfirmed("a keyless duplicate".into())),
@@ -129,7 +129,7 @@ impl Acceptor {
         tenant: &TenantId,
         key: &IdempotencyKey,
         message: &Encoded<'_>,
-        correlation: Option<&str>,
+        request_id: Option<&str>,
     ) -> Result<Accepted, AcceptError> {
         let original = self
             .bus
@@ -142,7 +142,7 @@ impl Acceptor {
         match judge(mine, &original) {
             Holder::Mine => {
                 // Our own earlier try was stored; its ack was lost.
-                self.queued(message, true, correlation).await;
+                self.queued(message, true, request_id).await;
                 Ok(Accepted::New(mine.invoice.clone()))
             }
             Holder::SameBody => {
@@ -184,10 +184,10 @@ impl Acceptor {
     /// the same event, same id, before PROCESSING). When Redis did not take the job
     /// state, the event log is the only place a `GET` right after the 202 can find the
     /// invoice, so then the answer waits for it.
-    async fn queued(&self, message: &Encoded<'_>, cached: bool, correlation: Option<&str>) {
+    async fn queued(&self, message: &Encoded<'_>, cached: bool, request_id: Option<&str>) {
         if cached {
-            self.bus.publish_event_detached(message, correlation);
-        } else if let Err(e) = self.bus.publish_event(message, correlation).await {
+            self.bus.publish_event_detached(message, request_id);
+        } else if let Err(e) = self.bus.publish_event(message, request_id).await {
             warn!(error = %e, "QUEUED event not published; the processor publishes it");
         }
     }

@@ -44,6 +44,16 @@ pub enum ApiError {
     /// answered); nothing was accepted.
     #[error("the invoice cannot be accepted right now; retry later")]
     Unavailable(String),
+    /// 503 `unavailable`: the events not stored yet, or the submissions not processed
+    /// yet, are at their limit (a worker or MongoDB is behind); nothing was accepted.
+    #[error(
+        "the pipeline is behind ({count} {what}, limit {limit}); nothing was accepted: retry later"
+    )]
+    Backlogged {
+        what: &'static str,
+        count: u64,
+        limit: u64,
+    },
     /// 503 `unavailable` with `"outcome": "unknown"`: the submission reached the broker
     /// but its ack did not come back; a retry with the same key converges on one invoice.
     #[error("the invoice may or may not have been accepted; retry with the same idempotency key")]
@@ -82,7 +92,9 @@ impl ApiError {
             ApiError::CreditExceeds(_) => ErrorCode::CreditExceedsInvoice,
             ApiError::NotCreditable(_) => ErrorCode::NotCreditable,
             ApiError::RateLimited { .. } => ErrorCode::RateLimited,
-            ApiError::Unavailable(_) | ApiError::Unconfirmed(_) => ErrorCode::Unavailable,
+            ApiError::Unavailable(_) | ApiError::Unconfirmed(_) | ApiError::Backlogged { .. } => {
+                ErrorCode::Unavailable
+            }
         }
     }
 }
@@ -109,6 +121,9 @@ impl IntoResponse for ApiError {
                 tracing::warn!(%cause, "answering 503");
                 r.retry_after_secs = Some(2);
             }
+            // Not logged per request: under back-pressure that would be every request;
+            // `pos_ingress_backpressure_refusals_total` counts them.
+            ApiError::Backlogged { .. } => r.retry_after_secs = Some(5),
             ApiError::Unconfirmed(cause) => {
                 tracing::warn!(%cause, "answering 503, outcome unknown");
                 r.retry_after_secs = Some(1);

@@ -10,6 +10,7 @@
 //! - `error.rs`: the only mapping from failures to the contract's status + code
 //! - `extract.rs`: JSON body and query extractors with contract-shaped rejections
 //! - `guard.rs`: token check and rate limits in front of every authenticated route
+//! - `backpressure.rs`: 503 while too many events wait to be stored
 //! - `acceptance.rs`: the idempotency algorithm of POST, without HTTP
 //! - `catalog.rs`: the tenants' catalogs and settings, cached, invalidated by notices
 //! - `lookup.rs`: the idempotency-key lookup in MongoDB, batched across requests
@@ -18,6 +19,7 @@
 //! - `openapi.rs`: the OpenAPI document, generated from the handlers and types
 
 mod acceptance;
+mod backpressure;
 mod catalog;
 mod error;
 mod extract;
@@ -46,6 +48,7 @@ pub struct AppState {
     verifier: auth::Verifier,
     guard: guard::Guard,
     catalog: catalog::Catalog,
+    backpressure: backpressure::Backpressure,
 }
 
 impl FromRef<AppState> for auth::Verifier {
@@ -91,6 +94,7 @@ impl App {
             .follow(&bus)
             .await
             .context("subscribing to catalog change notices")?;
+        let pipeline = bus.watch_pipeline(infra.backlog_poll);
         let acceptor = acceptance::Acceptor::new(
             bus.clone(),
             cache.clone(),
@@ -108,6 +112,10 @@ impl App {
                 verifier,
                 guard: guard::Guard::new(settings.rate_limits),
                 catalog,
+                backpressure: backpressure::Backpressure::new(
+                    settings.max_unstored_events,
+                    pipeline,
+                ),
             },
             limits: settings.http.clone(),
             _service: service,

@@ -20,6 +20,10 @@ pub struct Settings {
     /// `RATE_LIMIT_TENANT` (default `500/1000`) and `RATE_LIMIT_TERMINAL` (default
     /// `50/100`): requests per second / burst, per instance; `0` switches one off.
     pub rate_limits: crate::guard::RateLimits,
+    /// `MAX_UNSTORED_EVENTS` (default 1 000 000; `0` = never refuse): lifecycle events
+    /// not yet stored in MongoDB at which `POST` answers 503 (see `backpressure.rs`);
+    /// never more than half the events stream's `max_msgs`.
+    pub max_unstored_events: Option<u64>,
 }
 
 impl Settings {
@@ -43,6 +47,12 @@ impl Settings {
             job_ttl: env.millis("JOB_TTL_MS", cache::DEFAULT_JOB_TTL),
             publish_timeout: env.millis("PUBLISH_TIMEOUT_MS", Duration::from_secs(2)),
             http: service_kit::server::ServerLimits::from_env(&mut env),
+            max_unstored_events: Some(env.parse(
+                "MAX_UNSTORED_EVENTS",
+                1_000_000u64,
+                "a whole number of events; 0 = no limit",
+            ))
+            .filter(|n| *n > 0),
             rate_limits: crate::guard::RateLimits {
                 tenant: env.parse(
                     "RATE_LIMIT_TENANT",

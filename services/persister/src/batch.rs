@@ -170,7 +170,10 @@ impl Writer {
     async fn write_round(&self, round: Vec<Pending>) {
         let (newest, waiters): (Vec<Envelope>, Vec<Vec<Reply>>) =
             round.into_iter().map(|p| (p.newest, p.waiters)).unzip();
+        let started = std::time::Instant::now();
         let outcomes = self.store.apply_many(&newest).await;
+        metrics::histogram!("pos_persister_batch_size").record(newest.len() as f64);
+        metrics::histogram!("pos_persister_write_seconds").record(started.elapsed().as_secs_f64());
         let mut settled = Vec::with_capacity(newest.len());
         for ((envelope, outcome), waiters) in newest.iter().zip(outcomes).zip(waiters) {
             if let (Ok(Written::Applied | Written::Stale), true) =

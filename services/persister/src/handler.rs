@@ -1,8 +1,8 @@
-//! One lifecycle event → one conditional upsert.
+//! One lifecycle event → the batch writer (`batch.rs`) → acked once MongoDB holds it.
 
 use messaging::{consume::Delivery, Bus, Envelope, Handler, Outcome};
 use store::Written;
-use tracing::{error, warn};
+use tracing::{debug, error, warn};
 
 pub struct Persister {
     bus: Bus,
@@ -22,8 +22,17 @@ impl Handler for Persister {
             Err(e) => return Outcome::Poison(e.to_string()),
         };
         let invoice_id = envelope.invoice.id;
+        let (state, created_at) = (envelope.invoice.state, envelope.invoice.created_at);
         match self.writer.write(envelope).await {
-            Ok(Written::Applied | Written::Stale) => Outcome::Done,
+            Ok(Written::Applied | Written::Stale) => {
+                debug!(%invoice_id, %state, "event stored");
+                if state.is_final() {
+                    // Accepted → in the system of record, the pipeline's whole latency.
+                    metrics::histogram!("pos_stored_after_acceptance_seconds")
+                        .record(created_at.elapsed().as_secs_f64());
+                }
+                Outcome::Done
+            }
             Ok(Written::KeyTaken) => {
                 // Two invoices under one key got past ingress (both Redis and MongoDB were
                 // down past the dedupe window). The first stored wins; the second is kept

@@ -5,7 +5,10 @@
 //! version ([`store::Store::apply`]), so redelivered, replayed or reordered events never
 //! create a second document or move an invoice backwards. MongoDB outages are retried
 //! without limit (capped backoff): an event is a fact and must reach the record; the lag
-//! shows in the consumer's pending count.
+//! shows in the consumer gauges (`pos_consumer_*{consumer="persister"}`) and in
+//! `/health` (`lag` is `down` while the oldest unstored event is older than `MAX_LAG_MS`).
+//! Nothing unstored ages out of the events stream: it is bounded by count, and ingress
+//! stops accepting before that count is reached (ingress `backpressure.rs`).
 //!
 //! Once MongoDB holds an invoice's final state, its Redis job state is settled to a
 //! short TTL: Redis then holds only what is in flight.
@@ -68,15 +71,25 @@ impl App {
         let handler = Arc::new(Persister::new(bus.clone(), writer));
         let stop_health = Shutdown::new();
         let (b, st) = (bus.clone(), store.clone());
+        let pipeline = bus.watch_pipeline(infra.backlog_poll);
+        let max_lag = settings.max_lag;
         let health_port = service_kit::http::serve_health(
             settings.worker.health_addr,
             stop_health.clone(),
             move || {
-                let (bus, store) = (b.clone(), st.clone());
+                let (bus, store, pipeline) = (b.clone(), st.clone(), pipeline.clone());
                 async move {
+                    let lag = *pipeline.borrow();
+                    let behind = lag
+                        .and_then(|p| p.persister.oldest_unacked)
+                        .is_some_and(|age| age > max_lag);
                     Health::new(
                         "persister",
-                        [("nats", bus.is_connected()), ("mongo", store.ping().await)],
+                        [
+                            ("nats", bus.is_connected()),
+                            ("mongo", store.ping().await),
+                            ("lag", !behind),
+                        ],
                     )
                 }
             },

@@ -19,6 +19,10 @@ pub struct Settings {
     /// invoice is usually written once, in its final state. Terminals never wait on it
     /// (they are told by the event stream); lists show a state up to that much later.
     pub coalescing: Coalescing,
+    /// `MAX_LAG_MS` (default 60 000): `/health` is `degraded` (check `lag`) while the
+    /// oldest event not stored yet is older than this — the persister is alive but the
+    /// system of record is behind (MongoDB slow or down, too few instances).
+    pub max_lag: Duration,
 }
 
 impl Settings {
@@ -43,11 +47,13 @@ impl Settings {
                 .max(Duration::from_millis(1)),
             hold: env.millis("WRITE_HOLD_MS", Duration::from_millis(250)),
         };
+        let max_lag = env.millis("MAX_LAG_MS", Duration::from_secs(60));
         env.finish().map(|_| Self {
             infra,
             worker,
             retry,
             coalescing,
+            max_lag,
         })
     }
 }

@@ -5,7 +5,7 @@ use domain::{compute, FiscalRecord, Invoice, InvoiceError, InvoiceState, Timesta
 use messaging::{consume::Delivery, Bus, DeadLetter, Encoded, Envelope, Handler, Outcome};
 use std::time::{Duration, Instant};
 use store::{Numbered, Voided};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 pub struct Processor {
     bus: Bus,
@@ -59,7 +59,11 @@ impl Processor {
                 .number(invoice.entry(computed), invoice.replays)
                 .await
             {
-                Ok(Numbered::Record(r)) => return Ok(r.fiscal()),
+                Ok(Numbered::Record(r)) => {
+                    metrics::histogram!("pos_numbering_seconds")
+                        .record(started.elapsed().as_secs_f64());
+                    return Ok(r.fiscal());
+                }
                 Ok(Numbered::Void) => return Err(NotNumbered::Void),
                 Err(e) if started.elapsed() + delay < self.ledger_wait => {
                     warn!(error = %e, invoice_id = %invoice.id, "not numbered yet; waiting for MongoDB");
@@ -73,12 +77,20 @@ impl Processor {
     }
 
     /// Publishes a state change (the durable fact), then caches it (best effort).
-    async fn emit(&self, envelope: &Envelope, correlation: Option<&str>) -> Result<(), String> {
+    async fn emit(&self, envelope: &Envelope, request_id: Option<&str>) -> Result<(), String> {
         let message = envelope.encoded();
         self.bus
-            .publish_event(&message, correlation)
+            .publish_event(&message, request_id)
             .await
             .map_err(|e| format!("publishing {}: {e}", envelope.invoice.state))?;
+        let state = envelope.invoice.state;
+        debug!(invoice_id = %envelope.invoice.id, %state, "event published");
+        if state.is_final() {
+            metrics::counter!("pos_invoices_finished_total", "state" => state.as_str())
+                .increment(1);
+            metrics::histogram!("pos_final_after_acceptance_seconds", "state" => state.as_str())
+                .record(envelope.invoice.created_at.elapsed().as_secs_f64());
+        }
         if let Err(e) = self.cache.put_job(&message).await {
             warn!(error = %e, "job state not cached");
         }
@@ -140,7 +152,7 @@ impl Processor {
         mut invoice: Invoice,
         code: &str,
         message: &str,
-        correlation: Option<&str>,
+        request_id: Option<&str>,
     ) -> Result<(), String> {
         invoice
             .fail(code, message, Timestamp::now())
@@ -149,7 +161,7 @@ impl Processor {
             invoice,
             fingerprint: submission.fingerprint.clone(),
         };
-        self.emit(&failed, correlation).await?;
+        self.emit(&failed, request_id).await?;
         self.dead_letter(submission, &failed.invoice).await?;
         warn!(invoice_id = %failed.invoice.id, code, message, "invoice FAILED and dead-lettered");
         Ok(())
@@ -162,7 +174,7 @@ impl Handler for Processor {
             Ok(e) => e,
             Err(e) => return Outcome::Poison(e.to_string()),
         };
-        let correlation = delivery.correlation();
+        let request_id = delivery.request_id();
         let mut invoice = submission.invoice.clone();
 
         match self.already_done(&invoice, delivery.attempt).await {
@@ -182,7 +194,7 @@ impl Handler for Processor {
             // The submission's payload is the QUEUED envelope already.
             bytes: delivery.payload_bytes(),
         };
-        if let Err(e) = self.bus.publish_event(&queued, correlation).await {
+        if let Err(e) = self.bus.publish_event(&queued, request_id).await {
             return Outcome::Retry(format!("publishing QUEUED: {e}"));
         }
         if let Err(e) = invoice.start_attempt(delivery.attempt, Timestamp::now()) {
@@ -192,7 +204,7 @@ impl Handler for Processor {
             invoice: invoice.clone(),
             fingerprint: submission.fingerprint.clone(),
         };
-        if let Err(e) = self.emit(&processing, correlation).await {
+        if let Err(e) = self.emit(&processing, request_id).await {
             return Outcome::Retry(e);
         }
 
@@ -215,7 +227,7 @@ impl Handler for Processor {
                     invoice,
                     fingerprint: submission.fingerprint,
                 };
-                match self.emit(&completed, correlation).await {
+                match self.emit(&completed, request_id).await {
                     Ok(()) => Outcome::Done,
                     Err(e) => Outcome::Retry(e),
                 }
@@ -227,7 +239,7 @@ impl Handler for Processor {
                     invoice,
                     fault.code(),
                     &fault.to_string(),
-                    correlation,
+                    request_id,
                 )
                 .await
             {
@@ -262,7 +274,7 @@ impl Handler for Processor {
                 fingerprint: submission.fingerprint,
             };
             info!(invoice_id = %completed.invoice.id, "numbered by an earlier attempt; COMPLETED instead of FAILED");
-            return self.emit(&completed, delivery.correlation()).await;
+            return self.emit(&completed, delivery.request_id()).await;
         }
         let message = format!("gave up after {attempts} attempts: {last_error}");
         self.fail(
@@ -270,7 +282,7 @@ impl Handler for Processor {
             invoice,
             "retries_exhausted",
             &message,
-            delivery.correlation(),
+            delivery.request_id(),
         )
         .await
     }

@@ -365,20 +365,29 @@ pub(crate) async fn submit(
     envelope: Envelope,
     headers: &HeaderMap,
 ) -> Result<Response, ApiError> {
-    let correlation = headers
+    state.backpressure.check()?;
+    let request_id = headers
         .get("x-request-id")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     // A task of its own: a client that gives up (its future is dropped) must not cut the
     // acceptance short between the broker's ack and the job state, nor leave work undone.
     let acceptor = state.acceptor.clone();
-    let outcome =
-        tokio::spawn(async move { acceptor.accept(envelope, correlation.as_deref()).await })
-            .await
-            .map_err(|e| ApiError::Unconfirmed(format!("acceptance task failed: {e}")))?;
+    let outcome = tokio::spawn(tracing::Instrument::in_current_span(async move {
+        acceptor.accept(envelope, request_id.as_deref()).await
+    }))
+    .await
+    .map_err(|e| ApiError::Unconfirmed(format!("acceptance task failed: {e}")))?;
     match outcome {
-        Ok(Accepted::New(invoice)) => Ok(accepted(&invoice)),
-        Ok(Accepted::Replayed(invoice)) => Ok(replayed(&invoice)),
+        Ok(Accepted::New(invoice)) => {
+            state.backpressure.accepted();
+            metrics::counter!("pos_invoices_accepted_total", "answer" => "new").increment(1);
+            Ok(accepted(&invoice))
+        }
+        Ok(Accepted::Replayed(invoice)) => {
+            metrics::counter!("pos_invoices_accepted_total", "answer" => "replay").increment(1);
+            Ok(replayed(&invoice))
+        }
         Err(AcceptError::KeyReused) => Err(ApiError::KeyReused),
         Err(AcceptError::Unavailable(e)) => Err(ApiError::Unavailable(e)),
         Err(AcceptError::Unconfirmed(e)) => Err(ApiError::Unconfirmed(e)),
