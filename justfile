@@ -12,13 +12,29 @@ dev_stack := ".stack/dev"
 default:
     @"{{just_executable()}}" --justfile "{{justfile()}}" --list --unsorted
 
-# bring up NATS, Redis, MongoDB and the four services on localhost; Ctrl-C stops all
+# bring up NATS, Redis, MongoDB and the four services on localhost (--cluster: 3 NATS
+# nodes with R3 streams and a 3-member replica set); Ctrl-C stops all
 up *args:
     scripts/up.sh "$@"
 
 # run the whole test suite against a private stack on free ports (args go to cargo test)
 test *args:
     scripts/test.sh "$@"
+
+# the node-loss drill: 3 NATS nodes (R3) + 3 mongod, release services, loadgen at --rate
+# (default 300/s); kill -9 the stream leader, restart it, rolling restart; exit 1 unless
+# 0 lost, 0 duplicated, 0 stuck, no WebSocket gap (xtask cluster chaos --help)
+chaos *args:
+    scripts/stack.sh install
+    cargo build --release -p ingress -p processor -p persister -p fanout -p loadgen -p xtask
+    target/release/xtask cluster chaos "$@"
+
+# a 3-node NATS cluster + 3-member MongoDB replica set alone, in .stack/cluster:
+# ./x cluster up|down|status|kill N|stop N|start N (xtask cluster --help)
+cluster *args:
+    scripts/stack.sh install
+    cargo build -q -p xtask
+    target/debug/xtask cluster "$@"
 
 # install nats-server, redis-server and mongod 6.0 (cached) if missing
 stack-install:

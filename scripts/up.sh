@@ -3,7 +3,11 @@
 # Ctrl-C: NATS JetStream + Redis + MongoDB (scripts/stack.sh, default ports, data and logs
 # in .stack/dev), then the four services built in release mode.
 #
-#   scripts/up.sh [--no-build]
+#   scripts/up.sh [--no-build] [--cluster]
+#
+# --cluster: a 3-node NATS JetStream cluster and a 3-member MongoDB replica set instead
+# of one of each (`xtask cluster up`, data and logs in .stack/cluster), streams R3
+# (NATS_REPLICAS=3), the services given every node as seeds. Stopped with the rest.
 #
 # Environment:
 #   NATS_URL / REDIS_URL / MONGODB_URI   use these servers instead of starting local ones
@@ -27,9 +31,12 @@ HEALTH_TIMEOUT="${POS_HEALTH_TIMEOUT:-60}"
 SERVICES=(ingress processor persister fanout)
 
 BUILD=1
+CLUSTER=0
+CLUSTER_DIR="$ROOT/.stack/cluster"
 for arg in "$@"; do
   case "$arg" in
     --no-build) BUILD=0 ;;
+    --cluster) CLUSTER=1 ;;
     -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
     *) echo "up: unknown argument $arg" >&2; exit 2 ;;
   esac
@@ -96,6 +103,9 @@ cleanup() {
   fi
   log "stopping the stack in $STACK_DIR"
   "$ROOT/scripts/stack.sh" down --dir "$STACK_DIR" || true
+  if [ "$CLUSTER" = 1 ] && [ -x "$BIN_DIR/xtask" ]; then
+    "$BIN_DIR/xtask" cluster down --dir "$CLUSTER_DIR" || true
+  fi
   exit "$rc"
 }
 trap cleanup EXIT
@@ -104,6 +114,14 @@ trap 'log "terminated"; exit 143' TERM
 
 # ---------------------------------------------------------------- infrastructure
 "$ROOT/scripts/stack.sh" install
+if [ "$CLUSTER" = 1 ]; then
+  [ "$BUILD" = 1 ] && cargo build --release -p xtask
+  "$BIN_DIR/xtask" cluster up --dir "$CLUSTER_DIR"
+  # NATS_URL / MONGODB_URI (seed lists), REDIS_URL, NATS_REPLICAS=3, the NATS passwords:
+  # stack.sh then starts none of its own servers.
+  # shellcheck disable=SC1091
+  source "$CLUSTER_DIR/env"
+fi
 "$ROOT/scripts/stack.sh" up --dir "$STACK_DIR"
 # shellcheck disable=SC1091
 source "$STACK_DIR/env"

@@ -254,6 +254,7 @@ pub fn infra_settings_for(
         ack_wait: Duration::from_secs(30),
         // Every in-process stack lives until the test binary ends: poll the broker gently.
         backlog_poll: Duration::from_secs(5),
+        stream_replicas: 1,
         namespace: namespace.to_owned(),
         instance: unique("test-"),
     }

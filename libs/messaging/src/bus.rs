@@ -129,14 +129,23 @@ impl Bus {
     /// Connects, retrying with backoff while the server is unreachable (logged at each
     /// try) so a service started before NATS comes up waits instead of crash-looping. A
     /// malformed URL fails at once.
+    ///
+    /// `url` may list several seeds of one cluster, comma-separated
+    /// (`nats://127.0.0.1:4222,nats://127.0.0.1:4223`): the client tries them in turn at
+    /// start and on reconnect, and learns the other members from the server.
     pub async fn connect(settings: NatsSettings, topology: Topology) -> Result<Self, BusError> {
-        ServerAddr::from_str(&settings.url).map_err(|_| BusError::BadUrl(settings.url.clone()))?;
+        let seeds = settings
+            .url
+            .split(',')
+            .map(|u| ServerAddr::from_str(u.trim()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|_| BusError::BadUrl(settings.url.clone()))?;
         let mut delay = Duration::from_millis(250);
         let client = loop {
             let attempt = connect_options(&settings)
                 .name(&settings.client_name)
                 .connection_timeout(Duration::from_secs(3))
-                .connect(settings.url.as_str())
+                .connect(seeds.as_slice())
                 .await;
             match attempt {
                 Ok(client) => break client,

@@ -19,7 +19,7 @@ use tracing::{debug, warn};
 /// Which sequences of the events stream are still stored.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct LogBounds {
-    /// The oldest stored sequence. Everything below it is gone (retention, `max_age`).
+    /// The oldest stored sequence. Everything below it is gone (the stream's limits).
     /// When the stream is empty this is `last_seq + 1` (or 0 if it never held anything).
     pub first_seq: u64,
     /// The newest sequence ever stored, in any tenant's subject.

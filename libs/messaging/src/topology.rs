@@ -27,6 +27,8 @@ pub struct Topology {
     /// The processor consumer's ack wait (lease): tests shorten it to prove redelivery.
     pub processor_ack_wait: Option<Duration>,
     pub persister_ack_wait: Option<Duration>,
+    /// Replicas of every stream (`NATS_REPLICAS`); consumers follow their stream's.
+    pub replicas: Option<usize>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +46,7 @@ impl Topology {
             submit_dedupe_window: None,
             processor_ack_wait: None,
             persister_ack_wait: None,
+            replicas: None,
         }
     }
 
@@ -54,6 +57,7 @@ impl Topology {
         t.submit_dedupe_window = Some(infra.submit_dedupe_window);
         t.processor_ack_wait = Some(infra.ack_wait);
         t.persister_ack_wait = Some(infra.ack_wait);
+        t.replicas = Some(infra.stream_replicas);
         t
     }
 
@@ -133,7 +137,13 @@ impl Topology {
         }
         let events = self.stream("streams/events.json", EVENTS_JSON)?;
         let dlq = self.stream("streams/dlq.json", DLQ_JSON)?;
-        Ok(vec![invoices, events, dlq])
+        let mut all = vec![invoices, events, dlq];
+        if let Some(r) = self.replicas {
+            for s in &mut all {
+                s.num_replicas = r;
+            }
+        }
+        Ok(all)
     }
 
     /// Every stream, with the settings its file names (what [`crate::drift`] compares).

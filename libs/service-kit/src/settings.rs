@@ -168,6 +168,10 @@ pub struct Infra {
     /// backlog from the broker (metrics, the persister's lag health, ingress's
     /// back-pressure).
     pub backlog_poll: Duration,
+    /// `NATS_REPLICAS` (default 1; 3 on a 3-node cluster, `./x up --cluster`): copies of
+    /// each stream JetStream keeps, on different servers. A topology setting, like
+    /// `ACK_WAIT_MS`.
+    pub stream_replicas: usize,
     /// Prefix of every stream, subject and Redis key (`pos`); tests use a random one.
     pub namespace: String,
     /// This process's name in NATS connection lists and the services API.
@@ -203,6 +207,12 @@ impl Infra {
         let backlog_poll = env
             .millis("BACKLOG_POLL_MS", Duration::from_secs(1))
             .max(Duration::from_millis(50));
+        let stream_replicas = env.parse("NATS_REPLICAS", 1usize, "1, 3 or 5");
+        if ![1, 3, 5].contains(&stream_replicas) {
+            env.problem(format!(
+                "NATS_REPLICAS={stream_replicas} is invalid (expected 1, 3 or 5: an odd number of servers keeps a quorum)"
+            ));
+        }
         let namespace = env.string("POS_NAMESPACE", "pos");
         if namespace.is_empty()
             || !namespace
@@ -226,6 +236,7 @@ impl Infra {
             submit_dedupe_window,
             ack_wait,
             backlog_poll,
+            stream_replicas,
             namespace,
             instance,
         }

@@ -80,7 +80,7 @@ impl SeqGate {
 /// Why a `since` cannot be honoured exactly; sent as a `resync` frame before the events.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Resync {
-    /// Events after `since` were already removed by the retention window (`max_age`).
+    /// Events after `since` were already discarded by the stream's limits (`max_msgs`).
     Expired { first_seq: u64 },
     /// `since` is beyond the end of the log: the events stream was recreated, or the
     /// client made the number up. What the log holds is sent from its start.

@@ -3,7 +3,7 @@
 //!
 //! Redis' job state and MongoDB's record are asked at once and the higher version wins.
 //! When neither has the invoice, the event log is asked (the last event on the invoice's
-//! own subject): it holds every invoice accepted in the last 24 h, including one whose
+//! own subject): it holds every invoice of the newest 2 000 000 events, including one whose
 //! job state Redis lost and that MongoDB has not stored yet. "No such invoice" is said
 //! only when MongoDB answered and the event log found nothing; any source that could not
 //! answer makes it `Unavailable` instead of a false 404.

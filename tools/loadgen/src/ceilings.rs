@@ -118,6 +118,7 @@ pub async fn run(args: CeilingsArgs) -> Result<(), String> {
     result.insert("kind".into(), json!("ceilings"));
     result.insert("duration_s".into(), json!(args.duration.as_secs_f64()));
     result.insert("in_flight".into(), json!(args.in_flight));
+    result.insert("replicas".into(), json!(args.replicas));
     result.insert("concurrency".into(), json!(args.concurrency));
     result.insert("bulk_concurrency".into(), json!(args.bulk_concurrency));
     result.insert("ledger_callers".into(), json!(args.ledger_callers));
@@ -161,11 +162,15 @@ async fn nats_ceilings(args: &CeilingsArgs, tag: &str) -> Result<Vec<Rate>, Stri
         // a stream left behind by a killed run removes its messages by itself
         max_age: Duration::from_secs(600),
         duplicate_window: Duration::from_secs(120),
+        num_replicas: args.replicas,
         ..Default::default()
     })
     .await
     .map_err(|e| format!("create stream {name}: {e}"))?;
-    eprintln!("loadgen: JetStream ceilings on temporary stream {name} (file storage, R1)");
+    eprintln!(
+        "loadgen: JetStream ceilings on temporary stream {name} (file storage, R{})",
+        args.replicas
+    );
 
     let payload: bytes::Bytes = vec![b'x'; 1024].into();
     let pipelined = publish_pipelined(args, &js, &subject, &payload).await;

@@ -48,6 +48,7 @@ CEILINGS OPTIONS
   --mongo URI            (default $MONGODB_URI, else mongodb://127.0.0.1:27017/?replicaSet=rs0&directConnection=true)
   --duration D           length of EACH of the five measurements (default 10s)
   --in-flight N          pipelined JetStream publishes awaiting their ack (default 256)
+  --replicas N           replicas of the temporary stream (3 on a cluster) (default 1)
   --concurrency C        tasks running insert_one                (default 64)
   --bulk-concurrency C   tasks running insert_many of 100        (default 4)
   --ledger-callers C     tasks numbering invoices of ONE tenant through the store's
@@ -102,6 +103,8 @@ pub struct CeilingsArgs {
     pub concurrency: usize,
     pub bulk_concurrency: usize,
     pub ledger_callers: usize,
+    /// Replicas of the temporary stream (3 on a 3-node cluster).
+    pub replicas: usize,
     pub json: bool,
 }
 
@@ -323,6 +326,7 @@ fn parse_ceilings(opts: &mut Options) -> Result<CeilingsArgs, String> {
         concurrency: 64,
         bulk_concurrency: 4,
         ledger_callers: 256,
+        replicas: 1,
         json: false,
     };
     while let Some((name, inline)) = opts.next() {
@@ -333,6 +337,7 @@ fn parse_ceilings(opts: &mut Options) -> Result<CeilingsArgs, String> {
             "--mongo" => a.mongo = opts.value(&name, inline)?,
             "--duration" => a.duration = parse_duration(&opts.value(&name, inline)?)?,
             "--in-flight" => a.in_flight = number(&name, &opts.value(&name, inline)?)?,
+            "--replicas" => a.replicas = number(&name, &opts.value(&name, inline)?)?,
             "--concurrency" => a.concurrency = number(&name, &opts.value(&name, inline)?)?,
             "--bulk-concurrency" => {
                 a.bulk_concurrency = number(&name, &opts.value(&name, inline)?)?
