@@ -179,3 +179,43 @@ async fn stream_config(
         .config
         .clone()
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_seed_list_whose_first_node_is_down_connects_through_the_next_and_replicas_follow_the_setting(
+) {
+    let infra = Infra::from_env();
+    let ns = unique("seed");
+    let mut settings = crate::support::stack::infra_settings_for(&infra, &ns, "unused", "ingress");
+    // Nothing listens on the first seed (a lost node of a cluster).
+    let dead = crate::support::infra::free_port();
+    settings.nats_url = format!("nats://127.0.0.1:{dead}, {}", infra.nats_url);
+    let bus = tokio::time::timeout(
+        Duration::from_secs(30),
+        Bus::connect(
+            NatsSettings::for_infra(&settings, Duration::from_secs(2), 1),
+            Topology::from_infra(&settings),
+        ),
+    )
+    .await
+    .expect("connects within 30 s")
+    .expect("connects through the second seed");
+    assert!(bus.is_connected());
+    bus.ensure_topology().await.unwrap();
+    // One node here: R1 is what NATS_REPLICAS=1 asks for, and every stream has it.
+    let js = async_nats::jetstream::new(infra.operator_nats().await);
+    for s in [
+        bus.topology().invoices_stream(),
+        bus.topology().events_stream(),
+        bus.topology().dlq_stream(),
+    ] {
+        assert_eq!(stream_config(&js, &s).await.num_replicas, 1, "{s}");
+    }
+    // The setting reaches every stream definition (R3 on a cluster).
+    let mut three = Topology::from_infra(&settings);
+    three.replicas = Some(3);
+    assert!(three
+        .stream_configs()
+        .unwrap()
+        .iter()
+        .all(|c| c.num_replicas == 3));
+}

@@ -351,12 +351,7 @@ async fn post_through(
 }
 
 async fn assert_all_completed_once(stack: &ProcessStack, tenant: &str, n: u64) {
-    let client = mongodb::Client::with_uri_str(&stack.infra.mongodb_uri)
-        .await
-        .unwrap();
-    let coll = client
-        .database(&stack.namespace)
-        .collection::<mongodb::bson::Document>("invoices");
+    let coll = stack.invoices().await;
     eventually(
         &format!("all {n} COMPLETED"),
         Duration::from_secs(120),

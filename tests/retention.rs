@@ -116,12 +116,7 @@ async fn a_persister_down_with_more_work_than_the_log_holds_loses_nothing_becaus
     assert_eq!(state.messages, state.last_sequence);
 
     stack.restart(persister).await;
-    let client = mongodb::Client::with_uri_str(&stack.infra.mongodb_uri)
-        .await
-        .unwrap();
-    let coll = client
-        .database(&stack.namespace)
-        .collection::<mongodb::bson::Document>("invoices");
+    let coll = stack.invoices().await;
     let want: BTreeSet<String> = accepted.iter().cloned().collect();
     let stored = eventually(
         "every accepted invoice stored COMPLETED",

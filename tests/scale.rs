@@ -59,12 +59,7 @@ async fn two_thousand_invoices_through_scaled_out_services_are_each_stored_once_
         answers.into_iter().map(|(_, id)| id).collect();
     assert_eq!(answered.len(), TOTAL, "one id per accepted invoice");
 
-    let client = mongodb::Client::with_uri_str(&stack.infra.mongodb_uri)
-        .await
-        .unwrap();
-    let coll = client
-        .database(&stack.namespace)
-        .collection::<mongodb::bson::Document>("invoices");
+    let coll = stack.invoices().await;
     eventually(
         "all 2000 stored COMPLETED",
         Duration::from_secs(120),

@@ -152,6 +152,15 @@ impl ProcessStack {
             .and_then(Result::ok)
     }
 
+    /// This stack's `invoices` collection in MongoDB, read directly.
+    pub async fn invoices(&self) -> mongodb::Collection<mongodb::bson::Document> {
+        mongodb::Client::with_uri_str(&self.infra.mongodb_uri)
+            .await
+            .unwrap()
+            .database(&self.namespace)
+            .collection("invoices")
+    }
+
     pub fn log_of(&self, instance: usize) -> String {
         std::fs::read_to_string(&self.instances[instance].log).unwrap_or_default()
     }
