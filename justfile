@@ -64,7 +64,7 @@ nats-apply:
 
 # print a dev JWT (HS256); e.g. ./x jwt --sub T2 --role manager --ttl 600
 jwt *args:
-    python3 scripts/devjwt.py --secret "${JWT_SECRET:-dev-secret-change-me-0123456789abcdef}" "$@"
+    cargo run -q -p xtask -- jwt "$@"
 
 # benchmark through the public API on a private stack, e.g. ./x bench --instances "1 2" --duration 60 (--help)
 bench *args:

@@ -115,7 +115,7 @@ trap 'log "terminated"; exit 143' TERM
 # ---------------------------------------------------------------- infrastructure
 "$ROOT/scripts/stack.sh" install
 if [ "$CLUSTER" = 1 ]; then
-  [ "$BUILD" = 1 ] && cargo build --release -p xtask
+  if [ "$BUILD" = 1 ]; then cargo build --release -p xtask; fi
   "$BIN_DIR/xtask" cluster up --dir "$CLUSTER_DIR"
   # NATS_URL / MONGODB_URI (seed lists), REDIS_URL, NATS_REPLICAS=3, the NATS passwords:
   # stack.sh then starts none of its own servers.
@@ -128,10 +128,10 @@ source "$STACK_DIR/env"
 
 # ---------------------------------------------------------------- build
 if [ "$BUILD" = 1 ]; then
-  log "cargo build --release (ingress processor persister fanout)"
-  cargo build --release -p ingress -p processor -p persister -p fanout
+  log "cargo build --release (ingress processor persister fanout xtask)"
+  cargo build --release -p ingress -p processor -p persister -p fanout -p xtask
 fi
-for svc in "${SERVICES[@]}"; do
+for svc in "${SERVICES[@]}" xtask; do
   [ -x "$BIN_DIR/$svc" ] || { log "missing $BIN_DIR/$svc (build failed?)"; exit 1; }
 done
 
@@ -223,7 +223,7 @@ for i in "${!PIDS[@]}"; do   # processor/persister have no URL we wait on: at le
   fi
 done
 
-TOKEN="$(python3 "$ROOT/scripts/devjwt.py" --secret "$JWT_SECRET")"
+TOKEN="$("$BIN_DIR/xtask" jwt --secret "$JWT_SECRET")"
 monitor=""; [ -n "${POS_NATS_MONITOR_URL:-}" ] && monitor="  (monitor $POS_NATS_MONITOR_URL)"
 cat <<EOF
 

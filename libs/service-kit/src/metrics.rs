@@ -2,7 +2,8 @@
 //! service's HTTP port (contract § Operations), and the HTTP figures every router gets.
 //!
 //! Code anywhere records with the `metrics` macros (`metrics::counter!("pos_…")`); the
-//! first [`handle`] installs the global Prometheus recorder, and [`crate::server`] adds
+//! first [`handle`] installs the global Prometheus recorder (`telemetry::init` calls it
+//! at start: anything recorded before would be dropped), and [`crate::server`] adds
 //! the `/metrics` route and [`track_http`] to every router it serves, so no service can
 //! forget either. Histograms are rendered with fixed buckets (Prometheus histograms, not
 //! summaries) so that several instances' figures can be added up by the scraper.

@@ -1,5 +1,6 @@
-//! Tracing initialisation. `RUST_LOG` filters (default `info`); `LOG_FORMAT=json` gives
-//! one JSON object per line for log shippers.
+//! Telemetry initialisation: tracing (`RUST_LOG` filters, default `info`;
+//! `LOG_FORMAT=json` gives one JSON object per line for log shippers) and the metrics
+//! recorder, installed here so that nothing recorded before the first scrape is lost.
 
 use tracing_subscriber::{fmt::MakeWriter, EnvFilter};
 
@@ -7,6 +8,8 @@ pub fn init<W>(writer: W)
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,
 {
+    // Until a recorder is installed the `metrics` macros record into nothing.
+    let _ = crate::metrics::handle();
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
     let json = std::env::var("LOG_FORMAT").is_ok_and(|f| f == "json");
     // Colour only on a terminal: log files and collectors get plain text.

@@ -1,6 +1,7 @@
 //! `xtask`: the project's own operations tool, in Rust (invoked by `./x`).
 //!
-//! Today it owns the cluster: `xtask cluster up|down|status|kill|stop|start` runs a
+//! `xtask jwt` prints a dev token signed by `auth`'s own signing (what the services
+//! verify). It owns the cluster: `xtask cluster up|down|status|kill|stop|start` runs a
 //! 3-node NATS JetStream cluster and a 3-member MongoDB replica set on loopback
 //! (`cluster.rs`), and `xtask cluster chaos` is the node-loss drill under load
 //! (`chaos.rs`). Processes are started detached and found again by pid + start time
@@ -25,6 +26,22 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Print an HS256 JWT for local development (claims sub, tenant, role, exp).
+    Jwt {
+        /// The services' secret (default: $JWT_SECRET, else the dev default of ./x up).
+        #[arg(long)]
+        secret: Option<String>,
+        #[arg(long, default_value = "demo")]
+        tenant: String,
+        /// The caller, e.g. the terminal id.
+        #[arg(long, default_value = "T1")]
+        sub: String,
+        #[arg(long, value_enum, default_value_t = RoleArg::Terminal)]
+        role: RoleArg,
+        /// Seconds until it expires.
+        #[arg(long, default_value_t = 86_400)]
+        ttl: i64,
+    },
     /// A 3-node NATS cluster + 3-member MongoDB replica set + Redis on loopback.
     Cluster {
         #[command(subcommand)]
@@ -92,13 +109,48 @@ enum ClusterAction {
     },
 }
 
+#[derive(Clone, Copy, clap::ValueEnum)]
+enum RoleArg {
+    Terminal,
+    Manager,
+    Admin,
+}
+
 fn node_index(node: usize) -> anyhow::Result<usize> {
     anyhow::ensure!(node < cluster::NODES, "node {node}: expected 0, 1 or 2");
     Ok(node)
 }
 
 async fn run(cli: Cli) -> anyhow::Result<bool> {
-    let Command::Cluster { action } = cli.command;
+    let action = match cli.command {
+        Command::Jwt {
+            secret,
+            tenant,
+            sub,
+            role,
+            ttl,
+        } => {
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)?
+                .as_secs();
+            let claims = auth::Claims {
+                sub,
+                tenant,
+                role: match role {
+                    RoleArg::Terminal => auth::Role::Terminal,
+                    RoleArg::Manager => auth::Role::Manager,
+                    RoleArg::Admin => auth::Role::Admin,
+                },
+                exp: i64::try_from(now)? + ttl,
+            };
+            let secret = secret
+                .or_else(|| std::env::var("JWT_SECRET").ok().filter(|s| !s.is_empty()))
+                .unwrap_or_else(|| "dev-secret-change-me-0123456789abcdef".to_owned());
+            println!("{}", auth::sign(&secret, &claims));
+            return Ok(true);
+        }
+        Command::Cluster { action } => action,
+    };
     match action {
         ClusterAction::Up { dir, sync } => {
             let c = cluster::Cluster::up(&dir, sync).await?;
