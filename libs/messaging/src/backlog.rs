@@ -9,6 +9,7 @@
 //! one rule for how many lifecycle events exist, or will, that are not stored yet.
 
 use crate::{Bus, BusError};
+use async_nats::jetstream::stream::Stream;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// One durable consumer's position, as the broker reports it.
@@ -109,15 +110,17 @@ impl Bus {
 
     async fn pipeline(&self) -> Result<Pipeline, BusError> {
         let t = self.topology();
+        // Each stream's info is read once: `get_stream` fetches it, and both the
+        // consumer's backlog and the stream's limit come from that one answer.
         let (invoices, events) = (t.invoices_stream(), t.events_stream());
-        let (processor, persister, dead_letters, invoices_info, events_info) = tokio::join!(
+        let (invoices, events) = tokio::join!(self.stream(&invoices), self.stream(&events));
+        let (invoices, events) = (invoices?, events?);
+        let (processor, persister, dead_letters) = tokio::join!(
             self.backlog(&invoices, "processor"),
             self.backlog(&events, "persister"),
             self.dead_letters(),
-            self.stream(&invoices),
-            self.stream(&events),
         );
-        let max_msgs = |s: async_nats::jetstream::stream::Stream| {
+        let max_msgs = |s: &Stream| {
             u64::try_from(s.cached_info().config.max_messages)
                 .ok()
                 .filter(|m| *m > 0)
@@ -126,16 +129,15 @@ impl Bus {
             processor: processor?,
             persister: persister?,
             dead_letters: dead_letters?,
-            events_max_msgs: max_msgs(events_info?),
-            invoices_max_msgs: max_msgs(invoices_info?),
+            events_max_msgs: max_msgs(&events),
+            invoices_max_msgs: max_msgs(&invoices),
             at: std::time::Instant::now(),
         })
     }
 
     /// Where the durable `consumer` of `stream` stands.
-    pub async fn backlog(&self, stream: &str, consumer: &str) -> Result<Backlog, BusError> {
+    pub async fn backlog(&self, stream: &Stream, consumer: &str) -> Result<Backlog, BusError> {
         let err = |e: &dyn std::fmt::Display| BusError::Request(e.to_string());
-        let stream = self.stream(stream).await?;
         let mut c: async_nats::jetstream::consumer::PullConsumer =
             stream.get_consumer(consumer).await.map_err(|e| err(&e))?;
         let info = c.info().await.map_err(|e| err(&e))?;
@@ -165,12 +167,8 @@ impl Bus {
 
     /// Messages in the dead-letter stream.
     pub async fn dead_letters(&self) -> Result<u64, BusError> {
-        let mut dlq = self.stream(&self.topology().dlq_stream()).await?;
-        let info = dlq
-            .info()
-            .await
-            .map_err(|e| BusError::Request(e.to_string()))?;
-        Ok(info.state.messages)
+        let dlq = self.stream(&self.topology().dlq_stream()).await?;
+        Ok(dlq.cached_info().state.messages)
     }
 }
 

@@ -125,8 +125,7 @@ pub async fn run<H: Handler>(
         }
     };
     let permits = Arc::new(Semaphore::new(concurrency));
-    // The metrics' `consumer` label: `processor`, `persister`.
-    let name: Arc<str> = consumer.cached_info().name.as_str().into();
+    let meters = Arc::new(Meters::new(&consumer.cached_info().name));
     tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
@@ -162,7 +161,7 @@ pub async fn run<H: Handler>(
             attempt,
             stream_sequence,
         };
-        let (bus, handler, name) = (bus.clone(), handler.clone(), name.clone());
+        let (bus, handler, meters) = (bus.clone(), handler.clone(), meters.clone());
         // ERROR level: present under any filter (see service-kit's request span).
         let span = tracing::error_span!(
             "delivery",
@@ -172,7 +171,7 @@ pub async fn run<H: Handler>(
         );
         tokio::spawn(
             async move {
-                settle(&bus, &*handler, policy, delivery, &name).await;
+                settle(&bus, &*handler, policy, delivery, &meters).await;
                 drop(permit);
             }
             .instrument(span),
@@ -183,12 +182,67 @@ pub async fn run<H: Handler>(
     Ok(())
 }
 
+/// How a settled delivery ended: the `outcome` label of `pos_deliveries_total`.
+#[derive(Debug, Clone, Copy)]
+enum Settled {
+    Done,
+    Retry,
+    DeadLettered,
+    Poison,
+    /// Could not be dead-lettered: nak'd again and kept.
+    Kept,
+}
+
+impl Settled {
+    const ALL: [Settled; 5] = [
+        Self::Done,
+        Self::Retry,
+        Self::DeadLettered,
+        Self::Poison,
+        Self::Kept,
+    ];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Done => "done",
+            Self::Retry => "retry",
+            Self::DeadLettered => "dead_lettered",
+            Self::Poison => "poison",
+            Self::Kept => "kept",
+        }
+    }
+}
+
+/// One consumer's delivery series (`consumer` label: its durable name), registered
+/// once per consume loop so the hot path only bumps them.
+struct Meters {
+    duration: metrics::Histogram,
+    by_outcome: [metrics::Counter; Settled::ALL.len()],
+}
+
+impl Meters {
+    fn new(consumer: &str) -> Self {
+        let consumer = consumer.to_owned();
+        Self {
+            duration: metrics::histogram!("pos_delivery_duration_seconds", "consumer" => consumer.clone()),
+            by_outcome: Settled::ALL.map(|outcome| {
+                metrics::counter!("pos_deliveries_total", "consumer" => consumer.clone(), "outcome" => outcome.label())
+            }),
+        }
+    }
+
+    fn settled(&self, outcome: Settled, took: Duration) {
+        self.duration.record(took.as_secs_f64());
+        self.by_outcome[outcome as usize].increment(1);
+    }
+}
+
 async fn settle<H: Handler>(
     bus: &Bus,
     handler: &H,
     policy: RetryPolicy,
     delivery: Delivery,
-    consumer: &str,
+    meters: &Meters,
 ) {
     let started = std::time::Instant::now();
     let outcome = if delivery.attempt > policy.max_attempts {
@@ -198,16 +252,19 @@ async fn settle<H: Handler>(
         handler.handle(&delivery).await
     };
     let (ack, settled) = match outcome {
-        Outcome::Done => (AckKind::Ack, "done"),
+        Outcome::Done => (AckKind::Ack, Settled::Done),
         Outcome::Retry(e) if delivery.attempt < policy.max_attempts => {
             warn!(error = %e, "transient failure; will retry");
-            (AckKind::Nak(Some(policy.delay(delivery.attempt))), "retry")
+            (
+                AckKind::Nak(Some(policy.delay(delivery.attempt))),
+                Settled::Retry,
+            )
         }
         Outcome::Retry(e) => match handler.exhausted(&delivery, e).await {
-            Ok(()) => (AckKind::Term, "dead_lettered"),
+            Ok(()) => (AckKind::Term, Settled::DeadLettered),
             Err(e) => {
                 error!(error = %e, "could not dead-letter an exhausted message; keeping it");
-                (AckKind::Nak(Some(policy.max_delay)), "kept")
+                (AckKind::Nak(Some(policy.max_delay)), Settled::Kept)
             }
         },
         Outcome::Poison(e) => {
@@ -216,18 +273,15 @@ async fn settle<H: Handler>(
                 .publish_raw_dead_letter(delivery.payload(), delivery.subject(), &e)
                 .await
             {
-                Ok(_) => (AckKind::Term, "poison"),
+                Ok(_) => (AckKind::Term, Settled::Poison),
                 Err(e) => {
                     error!(error = %e, "could not dead-letter an undecodable message; keeping it");
-                    (AckKind::Nak(Some(policy.max_delay)), "kept")
+                    (AckKind::Nak(Some(policy.max_delay)), Settled::Kept)
                 }
             }
         }
     };
-    metrics::histogram!("pos_delivery_duration_seconds", "consumer" => consumer.to_owned())
-        .record(started.elapsed().as_secs_f64());
-    metrics::counter!("pos_deliveries_total", "consumer" => consumer.to_owned(), "outcome" => settled)
-        .increment(1);
+    meters.settled(settled, started.elapsed());
     if let Err(e) = delivery.message.ack_with(ack).await {
         // The message will be redelivered after ack_wait; handlers are idempotent.
         warn!(error = %e, "ack failed");
@@ -269,6 +323,13 @@ pub async fn run_until_stopped<H: Handler>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn each_outcome_indexes_its_own_counter() {
+        for (i, outcome) in Settled::ALL.into_iter().enumerate() {
+            assert_eq!(outcome as usize, i, "{}", outcome.label());
+        }
+    }
 
     #[test]
     fn retry_delays_double_and_are_capped() {

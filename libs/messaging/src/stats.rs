@@ -22,16 +22,10 @@ pub struct QueueStats {
 
 impl Bus {
     pub async fn queue_stats(&self) -> Result<QueueStats, crate::BusError> {
-        let t = self.topology();
-        let mut invoices = self.stream(&t.invoices_stream()).await?;
-        let stored = invoices
-            .info()
-            .await
-            .map_err(|e| crate::BusError::Request(e.to_string()))?
-            .state
-            .messages;
+        let invoices = self.stream(&self.topology().invoices_stream()).await?;
+        let stored = invoices.cached_info().state.messages;
         let failed = self.dead_letters().await?;
-        let processor = self.backlog(&t.invoices_stream(), "processor").await?;
+        let processor = self.backlog(&invoices, "processor").await?;
         Ok(QueueStats {
             pending: processor.pending,
             ack_pending: processor.ack_pending,

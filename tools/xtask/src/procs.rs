@@ -21,12 +21,14 @@ pub struct Proc {
     pub argv: Vec<String>,
 }
 
-/// Start time of `pid`, if it runs.
-fn start_time(pid: u32) -> Option<u64> {
+/// State letter and start time of `pid` (`/proc/<pid>/stat` fields 3 and 22), if it
+/// exists (a zombie still does).
+fn stat(pid: u32) -> Option<(char, u64)> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
     // The command name (field 2) may hold spaces; fields after its `)` are plain.
-    let rest = &stat[stat.rfind(')')? + 2..];
-    rest.split_whitespace().nth(19)?.parse().ok()
+    let mut rest = stat[stat.rfind(')')? + 2..].split_whitespace();
+    let state = rest.next()?.chars().next()?;
+    Some((state, rest.nth(18)?.parse().ok()?))
 }
 
 impl Proc {
@@ -58,7 +60,7 @@ impl Proc {
         let pid = child.id();
         // Not waited for: it outlives this process; init reaps it.
         std::mem::forget(child);
-        let start = start_time(pid).unwrap_or(0);
+        let start = stat(pid).map_or(0, |(_, start)| start);
         Ok(Self {
             name: name.to_owned(),
             pid,
@@ -67,13 +69,9 @@ impl Proc {
         })
     }
 
+    /// Running: this very process (same start time), not exited and unreaped.
     pub fn alive(&self) -> bool {
-        start_time(self.pid).is_some_and(|s| s == self.start)
-            && !std::fs::read_to_string(format!("/proc/{}/stat", self.pid)).is_ok_and(|s| {
-                s.rsplit(')')
-                    .next()
-                    .is_some_and(|r| r.trim_start().starts_with('Z'))
-            })
+        stat(self.pid).is_some_and(|(state, start)| start == self.start && state != 'Z')
     }
 
     pub fn signal(&self, signal: Signal) -> Result<()> {
