@@ -1,6 +1,7 @@
-//! Reading the event log in order, for fanout: one tenant's lifecycle events from a
-//! chosen stream sequence on, as client-side ordered consumers (ephemeral, memory,
-//! no acks), plus the log's bounds (which sequences are still stored).
+//! Reading the event log in order, for fanout (one tenant's lifecycle events) and the
+//! operator console (every tenant's), from a chosen stream sequence on, as client-side
+//! ordered consumers (ephemeral, memory, no acks), plus the log's bounds (which sequences
+//! are still stored).
 //!
 //! The stream sequence of an event is the contract's `seq`, so a reader here never
 //! invents positions: it reports the server's.
@@ -128,12 +129,22 @@ impl Bus {
         tenant: &TenantId,
         start: FeedStart,
     ) -> Result<EventFeed, BusError> {
+        self.feed_of(self.topology().tenant_events(tenant), start)
+            .await
+    }
+
+    /// Every tenant's events in stream order (the operator console's view of the
+    /// pipeline); otherwise as [`Bus::event_feed`].
+    pub async fn all_events_feed(&self, start: FeedStart) -> Result<EventFeed, BusError> {
+        self.feed_of(self.topology().all_events(), start).await
+    }
+
+    async fn feed_of(&self, filter: String, start: FeedStart) -> Result<EventFeed, BusError> {
         let stream = self.stream(&self.topology().events_stream()).await?;
         let start_seq = match start {
             FeedStart::At(seq) => seq.max(1),
             FeedStart::New => stream.cached_info().state.last_sequence + 1,
         };
-        let filter = self.topology().tenant_events(tenant);
         let (messages, initial_pending) = open(&stream, &filter, start_seq).await?;
         let reader = Reader {
             stream,

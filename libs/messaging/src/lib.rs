@@ -17,10 +17,12 @@
 //! - `admin.rs`: the NATS services API, admin endpoints, dead-letter reads
 //! - `stats.rs`: queue figures for `/health`
 //! - `backlog.rs`: how far behind a consumer is (metrics, health, back-pressure)
+//! - `console.rs`: the operator console's questions (durability settings, admin requests)
 
 pub mod admin;
 pub mod backlog;
 pub mod bus;
+pub mod console;
 pub mod consume;
 pub mod drift;
 pub mod envelope;
@@ -31,6 +33,7 @@ pub mod topology;
 pub use async_nats::service::Service;
 pub use backlog::{unstored_events, Backlog};
 pub use bus::{Bus, BusError, NatsSettings, Published};
+pub use console::{AdminError, StreamSummary};
 pub use consume::{Delivery, Handler, Outcome, RetryPolicy};
 pub use drift::Drift;
 pub use envelope::{DeadLetter, Encoded, Envelope};

@@ -99,6 +99,10 @@ impl Topology {
     pub fn tenant_events(&self, tenant: &TenantId) -> String {
         format!("{}.events.{tenant}.*", self.ns)
     }
+    /// Every tenant's events (the operator console's feed).
+    pub fn all_events(&self) -> String {
+        format!("{}.events.>", self.ns)
+    }
     /// Core NATS (no stream): "the tenant's catalog changed", for caches and terminals.
     pub fn catalog_subject(&self, tenant: &TenantId) -> String {
         format!("{}.catalog.{tenant}", self.ns)

@@ -2,7 +2,8 @@
 //! indexes and document shapes live here.
 //!
 //! The catalog and tenant settings are `catalog.rs`'s, the fiscal ledger `ledger.rs`'s,
-//! what credit notes took from each invoice `credits.rs`'s.
+//! what credit notes took from each invoice `credits.rs`'s, the operator console's counts
+//! and audit log `operations.rs`'s.
 //! The invoices: one collection,
 //! `invoices`, one document per invoice: the contract's representation
 //! plus `_id` (the invoice id), `fingerprint` (for idempotent replays) and `version`
@@ -15,10 +16,12 @@ mod catalog;
 mod credits;
 mod ledger;
 mod numbering;
+mod operations;
 pub use catalog::ProductWrite;
 pub use credits::{CreditRefused, Reserved};
 pub use ledger::{Chain, Numbered, ToNumber, Verification, Voided, SERIES_TTL};
 pub use numbering::{Numberer, NumberingError};
+pub use operations::AuditEntry;
 
 use domain::{IdempotencyKey, Invoice, InvoiceId, InvoiceState, TenantId, TerminalId, Timestamp};
 use futures_util::TryStreamExt;
@@ -219,6 +222,7 @@ impl Store {
             .await?;
         self.ensure_catalog_indexes().await?;
         self.ensure_ledger_indexes().await?;
+        self.ensure_audit_indexes().await?;
         Ok(())
     }
 

@@ -1,0 +1,9 @@
+//! The operator console binary: settings → telemetry → build → serve until SIGINT/SIGTERM.
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    service_kit::telemetry::init(std::io::stdout);
+    let settings = console::Settings::from_env()?;
+    let app = console::App::build(settings).await?;
+    app.run_until_stopped(service_kit::shutdown_signal()).await
+}
