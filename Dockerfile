@@ -1,5 +1,5 @@
 # syntax=docker/dockerfile:1
-# One image with all four service binaries (ingress, processor, persister, fanout);
+# One image with all service binaries (ingress, processor, persister, fanout, console);
 # docker-compose.yml picks the binary per service with `command`.
 
 # ---- build -------------------------------------------------------------------------
@@ -10,9 +10,9 @@ COPY . .
 # out in the same step because the target cache mount is not part of the image.
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked -p ingress -p processor -p persister -p fanout \
+    cargo build --release --locked -p ingress -p processor -p persister -p fanout -p console \
  && mkdir -p /out \
- && cp target/release/ingress target/release/processor target/release/persister target/release/fanout /out/
+ && cp target/release/ingress target/release/processor target/release/persister target/release/fanout target/release/console /out/
 
 # ---- runtime -----------------------------------------------------------------------
 FROM debian:bookworm-slim

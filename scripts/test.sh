@@ -5,8 +5,8 @@
 #
 #   scripts/test.sh [cargo test args...]
 #
-# The tests get NATS_URL, REDIS_URL, MONGODB_URI, NATS_PASSWORD_<USER>, SCHEMATHESIS and
-# POS_NATS_SERVER_BIN,
+# The tests get NATS_URL, REDIS_URL, MONGODB_URI, NATS_PASSWORD_<USER>, SCHEMATHESIS,
+# POS_CHROMIUM_BIN (the console's browser test) and POS_NATS_SERVER_BIN,
 # POS_REDIS_SERVER_BIN, POS_MONGOD_BIN (to start more private servers themselves) from the
 # environment, and find the service binaries in target/debug.
 # POS_KEEP_STACK=1 leaves the temp dir (data + logs) in place after the run.
@@ -15,7 +15,7 @@ set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 cd "$ROOT"
 
-"$ROOT/scripts/stack.sh" install
+"$ROOT/scripts/stack.sh" install --browser
 
 # schemathesis (PyPI, pinned) in a venv of its own in the cache: tests/schema.rs runs it
 # against the OpenAPI document the ingress serves.

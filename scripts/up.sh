@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Bring the whole POS backend up on localhost (no Docker) and keep it running until
 # Ctrl-C: NATS JetStream + Redis + MongoDB (scripts/stack.sh, default ports, data and logs
-# in .stack/dev), then the four services built in release mode.
+# in .stack/dev), then the four services and the operator console built in release mode.
 #
 #   scripts/up.sh [--no-build] [--cluster]
 #
@@ -14,9 +14,11 @@
 #   JWT_SECRET        HS256 secret (default dev-secret-change-me-0123456789abcdef)
 #   MONGODB_DB        database name (default pos)
 #   RUST_LOG          (default info)
-#   INGRESS_INSTANCES, PROCESSOR_INSTANCES, PERSISTER_INSTANCES, FANOUT_INSTANCES
+#   INGRESS_INSTANCES, PROCESSOR_INSTANCES, PERSISTER_INSTANCES, FANOUT_INSTANCES,
+#   CONSOLE_INSTANCES
 #                     instances per service (default 1). Instance i (0-based) of ingress
-#                     listens on 0.0.0.0:3000+10*i, of fanout on 0.0.0.0:3001+10*i; the first
+#                     listens on 0.0.0.0:3000+10*i, of fanout on 0.0.0.0:3001+10*i, of the
+#                     console on 0.0.0.0:3004+10*i; the first
 #                     processor/persister serve health on 127.0.0.1:3002/3003, the others on
 #                     127.0.0.1:0.
 #   POS_HEALTH_TIMEOUT  seconds to wait for /health (default 60)
@@ -28,7 +30,7 @@ cd "$ROOT"
 STACK_DIR="$ROOT/.stack/dev"
 BIN_DIR="${POS_BIN_DIR:-$ROOT/target/release}"
 HEALTH_TIMEOUT="${POS_HEALTH_TIMEOUT:-60}"
-SERVICES=(ingress processor persister fanout)
+SERVICES=(ingress processor persister fanout console)
 
 BUILD=1
 CLUSTER=0
@@ -128,8 +130,8 @@ source "$STACK_DIR/env"
 
 # ---------------------------------------------------------------- build
 if [ "$BUILD" = 1 ]; then
-  log "cargo build --release (ingress processor persister fanout xtask)"
-  cargo build --release -p ingress -p processor -p persister -p fanout -p xtask
+  log "cargo build --release (ingress processor persister fanout console xtask)"
+  cargo build --release -p ingress -p processor -p persister -p fanout -p console -p xtask
 fi
 for svc in "${SERVICES[@]}" xtask; do
   [ -x "$BIN_DIR/$svc" ] || { log "missing $BIN_DIR/$svc (build failed?)"; exit 1; }
@@ -160,7 +162,7 @@ leftovers=()
 for f in "$STACK_DIR"/*.pid; do
   [ -e "$f" ] || continue
   n="$(basename "$f" .pid)"
-  case "$n" in ingress*|processor*|persister*|fanout*) leftovers+=("$n") ;; esac
+  case "$n" in ingress*|processor*|persister*|fanout*|console*) leftovers+=("$n") ;; esac
 done
 if [ "${#leftovers[@]}" -gt 0 ]; then
   log "stopping leftovers of an earlier run: ${leftovers[*]}"
@@ -180,6 +182,8 @@ start_instance() {  # service index
                else port=""; addr_env=("HEALTH_ADDR=127.0.0.1:0"); fi ;;
     persister) if [ "$i" = 0 ]; then port=3003; addr_env=("HEALTH_ADDR=127.0.0.1:3003")
                else port=""; addr_env=("HEALTH_ADDR=127.0.0.1:0"); fi ;;
+    console) port=$((3004 + 10 * i)); addr_env=("CONSOLE_ADDR=0.0.0.0:$port")
+             HEALTH_URLS+=("$name http://localhost:$port/health") ;;
   esac
   if [ -n "$port" ] && ! port_free "$port"; then
     log "port $port (for $name) is already in use; is another scripts/up.sh running?"
@@ -224,12 +228,15 @@ for i in "${!PIDS[@]}"; do   # processor/persister have no URL we wait on: at le
 done
 
 TOKEN="$("$BIN_DIR/xtask" jwt --secret "$JWT_SECRET")"
+CONSOLE_TOKEN="$("$BIN_DIR/xtask" jwt --secret "$JWT_SECRET" --tenant ops --sub operator --role admin --ttl 43200)"
 monitor=""; [ -n "${POS_NATS_MONITOR_URL:-}" ] && monitor="  (monitor $POS_NATS_MONITOR_URL)"
 cat <<EOF
 
 POS backend is up.
   REST       http://localhost:3000
   WebSocket  ws://localhost:3001/ws
+  Console    http://localhost:3004/#token=$CONSOLE_TOKEN
+             (an admin token of the operators' tenant ops, valid 12 h)
   NATS       $NATS_URL$monitor
   Redis      $REDIS_URL
   MongoDB    $MONGODB_URI  (database $MONGODB_DB)

@@ -9,6 +9,7 @@ mod support;
 
 mod catalog;
 mod config;
+mod console;
 mod failure;
 mod fanout;
 mod flaky;

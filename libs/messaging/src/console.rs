@@ -108,7 +108,7 @@ fn summary(info: &async_nats::jetstream::stream::Info) -> StreamSummary {
         }
         .to_owned(),
         max_msgs: u64::try_from(c.max_messages).ok().filter(|m| *m > 0),
-        max_age_secs: (!c.max_age.is_zero()).then(|| c.max_age.as_secs()),
+        max_age_secs: (!c.max_age.is_zero()).then_some(c.max_age.as_secs()),
         discard: match c.discard {
             DiscardPolicy::Old => "old",
             DiscardPolicy::New => "new",

@@ -279,7 +279,7 @@ impl Window {
                 invoices: s.invoices,
             })
             .collect();
-        all.sort_by(|a, b| b.last_seen_ms.cmp(&a.last_seen_ms));
+        all.sort_by_key(|t| std::cmp::Reverse(t.last_seen_ms));
         all.truncate(n);
         all
     }

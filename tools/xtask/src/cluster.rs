@@ -18,7 +18,14 @@ use std::time::Duration;
 pub const NODES: usize = 3;
 const RS: &str = "rs0";
 /// The users of `nats/nats-server.conf`, whose passwords the config reads from env.
-const NATS_USERS: [&str; 5] = ["ingress", "processor", "persister", "fanout", "operator"];
+const NATS_USERS: [&str; 6] = [
+    "ingress",
+    "processor",
+    "persister",
+    "fanout",
+    "console",
+    "operator",
+];
 
 /// How JetStream flushes to disk on each node (the durability choice, README).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
