@@ -8,7 +8,7 @@
 #
 # For each instance count N in --instances (default "1"):
 #   1. a fresh private stack (NATS JetStream, Redis, MongoDB replica set) on free ports in
-#      .stack/bench/n<N> (scripts/stack.sh; installs what is missing, as up.sh does);
+#      .stack/bench/n<N> (xtask stack; installs what is missing, as ./x up does);
 #   2. N instances of each service (ingress, processor, persister, fanout), release build,
 #      on free ports; waits for every ingress and fanout /health;
 #   3. `loadgen ceilings` (first N only: the raw JetStream / MongoDB rates of this machine);
@@ -91,8 +91,6 @@ export RUST_LOG="${RUST_LOG:-warn}"
 export MONGODB_DB="${MONGODB_DB:-pos}"
 # The benchmark measures the pipeline: a shop-sized rate limit would cap it at 500/s.
 export RATE_LIMIT_TENANT="${RATE_LIMIT_TENANT:-0}" RATE_LIMIT_TERMINAL="${RATE_LIMIT_TERMINAL:-0}"
-# servers the caller points at are used as they are (stack.sh starts only the missing ones)
-USER_NATS_URL="${NATS_URL:-}" USER_REDIS_URL="${REDIS_URL:-}" USER_MONGODB_URI="${MONGODB_URI:-}"
 
 log() { printf 'bench: %s\n' "$*" >&2; }
 
@@ -136,7 +134,7 @@ operator_url() {
 }
 
 # NATS_USER / NATS_PASSWORD of service $1 (nats/nats-server.conf), from the passwords
-# stack.sh exported in its env file; nothing for a server without them.
+# xtask stack exported in its env file; nothing for a server without them.
 nats_login() {
   local v="NATS_PASSWORD_${1^^}"
   [ -z "${!v:-}" ] || printf 'NATS_USER=%s NATS_PASSWORD=%s' "$1" "${!v}"
@@ -165,10 +163,10 @@ stop_round() {
   if [ "${#PIDS[@]}" -gt 0 ]; then log "stopping services"; stop_services; fi
   if [ -n "$STACK_DIR" ]; then
     # keep the infrastructure logs next to the service logs, then drop the data
-    for f in nats redis mongod; do
+    for f in nats-0 redis mongod-0; do
       [ -f "$STACK_DIR/$f.log" ] && cp "$STACK_DIR/$f.log" "$LOGS/n$ROUND-$f.log" 2>/dev/null || true
     done
-    "$ROOT/scripts/stack.sh" down --dir "$STACK_DIR" --purge >/dev/null 2>&1 || true
+    "$BIN_DIR/xtask" stack down --dir "$STACK_DIR" --purge >/dev/null 2>&1 || true
     STACK_DIR=""
   fi
 }
@@ -188,14 +186,14 @@ trap 'echo >&2; log "interrupted"; exit 130' INT
 trap 'log "terminated"; exit 143' TERM
 
 # ---------------------------------------------------------------- install + build
-"$ROOT/scripts/stack.sh" install >/dev/null
 if [ "$BUILD" = 1 ]; then
-  log "cargo build --release (services + loadgen)"
-  cargo build --release -p ingress -p processor -p persister -p fanout -p loadgen
+  log "cargo build --release (services + loadgen + xtask)"
+  cargo build --release -p ingress -p processor -p persister -p fanout -p loadgen -p xtask
 fi
-for b in "${SERVICES[@]}" loadgen; do
+for b in "${SERVICES[@]}" loadgen xtask; do
   [ -x "$BIN_DIR/$b" ] || { log "missing $BIN_DIR/$b (build failed?)"; exit 1; }
 done
+"$BIN_DIR/xtask" install >/dev/null
 
 GIT="$(git rev-parse --short HEAD 2>/dev/null || echo unknown)"
 git diff --quiet HEAD 2>/dev/null || GIT="$GIT+dirty"
@@ -230,10 +228,9 @@ for N in $INSTANCES; do
   ROUND="$N"
   log "================ $N instance(s) of each service ================"
   STACK_DIR="$BENCH_DIR/n$N"
-  "$ROOT/scripts/stack.sh" down --dir "$STACK_DIR" --purge >/dev/null 2>&1 || true
-  # a fresh stack each round: only the caller's URLs count, not the previous round's
-  NATS_URL="$USER_NATS_URL" REDIS_URL="$USER_REDIS_URL" MONGODB_URI="$USER_MONGODB_URI" \
-    "$ROOT/scripts/stack.sh" up --dir "$STACK_DIR" --free-ports >/dev/null
+  # a fresh stack each round
+  "$BIN_DIR/xtask" stack down --dir "$STACK_DIR" --purge >/dev/null 2>&1 || true
+  "$BIN_DIR/xtask" stack up --dir "$STACK_DIR" --free-ports >/dev/null
   # shellcheck disable=SC1091
   source "$STACK_DIR/env"
 
@@ -297,9 +294,9 @@ for N in $INSTANCES; do
     continue
   fi
 
-  # infrastructure pids (started by stack.sh in this round) join the CPU sampling
+  # infrastructure pids (started by xtask stack in this round) join the CPU sampling
   CPU_NAMES=("${NAMES[@]}") CPU_PIDS=("${PIDS[@]}")
-  for f in nats redis mongod; do
+  for f in nats-0 redis mongod-0; do
     if [ -f "$STACK_DIR/$f.pid" ]; then CPU_NAMES+=("$f"); CPU_PIDS+=("$(cat "$STACK_DIR/$f.pid")"); fi
   done
   # Observer, in the background: CPU time of every process over the measured window

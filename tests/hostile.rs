@@ -442,7 +442,7 @@ async fn each_service_user_is_refused_outside_its_nats_permissions() {
         infra.nats_auth("ingress"),
         service_kit::settings::NatsAuth::Anonymous
     ) {
-        panic!("the shared nats-server runs without users: start it with scripts/stack.sh");
+        panic!("the shared nats-server runs without users: start it with `./x test` (xtask stack)");
     }
     let ns = &stack.namespace;
     let tenant = &stack.tenant;

@@ -1,5 +1,5 @@
 //! Whole-stack tests against real NATS JetStream, Redis and MongoDB (started by
-//! `scripts/test.sh`, which exports their URLs), in one binary for link time.
+//! `./x test` (xtask), which exports their URLs), in one binary for link time.
 //!
 //! Every test gets its own namespace (streams, subjects, Redis keys) and database from
 //! [`support::TestStack`] / [`support::ProcessStack`], so tests run in parallel and never

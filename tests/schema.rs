@@ -1,7 +1,7 @@
 //! schemathesis (PyPI) against the OpenAPI document the ingress serves, on a real stack:
 //! generated valid and invalid requests to every operation, every check but one (no
 //! 5xx, every status and body as documented, auth enforced, invalid input refused). A short seeded run here; the README
-//! gives the long one. `SCHEMATHESIS` is the program, installed by scripts/test.sh.
+//! gives the long one. `SCHEMATHESIS` is the program, installed by `./x test` (xtask).
 
 use crate::support::TestStack;
 use std::time::Duration;
@@ -9,7 +9,7 @@ use std::time::Duration;
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn schemathesis_finds_no_server_error_and_no_response_outside_the_schema() {
     let program = std::env::var("SCHEMATHESIS").unwrap_or_else(|_| {
-        panic!("SCHEMATHESIS is not set: run the suite with `./x test` (scripts/test.sh installs schemathesis)")
+        panic!("SCHEMATHESIS is not set: run the suite with `./x test` (it installs schemathesis)")
     });
     let examples = std::env::var("SCHEMATHESIS_EXAMPLES").unwrap_or_else(|_| "30".into());
     let stack = TestStack::start().await;

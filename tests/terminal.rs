@@ -366,10 +366,10 @@ async fn answers_lost_to_connection_resets_never_double_an_invoice() {
 
 /// 4 terminals × `SOAK_INVOICES` (default 2 000) through a faulty link, with ingress
 /// killed and MongoDB stalled in the middle: every invoice exactly once, none stuck.
-/// Run alone, after the suite, by `scripts/test.sh` (`--ignored soak`): its load on 2
+/// Run alone, after the suite, by `./x test` (`--ignored soak`): its load on 2
 /// cores starved the timing of tests running beside it (Redis' 250 ms bound).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "run alone by scripts/test.sh after the rest of the suite"]
+#[ignore = "run alone by ./x test after the rest of the suite"]
 async fn soak_four_terminals_through_resets_blackholes_a_dead_ingress_and_a_stalled_mongodb() {
     let per_terminal: usize = std::env::var("SOAK_INVOICES")
         .ok()

@@ -14,7 +14,9 @@ pub struct Infra {
 
 fn env(name: &str) -> String {
     std::env::var(name).unwrap_or_else(|_| {
-        panic!("{name} is not set: run the suite with `./x test` (scripts/test.sh starts NATS, Redis and MongoDB)")
+        panic!(
+            "{name} is not set: run the suite with `./x test` (it starts NATS, Redis and MongoDB)"
+        )
     })
 }
 
@@ -28,7 +30,7 @@ impl Infra {
     }
 
     /// The NATS user of `service` (`ingress` … `operator`) on the shared server, from the
-    /// `NATS_PASSWORD_<SERVICE>` that scripts/stack.sh exports; anonymous without one (a
+    /// `NATS_PASSWORD_<SERVICE>` that `xtask stack` exports; anonymous without one (a
     /// server without authorization).
     pub fn nats_auth(&self, service: &str) -> service_kit::settings::NatsAuth {
         match std::env::var(format!("NATS_PASSWORD_{}", service.to_uppercase())) {

@@ -14,7 +14,7 @@ USAGE
 PIPELINE OPTIONS
   --ingress URL[,URL…]   ingress base URLs, used round-robin   (default http://localhost:3000)
   --fanout URL[,URL…]    fanout base URLs; one socket per tenant per URL (default http://localhost:3001)
-  --secret S             HS256 secret (default $JWT_SECRET, else the dev default of scripts/up.sh)
+  --secret S             HS256 secret (default $JWT_SECRET, else the dev default of ./x up)
   --tenants N            tenants, one JWT each                 (default 4)
   --terminals N          terminals per tenant                  (default 3)
   --mode closed|open     closed: C workers post-await-repeat; open: fixed rate (default closed)
@@ -56,7 +56,7 @@ CEILINGS OPTIONS
   --json                 stdout gets only the JSON line; the table goes to stderr
 ";
 
-/// The JWT secret scripts/up.sh starts the services with unless JWT_SECRET is set.
+/// The JWT secret ./x up starts the services with unless JWT_SECRET is set.
 pub const DEV_SECRET: &str = "dev-secret-change-me-0123456789abcdef";
 
 #[derive(Debug)]

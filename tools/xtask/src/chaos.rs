@@ -9,8 +9,8 @@
 //! stored COMPLETED once (0 lost, 0 duplicated, 0 stuck) and every socket saw every
 //! state change in `seq` order without a gap. Exit status 1 if any of that fails.
 
-use crate::cluster::{Cluster, Sync};
 use crate::procs::free_ports;
+use crate::stack::{Ports, Stack, Sync, CLUSTER_NODES};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::path::PathBuf;
@@ -27,7 +27,7 @@ pub struct Args {
 
 const SECRET: &str = "dev-secret-change-me-0123456789abcdef";
 
-fn service(args: &Args, cluster: &Cluster, name: &str, n: usize, port: u16) -> Result<Child> {
+fn service(args: &Args, cluster: &Stack, name: &str, n: usize, port: u16) -> Result<Child> {
     let log = std::fs::File::create(args.dir.join(format!("{name}-{n}.log")))?;
     let mut cmd = Command::new(args.bin_dir.join(name));
     cmd.envs(cluster.env())
@@ -84,8 +84,8 @@ fn log_event(start: Instant, what: &str) {
 }
 
 pub async fn run(args: Args) -> Result<bool> {
-    Cluster::down(&args.dir, true).await?;
-    let mut cluster = Cluster::up(&args.dir, args.sync).await?;
+    Stack::down(&args.dir, true).await?;
+    let mut cluster = Stack::up(&args.dir, CLUSTER_NODES, args.sync, Ports::Free).await?;
     eprintln!(
         "xtask chaos: cluster up (sync {:?})\n{}",
         args.sync,
@@ -207,7 +207,7 @@ pub async fn run(args: Args) -> Result<bool> {
     ));
 
     at(0.55).await;
-    for i in 0..crate::cluster::NODES {
+    for i in 0..CLUSTER_NODES {
         log_event(start, &format!("rolling restart: SIGTERM nats-{i}"));
         cluster.stop_nats(i).await?;
         cluster.start_nats(i).await?;
@@ -300,7 +300,7 @@ pub async fn run(args: Args) -> Result<bool> {
         serde_json::json!({ "ok": ok, "timeline": timeline, "stored": stored, "completed": completed, "loadgen": report })
     );
     drop(services);
-    Cluster::down(&args.dir, false).await?;
+    Stack::down(&args.dir, false).await?;
     Ok(ok)
 }
 

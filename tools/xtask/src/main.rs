@@ -1,16 +1,26 @@
-//! `xtask`: the project's own operations tool, in Rust (invoked by `./x`).
+//! `xtask`: the project's own operations tool, in Rust (invoked by `./x`; bash is left
+//! only in `./x`, which bootstraps `just`).
 //!
-//! `xtask jwt` prints a dev token signed by `auth`'s own signing (what the services
-//! verify). It owns the cluster: `xtask cluster up|down|status|kill|stop|start` runs a
-//! 3-node NATS JetStream cluster and a 3-member MongoDB replica set on loopback
-//! (`cluster.rs`), and `xtask cluster chaos` is the node-loss drill under load
-//! (`chaos.rs`). Processes are started detached and found again by pid + start time
-//! (`procs.rs`), signalled from Rust. The single-node dev/test stack is still
-//! `scripts/stack.sh` (see README § Scripts).
+//! - `install` (`install.rs`): nats-server, mongod, redis-server (and chromium) on a fresh
+//!   machine, cached;
+//! - `stack` / `cluster` (`stack.rs`): the infrastructure, one node of each or a 3-node
+//!   cluster, detached, recorded in its dir; `cluster chaos` (`chaos.rs`) the node-loss
+//!   drill under load;
+//! - `up` (`up.rs` + `services.rs`): the whole system until Ctrl-C;
+//! - `test` (`test.rs`): the whole suite against a private stack;
+//! - `jwt`: a dev token signed by `auth`'s own signing (what the services verify).
+//!
+//! Processes are found again by pid + start time and signalled from Rust (`procs.rs`).
 
 mod chaos;
-mod cluster;
+mod install;
 mod procs;
+mod services;
+mod stack;
+mod test;
+mod up;
+
+use stack as cluster; // the cluster subcommands act on a 3-node stack
 
 use clap::{Parser, Subcommand};
 use std::path::PathBuf;
@@ -18,7 +28,10 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 #[derive(Parser)]
-#[command(name = "xtask", about = "POS backend operations: cluster, chaos drill")]
+#[command(
+    name = "xtask",
+    about = "POS backend operations: install, stack, up, test, cluster, chaos drill"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -42,10 +55,57 @@ enum Command {
         #[arg(long, default_value_t = 86_400)]
         ttl: i64,
     },
+    /// Install nats-server, mongod, redis-server (cached; `--browser`: also chromium).
+    Install {
+        #[arg(long)]
+        browser: bool,
+    },
+    /// The whole system on localhost until Ctrl-C (`--cluster`: 3 NATS nodes, R3).
+    Up {
+        #[arg(long)]
+        cluster: bool,
+        /// Use the binaries in --bin-dir as they are.
+        #[arg(long)]
+        no_build: bool,
+        #[arg(long, default_value = "target/release")]
+        bin_dir: PathBuf,
+    },
+    /// The whole test suite against a private stack (arguments go to `cargo test`).
+    Test,
+    /// One NATS, one Redis, a one-member MongoDB replica set on loopback.
+    Stack {
+        #[command(subcommand)]
+        action: StackAction,
+    },
     /// A 3-node NATS cluster + 3-member MongoDB replica set + Redis on loopback.
     Cluster {
         #[command(subcommand)]
         action: ClusterAction,
+    },
+}
+
+#[derive(Subcommand)]
+enum StackAction {
+    /// Start the servers (the well-known ports, or --free-ports), wait until ready, write
+    /// DIR/env; servers of DIR that stopped are started again with the same ports.
+    Up {
+        #[arg(long, default_value = ".stack/dev")]
+        dir: PathBuf,
+        #[arg(long)]
+        free_ports: bool,
+    },
+    /// Stop every server of DIR (SIGTERM, then SIGKILL).
+    Down {
+        #[arg(long, default_value = ".stack/dev")]
+        dir: PathBuf,
+        /// Also delete DIR (data and logs).
+        #[arg(long)]
+        purge: bool,
+    },
+    /// What runs in DIR.
+    Status {
+        #[arg(long, default_value = ".stack/dev")]
+        dir: PathBuf,
     },
 }
 
@@ -117,7 +177,10 @@ enum RoleArg {
 }
 
 fn node_index(node: usize) -> anyhow::Result<usize> {
-    anyhow::ensure!(node < cluster::NODES, "node {node}: expected 0, 1 or 2");
+    anyhow::ensure!(
+        node < cluster::CLUSTER_NODES,
+        "node {node}: expected 0, 1 or 2"
+    );
     Ok(node)
 }
 
@@ -149,28 +212,67 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             println!("{}", auth::sign(&secret, &claims));
             return Ok(true);
         }
+        Command::Install { browser } => {
+            install::install(browser)?;
+            return Ok(true);
+        }
+        Command::Up {
+            cluster,
+            no_build,
+            bin_dir,
+        } => {
+            return up::run(up::Args {
+                cluster,
+                build: !no_build,
+                bin_dir,
+            })
+            .await
+        }
+        // Parsed by hand in `main`: its arguments go to cargo verbatim.
+        Command::Test => unreachable!("handled in main"),
+        Command::Stack { action } => {
+            match action {
+                StackAction::Up { dir, free_ports } => {
+                    let ports = if free_ports {
+                        stack::Ports::Free
+                    } else {
+                        stack::Ports::WellKnown
+                    };
+                    let s = stack::Stack::up(&dir, 1, stack::Sync::Interval, ports).await?;
+                    print!("{}", s.status());
+                    println!("use it with: source {}/env", s.dir.display());
+                }
+                StackAction::Down { dir, purge } => stack::Stack::down(&dir, purge).await?,
+                StackAction::Status { dir } => match stack::Stack::load(&dir) {
+                    Ok(s) => print!("{}", s.status()),
+                    Err(_) => println!("no stack recorded in {}", dir.display()),
+                },
+            }
+            return Ok(true);
+        }
         Command::Cluster { action } => action,
     };
     match action {
         ClusterAction::Up { dir, sync } => {
-            let c = cluster::Cluster::up(&dir, sync).await?;
+            let c = cluster::Stack::up(&dir, cluster::CLUSTER_NODES, sync, cluster::Ports::Free)
+                .await?;
             print!("{}", c.status());
             println!("use it with: source {}/env", c.dir.display());
         }
-        ClusterAction::Down { dir, purge } => cluster::Cluster::down(&dir, purge).await?,
-        ClusterAction::Status { dir } => print!("{}", cluster::Cluster::load(&dir)?.status()),
+        ClusterAction::Down { dir, purge } => cluster::Stack::down(&dir, purge).await?,
+        ClusterAction::Status { dir } => print!("{}", cluster::Stack::load(&dir)?.status()),
         ClusterAction::Kill { node, dir } => {
-            cluster::Cluster::load(&dir)?
+            cluster::Stack::load(&dir)?
                 .kill_nats(node_index(node)?)
                 .await?;
         }
         ClusterAction::Stop { node, dir } => {
-            cluster::Cluster::load(&dir)?
+            cluster::Stack::load(&dir)?
                 .stop_nats(node_index(node)?)
                 .await?;
         }
         ClusterAction::Start { node, dir } => {
-            cluster::Cluster::load(&dir)?
+            cluster::Stack::load(&dir)?
                 .start_nats(node_index(node)?)
                 .await?;
         }
@@ -196,13 +298,19 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .expect("a tokio runtime");
-    match runtime.block_on(run(cli)) {
+    let argv: Vec<String> = std::env::args().collect();
+    let outcome = if argv.get(1).is_some_and(|a| a == "test") {
+        // `./x test -- --nocapture` must reach cargo as it was typed: no clap here.
+        runtime.block_on(test::run_suite(argv[2..].to_vec()))
+    } else {
+        runtime.block_on(run(Cli::parse()))
+    };
+    match outcome {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::FAILURE,
         Err(e) => {

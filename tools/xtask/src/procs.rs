@@ -61,6 +61,8 @@ impl Proc {
         // Not waited for: it outlives this process; init reaps it.
         std::mem::forget(child);
         let start = stat(pid).map_or(0, |(_, start)| start);
+        // For scripts that sample the servers (./x bench): DIR/<name>.pid.
+        std::fs::write(dir.join(format!("{name}.pid")), format!("{pid}\n"))?;
         Ok(Self {
             name: name.to_owned(),
             pid,
