@@ -66,7 +66,7 @@ jwt *args:
 
 # benchmark through the public API on a private stack, e.g. ./x bench --instances "1 2" --duration 60 (--help)
 bench *args:
-    scripts/bench.sh "$@"
+    cargo run -q -p xtask -- bench "$@"
 
 # format all Rust code
 fmt:

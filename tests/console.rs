@@ -7,8 +7,8 @@
 //! `POS_CONSOLE_SCREENSHOT=<path>` also writes the page as a PNG (the README's picture).
 
 use crate::support::{
-    browser::Browser, eventually, infra::PrivateServer, invoice_body, stack::signed,
-    stack::Options, unique, TestStack,
+    browser::Browser, eventually, infra::PrivateServer, invoice_body, processor_deliveries,
+    stack::signed, stack::Options, unique, TestStack,
 };
 use serde_json::{json, Value};
 use std::time::Duration;
@@ -25,18 +25,16 @@ async fn post(stack: &TestStack) -> String {
     answer.body["id"].as_str().unwrap().to_owned()
 }
 
-/// Deliveries the processor consumer has made so far.
-async fn processor_deliveries(nats: &async_nats::Client, namespace: &str) -> Option<u64> {
-    let js = async_nats::jetstream::new(nats.clone());
-    let stream = messaging::Topology::new(namespace).invoices_stream();
-    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
-        .get_stream(&stream)
+/// The console's audit log, as an operator reads it.
+async fn audit_log(http: &reqwest::Client, base: &str, token: &str) -> Value {
+    http.get(format!("{base}/api/audit"))
+        .bearer_auth(token)
+        .send()
         .await
-        .ok()?
-        .get_consumer("processor")
+        .unwrap()
+        .json()
         .await
-        .ok()?;
-    Some(consumer.info().await.ok()?.delivered.consumer_sequence)
+        .unwrap()
 }
 
 async fn start_console(stack: &TestStack, mongodb_uri: &str) -> u16 {
@@ -234,15 +232,7 @@ async fn the_console_page_shows_moving_figures_and_a_replay_clicked_on_it_comple
     .await;
 
     // The audit log, through the API: intent and outcome of the one replay.
-    let audit: Value = http
-        .get(format!("{base}/api/audit"))
-        .bearer_auth(&operator)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit = audit_log(&http, &base, &operator).await;
     let entries = audit["entries"].as_array().unwrap();
     assert_eq!(entries.len(), 1, "{audit}");
     assert_eq!(entries[0]["actor"], "alice");
@@ -293,15 +283,7 @@ async fn a_replay_request_names_exactly_one_target_and_is_refused_before_anythin
         let error: Value = r.json().await.unwrap();
         assert_eq!(error["error"]["code"], "validation_failed", "{error}");
     }
-    let audit: Value = http
-        .get(format!("{base}/api/audit"))
-        .bearer_auth(&operator)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let audit = audit_log(&http, &base, &operator).await;
     assert_eq!(
         audit["entries"],
         json!([]),

@@ -8,7 +8,8 @@
 //! invoice is done, and it retries: the outages below take both down.
 
 use crate::support::{
-    eventually, infra::PrivateServer, invoice_body, stack::Options, unique, ProcessStack, TestStack,
+    eventually, infra::PrivateServer, invoice_body, processor_deliveries, stack::Options, unique,
+    ProcessStack, TestStack,
 };
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -169,18 +170,8 @@ async fn an_outage_past_the_last_retry_dead_letters_and_a_replay_completes_them_
     // void their ledger entries: until then they stay on the consumer.
     // Every submission delivered past its last attempt (4 tries, then `exhausted` at
     // least once): the processor consumer has made 5 deliveries of each.
-    let js = async_nats::jetstream::new(nats.clone());
-    let stream = messaging::Topology::new(&stack.namespace).invoices_stream();
     eventually("every attempt spent", Duration::from_secs(90), || async {
-        let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
-            .get_stream(&stream)
-            .await
-            .ok()?
-            .get_consumer("processor")
-            .await
-            .ok()?;
-        let info = consumer.info().await.ok()?;
-        (info.delivered.consumer_sequence >= 25).then_some(())
+        (processor_deliveries(&nats, &stack.namespace).await? >= 25).then_some(())
     })
     .await;
     assert_eq!(

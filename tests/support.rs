@@ -25,6 +25,21 @@ pub fn signal(pid: u32, signal: Signal) {
         .unwrap_or_else(|e| panic!("sending {signal} to {pid}: {e}"));
 }
 
+/// Deliveries the processor's durable consumer in `namespace` has made so far (`None`
+/// while the broker cannot say).
+pub async fn processor_deliveries(nats: &async_nats::Client, namespace: &str) -> Option<u64> {
+    let js = async_nats::jetstream::new(nats.clone());
+    let stream = messaging::Topology::new(namespace).invoices_stream();
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream(&stream)
+        .await
+        .ok()?
+        .get_consumer("processor")
+        .await
+        .ok()?;
+    Some(consumer.info().await.ok()?.delivered.consumer_sequence)
+}
+
 /// Polls `check` until it yields `Some`, or panics naming `what` after `timeout`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where

@@ -8,10 +8,12 @@
 //!   drill under load;
 //! - `up` (`up.rs` + `services.rs`): the whole system until Ctrl-C;
 //! - `test` (`test.rs`): the whole suite against a private stack;
+//! - `bench` (`bench.rs`): loadgen against a private stack, CPU and memory of every process;
 //! - `jwt`: a dev token signed by `auth`'s own signing (what the services verify).
 //!
 //! Processes are found again by pid + start time and signalled from Rust (`procs.rs`).
 
+mod bench;
 mod chaos;
 mod install;
 mod procs;
@@ -72,6 +74,8 @@ enum Command {
     },
     /// The whole test suite against a private stack (arguments go to `cargo test`).
     Test,
+    /// Benchmark through the public API on a private stack (`xtask bench --help`).
+    Bench,
     /// One NATS, one Redis, a one-member MongoDB replica set on loopback.
     Stack {
         #[command(subcommand)]
@@ -229,7 +233,7 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             .await
         }
         // Parsed by hand in `main`: its arguments go to cargo verbatim.
-        Command::Test => unreachable!("handled in main"),
+        Command::Test | Command::Bench => unreachable!("handled in main"),
         Command::Stack { action } => {
             match action {
                 StackAction::Up { dir, free_ports } => {
@@ -307,6 +311,9 @@ fn main() -> ExitCode {
     let outcome = if argv.get(1).is_some_and(|a| a == "test") {
         // `./x test -- --nocapture` must reach cargo as it was typed: no clap here.
         runtime.block_on(test::run_suite(argv[2..].to_vec()))
+    } else if argv.get(1).is_some_and(|a| a == "bench") {
+        // Arguments it does not know go to loadgen as they are.
+        runtime.block_on(bench::run(argv[2..].to_vec()))
     } else {
         runtime.block_on(run(Cli::parse()))
     };

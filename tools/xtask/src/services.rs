@@ -19,6 +19,16 @@ pub const SERVICES: [&str; 5] = ["ingress", "processor", "persister", "fanout", 
 /// The JWT secret `./x up` starts the services with unless `JWT_SECRET` is set.
 pub const DEV_SECRET: &str = "dev-secret-change-me-0123456789abcdef";
 
+/// How to start one instance.
+pub struct Launch<'a> {
+    pub name: String,
+    pub bin: std::path::PathBuf,
+    /// Its NATS user.
+    pub service: &'a str,
+    pub log: std::path::PathBuf,
+    pub health: Option<String>,
+}
+
 pub struct Instance {
     pub name: String,
     child: Child,
@@ -46,7 +56,8 @@ fn address(service: &str, i: u16) -> (Vec<(String, String)>, Option<u16>) {
 }
 
 impl Services {
-    /// Starts instance `i` of `service` from `bin_dir`.
+    /// Starts instance `i` of `service` from `bin_dir` at its `./x up` address, its log
+    /// in the stack's dir.
     pub fn start(
         &mut self,
         bin_dir: &Path,
@@ -68,36 +79,66 @@ impl Services {
                 );
             }
         }
-        let log_path = stack.dir.join(format!("{name}.log"));
+        let mut env = extra.to_vec();
+        env.extend(addr);
+        let log = stack.dir.join(format!("{name}.log"));
+        self.start_with(
+            Launch {
+                name,
+                bin: bin_dir.join(service),
+                service,
+                log,
+                health: port.map(|p| format!("http://127.0.0.1:{p}/health")),
+            },
+            stack,
+            &env,
+        )
+    }
+
+    /// Starts one instance as `launch` says, with the stack's variables, the service's
+    /// own NATS user and `env` on top.
+    pub fn start_with(
+        &mut self,
+        launch: Launch<'_>,
+        stack: &Stack,
+        env: &[(String, String)],
+    ) -> Result<()> {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
-            .open(&log_path)?;
-        let bin = bin_dir.join(service);
-        let child = Command::new(&bin)
+            .open(&launch.log)?;
+        let child = Command::new(&launch.bin)
             .envs(stack.env())
-            .env("NATS_USER", service)
-            .env("NATS_PASSWORD", stack.password(service))
-            .env("INSTANCE_NAME", &name)
-            .envs(addr)
-            .envs(extra.iter().cloned())
+            .env("NATS_USER", launch.service)
+            .env("NATS_PASSWORD", stack.password(launch.service))
+            .env("INSTANCE_NAME", &launch.name)
+            .envs(env.iter().cloned())
             .stdin(std::process::Stdio::null())
             .stdout(log.try_clone()?)
             .stderr(log)
             .kill_on_drop(true)
             .spawn()
-            .with_context(|| format!("starting {} (built?)", bin.display()))?;
+            .with_context(|| format!("starting {} (built?)", launch.bin.display()))?;
         eprintln!(
-            "xtask: started {name} (pid {}, log {})",
+            "xtask: started {} (pid {}, log {})",
+            launch.name,
             child.id().unwrap_or(0),
-            log_path.display()
+            launch.log.display()
         );
         self.instances.push(Instance {
-            name,
+            name: launch.name,
             child,
-            health: port.map(|p| format!("http://127.0.0.1:{p}/health")),
+            health: launch.health,
         });
         Ok(())
+    }
+
+    /// Pids of the running instances, by name (CPU and memory sampling).
+    pub fn pids(&self) -> Vec<(String, u32)> {
+        self.instances
+            .iter()
+            .filter_map(|i| Some((i.name.clone(), i.child.id()?)))
+            .collect()
     }
 
     /// Waits until every instance with a health URL answers 200 (or one exits).

@@ -91,8 +91,10 @@ fn binary(var: &str, cached: PathBuf, on_path: &str) -> Result<String> {
     bail!("{on_path} not found (set {var}, or run: ./x stack-install)")
 }
 
+/// The repository's root.
 pub fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..")
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
+    root.canonicalize().unwrap_or(root)
 }
 
 /// The three server binaries: `POS_*_BIN`, else the cached install, else `PATH`.

@@ -1,0 +1,687 @@
+//! `./x bench`: the pipeline measured through its public API (`tools/loadgen`), on
+//! localhost, with the same supervisor as `./x up` and `./x test`.
+//!
+//! For each instance count N of `--instances` (default "1"):
+//! 1. a fresh stack on free ports in `.stack/bench/n<N>` ([`Stack`]);
+//! 2. N instances of ingress, processor, persister and fanout (release build), waited
+//!    for on `/health`;
+//! 3. `loadgen ceilings` (first N only: the raw JetStream / MongoDB rates of this machine);
+//! 4. `loadgen pipeline` against every ingress and fanout, while the CPU time of every
+//!    process (services and servers) is read over the measured window (warmup excluded),
+//!    the durable consumers' backlog halfway through it (NATS monitoring), and every
+//!    process's RSS every `--rss-every` seconds (first / last / max in the results);
+//! 5. everything stopped, the stack's data removed (also on Ctrl-C or failure).
+//!
+//! With `--sockets N`: one instance of each and `loadgen sockets --sockets N` instead of
+//! step 4. Other arguments go to loadgen (`--concurrency 100`, `--rate 800`, …).
+//! Results: tables on the terminal, one JSON object per run appended to
+//! `.stack/bench/results-<UTC time>.jsonl`; service logs stay in `.stack/bench/logs-*`.
+//! Environment: `JWT_SECRET`, `RUST_LOG` (default `warn`: `info` writes a line per
+//! invoice and service), `POS_BIN_DIR` (default `target/release`).
+
+use crate::procs::free_ports;
+use crate::services::{Launch, Services, DEV_SECRET};
+use crate::stack::{root, Ports, Stack, Sync};
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Map, Value};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+const SERVICES: [&str; 4] = ["ingress", "processor", "persister", "fanout"];
+/// `/proc/<pid>/stat` counts CPU time in USER_HZ, 100 per second on Linux.
+const USER_HZ: f64 = 100.0;
+
+const HELP: &str = "\
+./x bench [--instances \"1 2\"] [--duration 60] [--warmup 5] [--mode closed|open]
+          [--ceilings-duration 10] [--no-ceilings] [--no-build] [--sockets N]
+          [--rss-every 15] [loadgen args...]
+(module docs: tools/xtask/src/bench.rs; loadgen's own: target/release/loadgen --help)";
+
+#[derive(Debug)]
+struct Args {
+    instances: Vec<u16>,
+    duration: String,
+    warmup: String,
+    mode: String,
+    ceilings_duration: String,
+    ceilings: bool,
+    build: bool,
+    sockets: Option<u32>,
+    rss_every: u64,
+    pass: Vec<String>,
+}
+
+/// Seconds in a loadgen duration: `15`, `15s`, `500ms`, `2m`.
+fn secs(d: &str) -> Result<f64> {
+    let d = d.trim();
+    let split = d
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(d.len());
+    let (n, unit) = d.split_at(split);
+    let n: f64 = n
+        .parse()
+        .with_context(|| format!("bad duration {d:?} (e.g. 60, 60s, 2m)"))?;
+    Ok(n * match unit {
+        "" | "s" => 1.0,
+        "ms" => 0.001,
+        "m" => 60.0,
+        "h" => 3600.0,
+        _ => bail!("bad duration {d:?} (e.g. 60, 60s, 2m)"),
+    })
+}
+
+fn parse(argv: &[String]) -> Result<Option<Args>> {
+    let mut a = Args {
+        instances: vec![1],
+        duration: "60".into(),
+        warmup: "5".into(),
+        mode: "closed".into(),
+        ceilings_duration: "10".into(),
+        ceilings: true,
+        build: true,
+        sockets: None,
+        rss_every: 15,
+        pass: Vec::new(),
+    };
+    let mut it = argv.iter().cloned();
+    while let Some(arg) = it.next() {
+        let (name, inline) = match arg.split_once('=') {
+            Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
+            _ => (arg.clone(), None),
+        };
+        let value = |it: &mut dyn Iterator<Item = String>| {
+            inline
+                .clone()
+                .or_else(|| it.next())
+                .with_context(|| format!("{name} needs a value"))
+        };
+        match name.as_str() {
+            "-h" | "--help" => return Ok(None),
+            "--instances" => {
+                a.instances = value(&mut it)?
+                    .split_whitespace()
+                    .map(|n| match n.parse::<u16>() {
+                        Ok(n) if n >= 1 => Ok(n),
+                        _ => bail!("bad instance count {n:?} in --instances"),
+                    })
+                    .collect::<Result<_>>()?;
+            }
+            "--duration" => a.duration = value(&mut it)?,
+            "--warmup" => a.warmup = value(&mut it)?,
+            "--mode" => a.mode = value(&mut it)?,
+            "--ceilings-duration" => a.ceilings_duration = value(&mut it)?,
+            "--no-ceilings" => a.ceilings = false,
+            "--no-build" => a.build = false,
+            "--rss-every" => {
+                a.rss_every = value(&mut it)?
+                    .parse()
+                    .ok()
+                    .filter(|s| *s >= 1)
+                    .context("bad --rss-every (whole seconds ≥ 1)")?;
+            }
+            "--sockets" => {
+                a.sockets = Some(
+                    value(&mut it)?
+                        .parse()
+                        .ok()
+                        .filter(|s| *s >= 1)
+                        .context("bad --sockets")?,
+                );
+            }
+            _ => a.pass.push(arg),
+        }
+    }
+    for d in [&a.duration, &a.warmup, &a.ceilings_duration] {
+        secs(d)?;
+    }
+    anyhow::ensure!(!a.instances.is_empty(), "--instances is empty");
+    if a.sockets.is_some() {
+        a.instances = vec![1];
+    }
+    Ok(Some(a))
+}
+
+/// User + system CPU ticks of `pid` so far.
+fn cpu_ticks(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let mut f = stat[stat.rfind(')')? + 2..].split_whitespace();
+    let utime: u64 = f.nth(11)?.parse().ok()?;
+    let stime: u64 = f.next()?.parse().ok()?;
+    Some(utime + stime)
+}
+
+fn rss_mib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let kb: u64 = status
+        .lines()
+        .find(|l| l.starts_with("VmRSS:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()?;
+    Some(kb / 1024)
+}
+
+fn git_rev() -> String {
+    let out = |args: &[&str]| {
+        std::process::Command::new("git")
+            .args(args)
+            .current_dir(root())
+            .output()
+            .ok()
+    };
+    let rev = out(&["rev-parse", "--short", "HEAD"])
+        .filter(|o| o.status.success())
+        .map_or("unknown".into(), |o| {
+            String::from_utf8_lossy(&o.stdout).trim().to_owned()
+        });
+    let dirty = out(&["diff", "--quiet", "HEAD"]).is_some_and(|o| !o.status.success());
+    if dirty {
+        format!("{rev}+dirty")
+    } else {
+        rev
+    }
+}
+
+fn machine() -> Value {
+    let model = std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(": ").map(|(_, m)| m.to_owned()))
+        })
+        .unwrap_or_default();
+    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    json!({ "cpus": cpus, "model": model })
+}
+
+/// The last JSON line loadgen printed.
+fn loadgen_result(path: &Path) -> Value {
+    std::fs::read_to_string(path)
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .rev()
+                .find(|l| l.starts_with('{'))
+                .and_then(|l| serde_json::from_str(l).ok())
+        })
+        .unwrap_or_else(|| json!({ "error": "loadgen printed no result" }))
+}
+
+struct Bench {
+    args: Args,
+    bin_dir: PathBuf,
+    logs: PathBuf,
+    results: PathBuf,
+    stamp: String,
+    git: String,
+    machine: Value,
+    secret: String,
+}
+
+impl Bench {
+    fn record(&self, kind: &str, n: u16, result: Value, extra: Map<String, Value>) -> Result<()> {
+        use std::io::Write;
+        let mut out = Map::new();
+        out.insert("kind".into(), json!(kind));
+        out.insert("instances".into(), json!(n));
+        out.insert("at".into(), json!(utc("+%FT%TZ")));
+        out.insert("bench".into(), json!(self.stamp));
+        out.insert("git".into(), json!(self.git));
+        out.insert("machine".into(), self.machine.clone());
+        if let Value::Object(r) = result {
+            out.extend(r);
+        }
+        out.insert("kind".into(), json!(kind));
+        out.extend(extra);
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.results)?;
+        writeln!(f, "{}", Value::Object(out))?;
+        Ok(())
+    }
+
+    async fn loadgen(&self, args: &[String], out: &Path) -> Result<bool> {
+        let file = std::fs::File::create(out)?;
+        let status = tokio::process::Command::new(self.bin_dir.join("loadgen"))
+            .args(args)
+            .stdout(file)
+            .kill_on_drop(true)
+            .status()
+            .await?;
+        if !status.success() {
+            eprintln!("bench: loadgen {} exited with {status}", args[0]);
+        }
+        Ok(status.success())
+    }
+
+    async fn round(
+        &self,
+        n: u16,
+        first: bool,
+        stack: &Stack,
+        services: &mut Services,
+    ) -> Result<()> {
+        let ports = free_ports(2 * usize::from(n))?;
+        let (mut ingress, mut fanout) = (Vec::new(), Vec::new());
+        let rust_log = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
+        for svc in SERVICES {
+            for i in 0..n {
+                let (addr, url) = match svc {
+                    "ingress" => {
+                        let p = ports[usize::from(i)];
+                        (
+                            ("INGRESS_ADDR", format!("127.0.0.1:{p}")),
+                            Some(format!("http://127.0.0.1:{p}")),
+                        )
+                    }
+                    "fanout" => {
+                        let p = ports[usize::from(n + i)];
+                        (
+                            ("FANOUT_ADDR", format!("127.0.0.1:{p}")),
+                            Some(format!("http://127.0.0.1:{p}")),
+                        )
+                    }
+                    _ => (("HEALTH_ADDR", "127.0.0.1:0".to_owned()), None),
+                };
+                let env = vec![
+                    (addr.0.to_owned(), addr.1),
+                    ("JWT_SECRET".into(), self.secret.clone()),
+                    ("RUST_LOG".into(), rust_log.clone()),
+                    ("MONGODB_DB".into(), "pos".into()),
+                    // The benchmark measures the pipeline: a shop's rate limit would cap it.
+                    ("RATE_LIMIT_TENANT".into(), "0".into()),
+                    ("RATE_LIMIT_TERMINAL".into(), "0".into()),
+                ];
+                let name = format!("{svc}-{i}");
+                services.start_with(
+                    Launch {
+                        log: self.logs.join(format!("n{n}-{name}.log")),
+                        name,
+                        bin: self.bin_dir.join(svc),
+                        service: svc,
+                        health: url.as_ref().map(|u| format!("{u}/health")),
+                    },
+                    stack,
+                    &env,
+                )?;
+                match svc {
+                    "ingress" => ingress.extend(url),
+                    "fanout" => fanout.extend(url),
+                    _ => {}
+                }
+            }
+        }
+        services.wait_healthy(Duration::from_secs(60)).await?;
+        let (ing, fan) = (ingress.join(","), fanout.join(","));
+        let a = &self.args;
+
+        if a.ceilings && first {
+            eprintln!(
+                "bench: loadgen ceilings ({}s per measurement)",
+                a.ceilings_duration
+            );
+            let nats = stack.nats_url().replacen(
+                "nats://",
+                &format!("nats://operator:{}@", stack.password("operator")),
+                1,
+            );
+            let out = self.logs.join(format!("n{n}-ceilings.json"));
+            let args: Vec<String> = [
+                "ceilings",
+                "--nats",
+                &nats,
+                "--mongo",
+                &stack.mongodb_uri(),
+                "--duration",
+                &a.ceilings_duration,
+                "--json",
+            ]
+            .map(String::from)
+            .into();
+            self.loadgen(&args, &out).await?;
+            self.record("ceilings", n, loadgen_result(&out), Map::new())?;
+        }
+
+        if let Some(sockets) = a.sockets {
+            let fanout_pid = services
+                .pids()
+                .into_iter()
+                .find(|(name, _)| name == "fanout-0")
+                .map_or(0, |(_, p)| p);
+            let out = self.logs.join(format!("n{n}-sockets.json"));
+            let mut args: Vec<String> = vec![
+                "sockets".into(),
+                "--ingress".into(),
+                ingress[0].clone(),
+                "--fanout".into(),
+                fanout[0].clone(),
+                "--secret".into(),
+                self.secret.clone(),
+                "--sockets".into(),
+                sockets.to_string(),
+                "--fanout-pid".into(),
+                fanout_pid.to_string(),
+                "--json".into(),
+            ];
+            args.extend(a.pass.iter().cloned());
+            eprintln!(
+                "bench: loadgen sockets --sockets {sockets} on {}",
+                fanout[0]
+            );
+            self.loadgen(&args, &out).await?;
+            return self.record("sockets", n, loadgen_result(&out), Map::new());
+        }
+
+        // Every process measured: the services and the servers of this round's stack.
+        let mut procs = services.pids();
+        procs.push(("nats-0".into(), stack.nats[0].proc.pid));
+        procs.push(("redis".into(), stack.redis.1.pid));
+        procs.push(("mongod-0".into(), stack.mongod[0].1.pid));
+
+        let warmup = Duration::from_secs_f64(secs(&a.warmup)?);
+        let measured = Duration::from_secs_f64(secs(&a.duration)?);
+        let monitor = format!(
+            "http://127.0.0.1:{}/jsz?consumers=true&config=true",
+            stack.nats[0].monitor_port
+        );
+        let observe = {
+            let procs = procs.clone();
+            async move {
+                tokio::time::sleep(warmup).await;
+                let before: Vec<Option<u64>> = procs.iter().map(|(_, p)| cpu_ticks(*p)).collect();
+                let t0 = Instant::now();
+                tokio::time::sleep(measured / 2).await;
+                let consumers = consumers(&monitor).await;
+                tokio::time::sleep(measured.saturating_sub(t0.elapsed())).await;
+                let wall = t0.elapsed().as_secs_f64();
+                let mut cpu = Map::new();
+                for ((name, pid), b) in procs.iter().zip(before) {
+                    if let (Some(b), Some(a)) = (b, cpu_ticks(*pid)) {
+                        let pct = 100.0 * (a - b) as f64 / USER_HZ / wall;
+                        cpu.insert(name.clone(), json!((pct * 10.0).round() / 10.0));
+                    }
+                }
+                (Value::Object(cpu), consumers)
+            }
+        };
+        let rss_every = Duration::from_secs(a.rss_every);
+        let out = self.logs.join(format!("n{n}-pipeline.json"));
+        let mut args: Vec<String> = vec![
+            "pipeline".into(),
+            "--ingress".into(),
+            ing,
+            "--fanout".into(),
+            fan,
+            "--secret".into(),
+            self.secret.clone(),
+            "--mode".into(),
+            a.mode.clone(),
+            "--duration".into(),
+            a.duration.clone(),
+            "--warmup".into(),
+            a.warmup.clone(),
+            "--json".into(),
+        ];
+        args.extend(a.pass.iter().cloned());
+        eprintln!(
+            "bench: loadgen pipeline --mode {} --duration {} --warmup {} {}",
+            a.mode,
+            a.duration,
+            a.warmup,
+            a.pass.join(" ")
+        );
+        // RSS is sampled for as long as loadgen runs; the observer ends on its own.
+        let rss = std::sync::Arc::new(std::sync::Mutex::new(BTreeMap::<String, Vec<u64>>::new()));
+        let sampler = {
+            let rss = rss.clone();
+            let procs = procs.clone();
+            tokio::spawn(async move {
+                loop {
+                    for (name, pid) in &procs {
+                        if let Some(m) = rss_mib(*pid) {
+                            rss.lock()
+                                .unwrap_or_else(|e| e.into_inner())
+                                .entry(name.clone())
+                                .or_default()
+                                .push(m);
+                        }
+                    }
+                    tokio::time::sleep(rss_every).await;
+                }
+            })
+        };
+        let ((cpu, consumers), _) = tokio::join!(observe, self.loadgen(&args, &out));
+        sampler.abort();
+        let rss: Map<String, Value> = rss
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .iter()
+            .map(|(name, v)| {
+                let first = v.first().copied().unwrap_or(0);
+                let last = v.last().copied().unwrap_or(0);
+                let max = v.iter().copied().max().unwrap_or(0);
+                (
+                    name.clone(),
+                    json!({ "first": first, "last": last, "max": max, "samples": v.len() }),
+                )
+            })
+            .collect();
+        let health: Value = match reqwest::get(format!("{}/health", ingress[0])).await {
+            Ok(r) => r.json().await.unwrap_or(Value::Null),
+            Err(_) => Value::Null,
+        };
+        let warnings: Map<String, Value> = services
+            .pids()
+            .into_iter()
+            .map(|(name, _)| {
+                let log = std::fs::read_to_string(self.logs.join(format!("n{n}-{name}.log")))
+                    .unwrap_or_default();
+                let count = log
+                    .lines()
+                    .filter(|l| l.contains("WARN") || l.contains("ERROR"))
+                    .count();
+                (name, json!(count))
+            })
+            .collect();
+        eprintln!("bench: CPU during the run (% of one core): {cpu}");
+        eprintln!(
+            "bench: RSS in MiB (first / last / max, every {}s): {}",
+            a.rss_every,
+            Value::Object(rss.clone())
+        );
+        eprintln!("bench: durable consumers mid-run: {consumers}");
+        let mut extra = Map::new();
+        extra.insert("cpu_pct_of_one_core".into(), cpu);
+        extra.insert("health_after".into(), health);
+        extra.insert("log_warnings".into(), Value::Object(warnings));
+        extra.insert("consumers_mid_run".into(), consumers);
+        extra.insert("rss_mib".into(), Value::Object(rss));
+        self.record("pipeline", n, loadgen_result(&out), extra)
+    }
+}
+
+/// UTC now in `format` (coreutils' `date`, which every Debian has).
+fn utc(format: &str) -> String {
+    std::process::Command::new("date")
+        .args(["-u", format])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// Each durable consumer's backlog, from the NATS monitoring endpoint.
+async fn consumers(url: &str) -> Value {
+    let Ok(r) = reqwest::get(url).await else {
+        return Value::Null;
+    };
+    let Ok(jsz) = r.json::<Value>().await else {
+        return Value::Null;
+    };
+    let mut out = Map::new();
+    for account in jsz["account_details"].as_array().into_iter().flatten() {
+        for stream in account["stream_detail"].as_array().into_iter().flatten() {
+            for c in stream["consumer_detail"].as_array().into_iter().flatten() {
+                if c["config"]["durable_name"].is_string() {
+                    out.insert(
+                        format!("{}/{}", stream["name"].as_str().unwrap_or("?"), c["name"].as_str().unwrap_or("?")),
+                        json!({ "pending": c["num_pending"], "ack_pending": c["num_ack_pending"], "redelivered": c["num_redelivered"] }),
+                    );
+                }
+            }
+        }
+    }
+    Value::Object(out)
+}
+
+fn summary(results: &Path) {
+    let rows: Vec<Value> = std::fs::read_to_string(results)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let f = |v: &Value| v.as_f64().unwrap_or(0.0);
+    for r in rows.iter().filter(|r| r["kind"] == "sockets") {
+        let d = &r["delivery_ms"];
+        println!(
+            "\nsockets: {} open / {} failed on one fanout; {} KiB per socket; delivery p50 {} p99 {} ms; {} of {} COMPLETED frames missing",
+            r["sockets_open"], r["sockets_failed"], r["kib_per_socket"], d["p50"], d["p99"], r["missing"], r["expected_completed_frames"]
+        );
+    }
+    for r in rows.iter().filter(|r| r["kind"] == "ceilings") {
+        println!("\nceilings (this machine, {} cores):", r["machine"]["cpus"]);
+        for k in [
+            "jetstream_publish_pipelined",
+            "jetstream_publish_sync",
+            "mongo_insert_one",
+            "mongo_insert_many_100",
+        ] {
+            if r[k].is_object() {
+                println!(
+                    "  {k:<30} {:>10.0}/s   p50 {:.2} ms  p99 {:.2} ms",
+                    f(&r[k]["per_s"]),
+                    f(&r[k]["latency_ms"]["p50"]),
+                    f(&r[k]["latency_ms"]["p99"])
+                );
+            }
+        }
+    }
+    let pipes: Vec<&Value> = rows.iter().filter(|r| r["kind"] == "pipeline").collect();
+    if !pipes.is_empty() {
+        println!(
+            "\n{:<3} {:<6} {:>10} {:>10} {:>17} {:>17} {:>6} {:>5} {:>4} {:>10}",
+            "N",
+            "mode",
+            "accepted/s",
+            "complet/s",
+            "accept p50/p99 ms",
+            "e2e p50/p99 ms",
+            "errors",
+            "never",
+            "dups",
+            "SoR lag s"
+        );
+        for r in pipes {
+            let (a, e) = (&r["accept_ms"], &r["e2e_ms"]);
+            let lag = r["persisted"]["caught_up_s"]
+                .as_f64()
+                .map_or("n/a".into(), |l| format!("{l:.1}"));
+            println!(
+                "{:<3} {:<6} {:>10.1} {:>10.1} {:>8.1}/{:<8.1} {:>8.1}/{:<8.1} {:>6} {:>5} {:>4} {:>10}",
+                r["instances"], r["mode"].as_str().unwrap_or("?"), f(&r["accepted_per_s"]), f(&r["completed_per_s"]),
+                f(&a["p50"]), f(&a["p99"]), f(&e["p50"]), f(&e["p99"]),
+                r["errors_total"], r["never_completed"], r["duplicates_seen"], lag
+            );
+        }
+        println!("(SoR lag: seconds after the load stopped until GET /invoices?state=COMPLETED listed every completed invoice)");
+    }
+    println!();
+}
+
+pub async fn run(argv: Vec<String>) -> Result<bool> {
+    let Some(args) = parse(&argv)? else {
+        println!("{HELP}");
+        return Ok(true);
+    };
+    let bin_dir =
+        std::env::var("POS_BIN_DIR").map_or_else(|_| root().join("target/release"), PathBuf::from);
+    if args.build {
+        let mut cmd =
+            tokio::process::Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()));
+        cmd.args(["build", "--release", "-p", "loadgen"]);
+        for s in SERVICES {
+            cmd.args(["-p", s]);
+        }
+        eprintln!("bench: cargo build --release (services + loadgen)");
+        anyhow::ensure!(cmd.status().await?.success(), "cargo build failed");
+    }
+    for b in SERVICES.iter().chain(&["loadgen"]) {
+        anyhow::ensure!(
+            bin_dir.join(b).is_file(),
+            "missing {} (build failed?)",
+            bin_dir.join(b).display()
+        );
+    }
+    crate::install::install(false)?;
+    // Many sockets need many descriptors, in fanout and loadgen alike (both inherit it).
+    if let Ok((_, hard)) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    {
+        let _ = nix::sys::resource::setrlimit(
+            nix::sys::resource::Resource::RLIMIT_NOFILE,
+            hard.min(65_536),
+            hard,
+        );
+    }
+    let dir = root().join(".stack/bench");
+    let stamp = format!(
+        "{}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_secs()
+    );
+    let bench = Bench {
+        logs: dir.join(format!("logs-{stamp}")),
+        results: dir.join(format!("results-{stamp}.jsonl")),
+        stamp,
+        git: git_rev(),
+        machine: machine(),
+        secret: std::env::var("JWT_SECRET").unwrap_or_else(|_| DEV_SECRET.into()),
+        bin_dir,
+        args,
+    };
+    std::fs::create_dir_all(&bench.logs)?;
+    let mut first = true;
+    for &n in &bench.args.instances {
+        eprintln!("bench: ================ {n} instance(s) of each service ================");
+        let stack_dir = dir.join(format!("n{n}"));
+        Stack::down(&stack_dir, true).await?;
+        let stack = Stack::up(&stack_dir, 1, Sync::Interval, Ports::Free).await?;
+        let mut services = Services::default();
+        let outcome = tokio::select! {
+            r = bench.round(n, first, &stack, &mut services) => r,
+            _ = tokio::signal::ctrl_c() => Err(anyhow::anyhow!("interrupted")),
+        };
+        services.stop(Duration::from_secs(15)).await;
+        for f in ["nats-0", "redis", "mongod-0"] {
+            let _ = std::fs::copy(
+                stack_dir.join(format!("{f}.log")),
+                bench.logs.join(format!("n{n}-{f}.log")),
+            );
+        }
+        Stack::down(&stack_dir, true).await?;
+        outcome?;
+        first = false;
+    }
+    summary(&bench.results);
+    eprintln!(
+        "bench: results {}   logs {}",
+        bench.results.display(),
+        bench.logs.display()
+    );
+    Ok(true)
+}
