@@ -278,6 +278,104 @@ async fn an_outage_past_the_last_retry_dead_letters_and_a_replay_completes_them_
     assert_eq!(stack.stored_count(&stack.api.tenant).await, 5);
 }
 
+/// Lifecycle events stored for one invoice.
+async fn events_of(stack: &TestStack, nats: &async_nats::Client, id: &str) -> u64 {
+    let js = async_nats::jetstream::new(nats.clone());
+    let stream = js
+        .get_stream(messaging::Topology::new(&stack.namespace).events_stream())
+        .await
+        .unwrap();
+    let consumer = stream
+        .create_consumer(async_nats::jetstream::consumer::pull::OrderedConfig {
+            filter_subject: format!("{}.events.{}.{id}", stack.namespace, stack.api.tenant),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    consumer.cached_info().num_pending
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_submission_delivered_again_after_its_completed_event_is_not_computed_twice_while_mongodb_lags(
+) {
+    // After a broker failover a processor's acks can be lost while its COMPLETED is in
+    // the log, and the persister may be minutes behind. Here it never stores anything,
+    // Redis forgets the job and MongoDB is down when the submission comes back: only
+    // the event log knows the invoice is done.
+    let mut mongo = PrivateServer::mongod().await;
+    let stack = TestStack::with(Options {
+        mongodb_uri: Some(mongo.url.clone()),
+        start_persister: false,
+        max_attempts: 20,
+        ..Options::default()
+    })
+    .await;
+    let nats = stack.nats().await;
+    let id = post_many(&stack, 1).await.remove(0);
+    stack
+        .api
+        .wait_state(&id, "COMPLETED", Duration::from_secs(30))
+        .await;
+    assert_eq!(
+        events_of(&stack, &nats, &id).await,
+        3,
+        "QUEUED, PROCESSING, COMPLETED"
+    );
+    stack.flush_redis().await;
+    mongo.kill().await;
+
+    // The same submission again, as a lost ack brings it back (a new message here: the
+    // first one was acked). Its first attempt cannot ask MongoDB; a recomputation would
+    // happen on a later attempt, whose events carry new ids the broker cannot drop.
+    let js = async_nats::jetstream::new(nats.clone());
+    let invoices = messaging::Topology::new(&stack.namespace).invoices_stream();
+    let first = js
+        .get_stream(&invoices)
+        .await
+        .unwrap()
+        .get_raw_message(1)
+        .await
+        .unwrap();
+    let mut headers = async_nats::HeaderMap::new();
+    headers.insert("Nats-Msg-Id", unique("again-").as_str());
+    js.publish_with_headers(first.subject.to_string(), headers, first.payload.clone())
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    let consumer = || async {
+        let mut c: async_nats::jetstream::consumer::PullConsumer = js
+            .get_stream(&invoices)
+            .await
+            .ok()?
+            .get_consumer("processor")
+            .await
+            .ok()?;
+        c.info().await.ok().cloned()
+    };
+    eventually(
+        "the second delivery finished, or retried for want of MongoDB",
+        Duration::from_secs(30),
+        || async {
+            let info = consumer().await?;
+            (info.ack_floor.stream_sequence >= 2 || info.num_redelivered >= 1).then_some(())
+        },
+    )
+    .await;
+    mongo.start().await;
+    eventually(
+        "the second delivery finished",
+        Duration::from_secs(60),
+        || async { (consumer().await?.ack_floor.stream_sequence >= 2).then_some(()) },
+    )
+    .await;
+    assert_eq!(
+        events_of(&stack, &nats, &id).await,
+        3,
+        "nothing recomputed: no second PROCESSING or COMPLETED for the terminals"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_permanent_fault_is_dead_lettered_after_one_attempt() {
     let stack = TestStack::start().await;

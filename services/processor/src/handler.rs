@@ -102,27 +102,40 @@ impl Processor {
     ///
     /// A first delivery asks Redis first: ingress cached the job as QUEUED a moment ago,
     /// and a cached state is never ahead of the truth (it is written after the event is
-    /// published), so a non-final one means there is work to do. A redelivery, or a job
-    /// Redis does not know (expired, flushed, Redis down), asks MongoDB, the system of
-    /// record. One Redis read instead of one MongoDB read per invoice on the hot path.
+    /// published), so a non-final one means there is work to do. One Redis read instead
+    /// of a broker or MongoDB read per invoice on the hot path.
+    ///
+    /// A redelivery, or a job Redis does not know (expired, flushed, Redis down), asks the
+    /// event log first: COMPLETED is there as soon as it is published, while MongoDB
+    /// has it only once the persister caught up — seconds to minutes behind after a
+    /// broker failover, exactly when acks get lost and submissions come back. Asking
+    /// MongoDB alone then recomputed finished invoices and pushed their PROCESSING and
+    /// COMPLETED to the terminals twice (seen in the node-loss drill: 18 of 15 707).
+    /// MongoDB answers for invoices the log no longer holds, or when it cannot answer.
     async fn already_done(
         &self,
         invoice: &Invoice,
         attempt: u32,
     ) -> Result<Option<InvoiceState>, String> {
-        let done = |latest: &Invoice| {
-            (latest.replays > invoice.replays
-                || (latest.replays == invoice.replays && latest.state.is_final()))
-            .then_some(latest.state)
-        };
         if attempt <= 1 {
             if let Ok(Some(cached)) = self.cache.job(&invoice.tenant_id, invoice.id).await {
-                return Ok(done(&cached.invoice));
+                return Ok(finished(invoice, &cached.invoice));
+            }
+        }
+        match self.bus.latest_event(&invoice.tenant_id, invoice.id).await {
+            Ok(Some(latest)) => {
+                if let Some(state) = finished(invoice, &latest.invoice) {
+                    return Ok(Some(state));
+                }
+            }
+            Ok(None) => {}
+            Err(e) => {
+                debug!(invoice_id = %invoice.id, error = %e, "event log unreadable; asking MongoDB")
             }
         }
         match self.store.find(&invoice.tenant_id, invoice.id).await {
             Err(e) => Err(e.to_string()),
-            Ok(stored) => Ok(stored.and_then(|s| done(&s.invoice))),
+            Ok(stored) => Ok(stored.and_then(|s| finished(invoice, &s.invoice))),
         }
     }
 
@@ -166,6 +179,14 @@ impl Processor {
         warn!(invoice_id = %failed.invoice.id, code, message, "invoice FAILED and dead-lettered");
         Ok(())
     }
+}
+
+/// `latest`'s state if it ends `invoice`'s generation: final in it, or a later
+/// generation exists (a replay started after it).
+fn finished(invoice: &Invoice, latest: &Invoice) -> Option<InvoiceState> {
+    (latest.replays > invoice.replays
+        || (latest.replays == invoice.replays && latest.state.is_final()))
+    .then_some(latest.state)
 }
 
 impl Handler for Processor {
