@@ -2,8 +2,9 @@
 //!
 //! One durable pull consumer (`processor`) on the submissions stream, shared by every
 //! instance. For each delivery, [`handler::Processor`] checks whether the invoice is
-//! already final in this generation (Redis' job state on a first delivery, MongoDB
-//! otherwise; a final one is never recomputed), emits PROCESSING,
+//! already final in this generation (Redis' job state on a first delivery; otherwise the
+//! event log's last event of the invoice, then MongoDB; a final one is never
+//! recomputed), emits PROCESSING,
 //! computes the money, numbers it in the tenant's fiscal series (`store::Numberer`,
 //! batched per tenant) and emits
 //! COMPLETED with its record — or FAILED plus a dead letter for a permanent fault. Transient faults go back to JetStream with a delayed NAK; the shared consume
