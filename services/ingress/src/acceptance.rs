@@ -13,7 +13,7 @@
 //! 1. MongoDB's record of the key (batched, bounded by `MONGODB_TIMEOUT_MS`): the stored
 //!    invoice → replay (200) or `KeyReused` (422). Unreachable or stalled → go on: the
 //!    broker still rules out a second invoice for every key it keeps.
-//! 2. Publish (and cache the job state in Redis alongside). Stored → 202. The key's
+//! 2. Cache the job state in Redis, then publish. Stored → 202. The key's
 //!    subject already holds a submission (or the dedupe window says duplicate) → that
 //!    submission is the answer: ours from an earlier try (202), another request's with
 //!    the same body (200), or with another body (422).
@@ -94,13 +94,15 @@ impl Acceptor {
     ) -> Result<Accepted, AcceptError> {
         let tenant = envelope.invoice.tenant_id.clone();
         let id = envelope.invoice.id;
-        // The job state goes to Redis alongside the publish, not after its ack: the
-        // processor reads it on the first delivery, which can come before our ack.
+        // The job state goes to Redis before the publish: the processor reads it on the
+        // first delivery, which can come before our ack. Written alongside it (as it
+        // was), the delivery sometimes won the race, found no job, and — with MongoDB
+        // down — spent its first attempt (seen in
+        // `resilience::a_mongodb_outage_alone_holds_…`). Redis is bounded (250 ms), so
+        // a stalled Redis delays the accept by at most that.
         let message = envelope.encoded();
-        let (cached, published) = tokio::join!(
-            self.cache.put_job(&message),
-            self.bus.publish_submission(&message, request_id)
-        );
+        let cached = self.cache.put_job(&message).await;
+        let published = self.bus.publish_submission(&message, request_id).await;
         match after_publish(published, envelope.invoice.idempotency_key.is_some()) {
             AfterPublish::Stored(seq) => {
                 info!(invoice_id = %id, tenant_id = %tenant, seq, "invoice accepted");

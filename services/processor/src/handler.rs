@@ -122,15 +122,27 @@ impl Processor {
                 return Ok(finished(invoice, &cached.invoice));
             }
         }
-        match self.bus.latest_event(&invoice.tenant_id, invoice.id).await {
+        let log_read = match self.bus.latest_event(&invoice.tenant_id, invoice.id).await {
             Ok(Some(latest)) => {
                 if let Some(state) = finished(invoice, &latest.invoice) {
                     return Ok(Some(state));
                 }
+                true
             }
-            Ok(None) => {}
+            Ok(None) => true,
             Err(e) => {
-                debug!(invoice_id = %invoice.id, error = %e, "event log unreadable; asking MongoDB")
+                debug!(invoice_id = %invoice.id, error = %e, "event log unreadable; asking MongoDB");
+                false
+            }
+        };
+        // No final state in the log: a cached state, never ahead of the truth, can now
+        // only be right, so a redelivery needs MongoDB only when Redis cannot answer
+        // (a first delivery asked above). Without this, a job the first delivery found
+        // missing from Redis (ingress caches it alongside the publish, not before) was
+        // stuck for as long as MongoDB was down.
+        if log_read && attempt > 1 {
+            if let Ok(Some(cached)) = self.cache.job(&invoice.tenant_id, invoice.id).await {
+                return Ok(finished(invoice, &cached.invoice));
             }
         }
         match self.store.find(&invoice.tenant_id, invoice.id).await {
