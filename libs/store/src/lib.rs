@@ -165,14 +165,7 @@ impl Store {
         &self,
         op: impl std::future::Future<Output = Result<T, StoreError>>,
     ) -> Result<T, StoreError> {
-        tokio::time::timeout(self.op_timeout, op)
-            .await
-            .unwrap_or_else(|_| {
-                Err(StoreError::Unavailable(format!(
-                    "no answer within {} ms",
-                    self.op_timeout.as_millis()
-                )))
-            })
+        bounded_by(self.op_timeout, op).await
     }
 
     async fn ensure_indexes(&self) -> Result<(), StoreError> {
@@ -535,6 +528,20 @@ impl Store {
         self.bounded(async { Ok(self.invoices.count_documents(filter).await?) })
             .await
     }
+}
+
+/// `op` within `limit`; past it, `Unavailable` (a stalled mongod answers nothing, and
+/// the driver has no socket timeout of its own).
+pub(crate) async fn bounded_by<T>(
+    limit: Duration,
+    op: impl std::future::Future<Output = Result<T, StoreError>>,
+) -> Result<T, StoreError> {
+    tokio::time::timeout(limit, op).await.unwrap_or_else(|_| {
+        Err(StoreError::Unavailable(format!(
+            "no answer within {} ms",
+            limit.as_millis()
+        )))
+    })
 }
 
 impl From<StoredInvoice> for Envelope {

@@ -6,7 +6,7 @@
 //! written after ([`Store::audit_finish`]): an action whose intent cannot be logged is not
 //! carried out, and one whose process dies midway stays in the log without an outcome.
 
-use crate::{Store, StoreError};
+use crate::{bounded_by, Store, StoreError};
 use domain::Timestamp;
 use futures_util::TryStreamExt;
 use mongodb::{
@@ -33,8 +33,11 @@ pub struct AuditEntry {
     pub action: String,
     pub target: serde_json::Value,
     pub request_id: Option<String>,
-    /// `None` until the action ended (or forever, if its process died meanwhile).
+    /// `None` until the action ended (or forever, if its process died meanwhile); not
+    /// written while `None`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<serde_json::Value>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Timestamp>,
 }
 
@@ -77,26 +80,13 @@ impl Store {
             }
             Ok(counts)
         };
-        tokio::time::timeout(limit + Duration::from_secs(1), run)
-            .await
-            .unwrap_or_else(|_| {
-                Err(StoreError::Unavailable(format!(
-                    "no answer within {} ms",
-                    limit.as_millis()
-                )))
-            })
+        // The server stops at `limit` (max_time); a stalled one is cut a second later.
+        bounded_by(limit + Duration::from_secs(1), run).await
     }
 
-    /// Logs the intent of an action (`entry.outcome` is ignored: not known yet).
+    /// Logs the intent of an action (its `outcome` is `None`: not known yet).
     pub async fn audit_begin(&self, entry: &AuditEntry) -> Result<(), StoreError> {
-        let mut doc = bson::to_document(&AuditEntry {
-            outcome: None,
-            finished_at: None,
-            ..entry.clone()
-        })
-        .map_err(|e| StoreError::Corrupt(e.to_string()))?;
-        doc.remove("outcome");
-        doc.remove("finishedAt");
+        let doc = bson::to_document(entry).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.bounded(async { Ok(self.audit().insert_one(doc).await.map(|_| ())?) })
             .await
     }

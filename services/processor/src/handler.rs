@@ -111,7 +111,10 @@ impl Processor {
     /// broker failover, exactly when acks get lost and submissions come back. Asking
     /// MongoDB alone then recomputed finished invoices and pushed their PROCESSING and
     /// COMPLETED to the terminals twice (seen in the node-loss drill: 18 of 15 707).
-    /// MongoDB answers for invoices the log no longer holds, or when it cannot answer.
+    /// With no final state in the log, a redelivery takes Redis' answer next (a cached
+    /// state is never ahead of the truth, and the log ruled out that it is behind);
+    /// MongoDB answers when neither can (Redis down or the job gone, or the log
+    /// unreadable).
     async fn already_done(
         &self,
         invoice: &Invoice,
@@ -135,11 +138,9 @@ impl Processor {
                 false
             }
         };
-        // No final state in the log: a cached state, never ahead of the truth, can now
-        // only be right, so a redelivery needs MongoDB only when Redis cannot answer
-        // (a first delivery asked above). Without this, a job the first delivery found
-        // missing from Redis (ingress caches it alongside the publish, not before) was
-        // stuck for as long as MongoDB was down.
+        // A first delivery asked Redis above. A redelivery asks it here, after the log:
+        // without this, an attempt that failed for any reason during a MongoDB outage
+        // left its invoice stuck until MongoDB came back.
         if log_read && attempt > 1 {
             if let Ok(Some(cached)) = self.cache.job(&invoice.tenant_id, invoice.id).await {
                 return Ok(finished(invoice, &cached.invoice));

@@ -25,7 +25,7 @@ pub struct Args {
     pub sync: Sync,
 }
 
-const SECRET: &str = "dev-secret-change-me-0123456789abcdef";
+use crate::services::DEV_SECRET as SECRET;
 
 fn service(args: &Args, cluster: &Stack, name: &str, n: usize, port: u16) -> Result<Child> {
     let log = std::fs::File::create(args.dir.join(format!("{name}-{n}.log")))?;

@@ -94,7 +94,7 @@ impl Apt {
                 packages.join(" ")
             );
         }
-        let root = nix_is_root();
+        let root = is_root();
         let base = |args: &[&str]| {
             let mut c = if root {
                 Command::new("apt-get")
@@ -121,7 +121,7 @@ impl Apt {
     }
 }
 
-fn nix_is_root() -> bool {
+fn is_root() -> bool {
     // The effective uid, from /proc (no libc call needed): "Uid: real effective ...".
     std::fs::read_to_string("/proc/self/status")
         .ok()

@@ -197,23 +197,15 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             role,
             ttl,
         } => {
-            let now = std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)?
-                .as_secs();
-            let claims = auth::Claims {
-                sub,
-                tenant,
-                role: match role {
-                    RoleArg::Terminal => auth::Role::Terminal,
-                    RoleArg::Manager => auth::Role::Manager,
-                    RoleArg::Admin => auth::Role::Admin,
-                },
-                exp: i64::try_from(now)? + ttl,
+            let role = match role {
+                RoleArg::Terminal => auth::Role::Terminal,
+                RoleArg::Manager => auth::Role::Manager,
+                RoleArg::Admin => auth::Role::Admin,
             };
             let secret = secret
                 .or_else(|| std::env::var("JWT_SECRET").ok().filter(|s| !s.is_empty()))
-                .unwrap_or_else(|| "dev-secret-change-me-0123456789abcdef".to_owned());
-            println!("{}", auth::sign(&secret, &claims));
+                .unwrap_or_else(|| services::DEV_SECRET.to_owned());
+            println!("{}", services::dev_token(&secret, &tenant, &sub, role, ttl));
             return Ok(true);
         }
         Command::Install { browser } => {

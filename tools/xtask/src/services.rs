@@ -19,6 +19,22 @@ pub const SERVICES: [&str; 5] = ["ingress", "processor", "persister", "fanout", 
 /// The JWT secret `./x up` starts the services with unless `JWT_SECRET` is set.
 pub const DEV_SECRET: &str = "dev-secret-change-me-0123456789abcdef";
 
+/// A dev token signed by `auth`'s own code (what the services verify), valid `ttl` s.
+pub fn dev_token(secret: &str, tenant: &str, sub: &str, role: auth::Role, ttl: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+    auth::sign(
+        secret,
+        &auth::Claims {
+            sub: sub.into(),
+            tenant: tenant.into(),
+            role,
+            exp: now.saturating_add(ttl),
+        },
+    )
+}
+
 /// How to start one instance.
 pub struct Launch<'a> {
     pub name: String,

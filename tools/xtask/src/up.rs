@@ -5,7 +5,7 @@
 //! everything stops and the tail of its log is printed. The stack's servers are stopped
 //! too; their record and data stay for the next `./x up`.
 
-use crate::services::{Services, DEV_SECRET, SERVICES};
+use crate::services::{dev_token, Services, DEV_SECRET, SERVICES};
 use crate::stack::{Ports, Stack, Sync, CLUSTER_NODES};
 use anyhow::Result;
 use std::path::{Path, PathBuf};
@@ -26,25 +26,6 @@ fn instances(service: &str) -> Result<u16> {
             _ => anyhow::bail!("{var}={v:?}: expected a whole number ≥ 1"),
         },
     }
-}
-
-fn token(secret: &str, tenant: &str, sub: &str, role: auth::Role, ttl: i64) -> String {
-    let now = chrono_now();
-    auth::sign(
-        secret,
-        &auth::Claims {
-            sub: sub.into(),
-            tenant: tenant.into(),
-            role,
-            exp: now + ttl,
-        },
-    )
-}
-
-fn chrono_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs() as i64)
 }
 
 /// The last lines of `log`.
@@ -111,8 +92,8 @@ pub async fn run(args: Args) -> Result<bool> {
         stack.stop().await?;
         return Err(e);
     }
-    let terminal = token(&secret, "demo", "T1", auth::Role::Terminal, 86_400);
-    let operator = token(&secret, "ops", "operator", auth::Role::Admin, 43_200);
+    let terminal = dev_token(&secret, "demo", "T1", auth::Role::Terminal, 86_400);
+    let operator = dev_token(&secret, "ops", "operator", auth::Role::Admin, 43_200);
     let names: Vec<&str> = services.instances.iter().map(|i| i.name.as_str()).collect();
     println!(
         r#"
