@@ -284,7 +284,7 @@ async fn each_socket_receives_exactly_its_tenants_events_in_lifecycle_order_with
         (&got_a_all, &a.tenant, None, [a1, a2].concat(), "A/all"),
         (&got_b_all, &b.tenant, None, [b1, b3].concat(), "B/all"),
     ] {
-        for f in frames.iter() {
+        for f in frames {
             check_frame(f, tenant, terminal);
         }
         assert_seq_strictly_increases(frames, what);

@@ -36,7 +36,7 @@ async fn closed_by_server(s: &mut TcpStream, within: Duration) -> bool {
     loop {
         match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
             Err(_) => return false,
-            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(0) | Err(_)) => return true,
             Ok(Ok(_)) => continue, // a 408 or the like before the close
         }
     }

@@ -132,7 +132,7 @@ async fn completed_invoices_carry_consecutive_records_that_an_independent_verifi
                 break f
             }
             Some(Received::Frame(f)) if f["invoiceId"] == ids[0] => {
-                assert_eq!(f["invoice"]["fiscal"], Value::Null, "{f}")
+                assert_eq!(f["invoice"]["fiscal"], Value::Null, "{f}");
             }
             Some(Received::Frame(_)) => continue,
             other => panic!("no COMPLETED frame: {other:?}\n{}", fanout.log()),
@@ -610,7 +610,6 @@ async fn five_thousand_invoices_through_kill_9_and_a_nats_restart_number_every_s
     assert_eq!(failed_total, expected_failed);
     println!(
         "ledger chaos: {TOTAL} invoices, 3 tenants, 3 processors + 2 persisters, kill -9 of one each and a NATS restart: \
-         every series 1..N with no gap or duplicate, {} FAILED without a record",
-        expected_failed
+         every series 1..N with no gap or duplicate, {expected_failed} FAILED without a record"
     );
 }

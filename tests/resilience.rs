@@ -29,7 +29,7 @@ pub async fn admin(
         )
         .await
         .unwrap_or_else(|e| panic!("{subject}: {e}"));
-    serde_json::from_slice(&reply.payload).unwrap_or_else(|_| panic!("{subject}: {:?}", reply))
+    serde_json::from_slice(&reply.payload).unwrap_or_else(|_| panic!("{subject}: {reply:?}"))
 }
 
 /// Posts `n` invoices at once (while MongoDB is down each POST waits for its idempotency

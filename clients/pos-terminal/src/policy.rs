@@ -196,8 +196,7 @@ impl IdempotencyKey {
         let terminal: String = sanitise(terminal_id).take(TERMINAL_PART_MAX).collect();
         let outbox: String = sanitise(outbox_id).take(TERMINAL_PART_MAX).collect();
         Self(format!(
-            "{terminal}.{outbox}.{seq:0width$}",
-            width = SEQ_WIDTH
+            "{terminal}.{outbox}.{seq:0SEQ_WIDTH$}"
         ))
     }
 

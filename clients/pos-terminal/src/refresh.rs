@@ -61,7 +61,7 @@ pub async fn refresh_unsettled(
                 }
             }
             Err(error) => {
-                debug!(invoice_id = %id, error = %error_chain(&error), "state refresh got no answer")
+                debug!(invoice_id = %id, error = %error_chain(&error), "state refresh got no answer");
             }
         }
     }

@@ -147,12 +147,9 @@ impl Watcher {
         info!(since, "WebSocket connected");
         let mut ended = Ended::default();
         loop {
-            let first = match tokio::time::timeout(IDLE_TIMEOUT, socket.next()).await {
-                Err(_) => {
-                    ended.reason = format!("nothing received for {} s", IDLE_TIMEOUT.as_secs());
-                    return Ok(ended);
-                }
-                Ok(next) => next,
+            let Ok(first) = tokio::time::timeout(IDLE_TIMEOUT, socket.next()).await else {
+                ended.reason = format!("nothing received for {} s", IDLE_TIMEOUT.as_secs());
+                return Ok(ended);
             };
             let mut batch = Vec::new();
             let mut end = read(first, &mut batch, &mut ended);

@@ -5,8 +5,9 @@
 //! - `shutdown.rs`: the SIGINT/SIGTERM future and a cloneable shutdown handle;
 //! - `http.rs`: the contract's error body and the `/health` response shape;
 //! - `server.rs`: the HTTP server with connection limits and timeouts, used by all;
-//! - `metrics.rs`: the Prometheus recorder, `GET /metrics` and the HTTP figures;
-//! - the global allocator of every binary that links this crate (below).
+//! - `metrics.rs`: the Prometheus recorder, `GET /metrics` and the HTTP figures.
+
+#![warn(missing_docs)]
 
 pub mod http;
 pub mod metrics;
@@ -17,8 +18,4 @@ pub mod telemetry;
 
 pub use settings::Env;
 
-/// mimalloc instead of glibc's malloc: a profile of the benchmark put ~7 % of all CPU in
-/// glibc's allocator (many small short-lived buffers per message).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 pub use shutdown::{shutdown_signal, Shutdown};

@@ -170,7 +170,7 @@ impl App {
     }
 
     pub fn port(&self) -> u16 {
-        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+        self.listener.local_addr().map_or(0, |a| a.port())
     }
 
     pub async fn run_until_stopped(
@@ -239,7 +239,7 @@ async fn read_events(bus: Bus, figures: Arc<Figures>, backfill: u64) {
             at_ms: event.at.as_datetime().timestamp_millis(),
             accepted_ms: invoice.created_at.as_datetime().timestamp_millis(),
         };
-        let mut w = figures.window.lock().unwrap_or_else(|e| e.into_inner());
+        let mut w = figures.window.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         w.record(&observed, now_ms());
     }
 }
@@ -252,7 +252,7 @@ async fn read_streams(bus: Bus, figures: Arc<Figures>) {
         figures
             .streams
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .update(read);
     }
 }
@@ -268,7 +268,7 @@ async fn read_states(store: store::Store, figures: Arc<Figures>, every: Duration
         figures
             .states
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .update(read);
     }
 }
@@ -287,7 +287,7 @@ async fn judge(figures: Arc<Figures>, thresholds: alerts::Thresholds) {
                 0.0
             });
         }
-        *figures.alerts.lock().unwrap_or_else(|e| e.into_inner()) = evaluated;
+        *figures.alerts.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = evaluated;
     }
 }
 
@@ -295,7 +295,7 @@ fn inputs(figures: &Figures) -> alerts::Inputs {
     let traffic = figures
         .window
         .lock()
-        .unwrap_or_else(|e| e.into_inner())
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
         .traffic(now_ms());
     let pipeline = *figures.pipeline.borrow();
     alerts::Inputs {

@@ -179,7 +179,7 @@ impl HubInner {
         // consistent (every mutation is a single insert / remove / counter change).
         self.tenants
             .lock()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn leave(&self, tenant: &TenantId) {

@@ -36,7 +36,8 @@
 //! - `settings.rs`: env → typed settings
 //! - `routes.rs`: the upgrade handler (auth, query, limit) and `/health`
 //! - `hub.rs`: per-tenant shared live feed and broadcast ring
-//! - `replay.rs`: `since` → replay from the log → hand-over to live (pure parts tested)
+//! - `resume.rs`: what a `since` asks for: the replay range, a resync, the seq gate (pure)
+//! - `replay.rs`: replay from the log → hand-over to live, over the hub
 //! - `socket.rs`: the writer loop, pings, idle timeout
 //! - `outbound.rs`: what the producer hands the writer, and the close codes
 //! - `frame.rs`: the JSON text frames
@@ -47,6 +48,7 @@ pub mod hub;
 pub mod metrics;
 pub mod outbound;
 pub mod replay;
+pub mod resume;
 mod routes;
 mod settings;
 pub mod socket;
@@ -170,7 +172,7 @@ impl App {
     }
 
     pub fn port(&self) -> u16 {
-        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+        self.listener.local_addr().map_or(0, |a| a.port())
     }
 
     /// This instance's counters (the same figures `/metrics` shows).
@@ -197,7 +199,7 @@ impl App {
         // Upgraded sockets are detached from the HTTP server: its graceful shutdown does
         // not wait for them, the drain below does.
         service_kit::server::serve(listener, routes::router(state), limits, async move {
-            stop.wait().await
+            stop.wait().await;
         })
         .await?;
         if tokio::time::timeout(SOCKET_DRAIN_TIMEOUT, sockets_done.recv())

@@ -4,7 +4,7 @@
 
 use crate::{
     metrics::MetricsSnapshot,
-    replay::Resume,
+    resume::Resume,
     socket::{self, Session},
     AppState,
 };

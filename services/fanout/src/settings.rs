@@ -109,7 +109,9 @@ mod tests {
     ];
 
     fn load(vars: &[(&str, &str)]) -> Result<Settings, SettingsError> {
-        let _turn = ENV_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let _turn = ENV_LOCK
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         for name in VARS {
             std::env::remove_var(name);
         }

@@ -15,11 +15,12 @@
 //! - `1011` the tenant's live feed was lost (should not happen; reconnecting heals it);
 //! - `4001` the token's `exp` passed: reconnect with a fresh token.
 
-pub use crate::outbound::{Closing, Outbound};
 use crate::{
     hub::Membership,
     metrics::Metrics,
-    replay::{self, EventLog, Resume},
+    outbound::{Closing, Outbound},
+    replay::{self, EventLog},
+    resume::Resume,
 };
 use axum::{
     body::Bytes,
@@ -98,7 +99,7 @@ where
                 return close(&mut sink, closing, last_sent).await;
             }
             message = inbound.next() => match message {
-                Some(Ok(Message::Close(_))) | Some(Err(_)) | None => {
+                Some(Ok(Message::Close(_)) | Err(_)) | None => {
                     // Lets the library flush its reply to the client's close frame.
                     let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, sink.close()).await;
                     return Ended::ByClient;
@@ -209,7 +210,7 @@ pub async fn run<L: EventLog>(socket: WebSocket, session: Session<L>) {
         token_exp,
     } = session;
     let _connected = Connected::new(metrics.clone());
-    let span = tracing::info_span!("socket", tenant_id = %member.tenant(), since = resume.since, terminal_id = resume.terminal.as_ref().map(|t| t.as_str()));
+    let span = tracing::info_span!("socket", tenant_id = %member.tenant(), since = resume.since, terminal_id = resume.terminal.as_ref().map(domain::TerminalId::as_str));
     let since = resume.since;
     let (out_tx, out_rx) = mpsc::channel(HANDOFF_CAPACITY);
     let (verdict_tx, verdict_rx) = oneshot::channel();

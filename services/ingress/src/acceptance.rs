@@ -79,7 +79,7 @@ impl Acceptor {
                 Ok(Some(existing)) => return self.replay(&envelope, existing).await,
                 Ok(None) => {}
                 Err(e) => {
-                    warn!(error = %e, "MongoDB cannot answer for the idempotency key; the broker's record of keys decides")
+                    warn!(error = %e, "MongoDB cannot answer for the idempotency key; the broker's record of keys decides");
                 }
             }
         }

@@ -115,7 +115,7 @@ impl IntoResponse for ApiError {
                 );
             }
             ApiError::RateLimited { retry_after_secs } => {
-                r.retry_after_secs = Some(retry_after_secs)
+                r.retry_after_secs = Some(retry_after_secs);
             }
             ApiError::Unavailable(cause) => {
                 tracing::warn!(%cause, "answering 503");

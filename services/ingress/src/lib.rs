@@ -123,7 +123,7 @@ impl App {
     }
 
     pub fn port(&self) -> u16 {
-        self.listener.local_addr().map(|a| a.port()).unwrap_or(0)
+        self.listener.local_addr().map_or(0, |a| a.port())
     }
 
     pub async fn run_until_stopped(

@@ -53,7 +53,7 @@ impl Handler for Persister {
             }
             Err(e) => {
                 warn!(error = %e, %invoice_id, "write failed; will retry");
-                Outcome::Retry(e.to_string())
+                Outcome::Retry(e.clone())
             }
         }
     }

@@ -295,7 +295,7 @@ fn parse_sockets(opts: &mut Options) -> Result<SocketsArgs, String> {
             "--invoices" => a.invoices = number(&name, &opts.value(&name, inline)?)?,
             "--rate" => a.rate = number(&name, &opts.value(&name, inline)?)?,
             "--connect-concurrency" => {
-                a.connect_concurrency = number(&name, &opts.value(&name, inline)?)?
+                a.connect_concurrency = number(&name, &opts.value(&name, inline)?)?;
             }
             "--wait" => a.wait = parse_duration(&opts.value(&name, inline)?)?,
             "--fanout-pid" => a.fanout_pid = Some(number(&name, &opts.value(&name, inline)?)?),
@@ -340,7 +340,7 @@ fn parse_ceilings(opts: &mut Options) -> Result<CeilingsArgs, String> {
             "--replicas" => a.replicas = number(&name, &opts.value(&name, inline)?)?,
             "--concurrency" => a.concurrency = number(&name, &opts.value(&name, inline)?)?,
             "--bulk-concurrency" => {
-                a.bulk_concurrency = number(&name, &opts.value(&name, inline)?)?
+                a.bulk_concurrency = number(&name, &opts.value(&name, inline)?)?;
             }
             "--ledger-callers" => a.ledger_callers = number(&name, &opts.value(&name, inline)?)?,
             _ => return Err(format!("ceilings: unknown option {name}")),

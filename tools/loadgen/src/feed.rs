@@ -104,7 +104,7 @@ pub struct FeedReport {
 
 impl Tracker {
     fn book(&self) -> std::sync::MutexGuard<'_, Book> {
-        self.book.lock().unwrap_or_else(|e| e.into_inner())
+        self.book.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Final frames arriving inside `window` count towards completed/s.

@@ -105,7 +105,7 @@ impl Run {
 
     fn next_job(&self, rng: &mut Rng) -> Job {
         if rng.chance(self.args.dup_share) {
-            let pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+            let pool = self.pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
             if !pool.is_empty() {
                 return Job::Replay(rng.pick(&pool).clone());
             }
@@ -121,7 +121,7 @@ impl Run {
     }
 
     fn remember(&self, rng: &mut Rng, sent: Sent) {
-        let mut pool = self.pool.lock().unwrap_or_else(|e| e.into_inner());
+        let mut pool = self.pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if pool.len() < REPLAY_POOL {
             pool.push(sent);
         } else {
@@ -185,7 +185,7 @@ impl Run {
                     self.accepted_in_window.fetch_add(1, Ordering::Relaxed);
                     self.accept
                         .lock()
-                        .unwrap_or_else(|e| e.into_inner())
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .record(answered - scheduled);
                 }
                 self.tracker.accepted(id.clone(), scheduled, measured);
@@ -209,7 +209,7 @@ impl Run {
                 if measured {
                     self.replay
                         .lock()
-                        .unwrap_or_else(|e| e.into_inner())
+                        .unwrap_or_else(std::sync::PoisonError::into_inner)
                         .record(answered - scheduled);
                 }
             }

@@ -193,7 +193,7 @@ fn machine() -> Value {
                 .and_then(|l| l.split_once(": ").map(|(_, m)| m.to_owned()))
         })
         .unwrap_or_default();
-    let cpus = std::thread::available_parallelism().map_or(0, |n| n.get());
+    let cpus = std::thread::available_parallelism().map_or(0, std::num::NonZero::get);
     json!({ "cpus": cpus, "model": model })
 }
 
@@ -444,7 +444,7 @@ impl Bench {
                     for (name, pid) in &procs {
                         if let Some(m) = rss_mib(*pid) {
                             rss.lock()
-                                .unwrap_or_else(|e| e.into_inner())
+                                .unwrap_or_else(std::sync::PoisonError::into_inner)
                                 .entry(name.clone())
                                 .or_default()
                                 .push(m);
@@ -458,7 +458,7 @@ impl Bench {
         sampler.abort();
         let rss: Map<String, Value> = rss
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
             .iter()
             .map(|(name, v)| {
                 let first = v.first().copied().unwrap_or(0);
