@@ -195,9 +195,7 @@ impl IdempotencyKey {
     pub fn for_entry(terminal_id: &str, outbox_id: &str, seq: u64) -> Self {
         let terminal: String = sanitise(terminal_id).take(TERMINAL_PART_MAX).collect();
         let outbox: String = sanitise(outbox_id).take(TERMINAL_PART_MAX).collect();
-        Self(format!(
-            "{terminal}.{outbox}.{seq:0SEQ_WIDTH$}"
-        ))
+        Self(format!("{terminal}.{outbox}.{seq:0SEQ_WIDTH$}"))
     }
 
     /// Accepts only text the contract allows as a key.

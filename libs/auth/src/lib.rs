@@ -8,6 +8,8 @@
 //! extensions — and checks the role the handler declares with `N` (contract § roles:
 //! terminal < manager < admin): `401 unauthorized` or `403 forbidden` otherwise.
 
+#![warn(missing_docs)]
+
 use axum::{
     extract::{FromRef, FromRequestParts},
     http::request::Parts,
@@ -22,8 +24,12 @@ use std::sync::Arc;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Role {
+    /// A PoS terminal: creates and reads invoices, reads the catalog and the tenant,
+    /// opens the WebSocket.
     Terminal,
+    /// A shop manager: also writes the catalog, issues credit notes and reads the ledger.
     Manager,
+    /// A tenant administrator: also writes the tenant's settings.
     Admin,
 }
 
@@ -33,6 +39,7 @@ impl Role {
         self >= needed
     }
 
+    /// The role as the `role` claim spells it: `terminal`, `manager` or `admin`.
     pub fn as_str(self) -> &'static str {
         match self {
             Role::Terminal => "terminal",
@@ -44,6 +51,7 @@ impl Role {
 
 /// The least role a route needs, declared as a type: `Authorized<Manager>`.
 pub trait Needs: Send + Sync + 'static {
+    /// The least role that may call the route.
     const ROLE: Role;
 }
 
@@ -70,26 +78,38 @@ impl Needs for Admin {
 /// The claims the contract requires. A token missing any of them is refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Claims {
+    /// Who is calling: the terminal's or the user's id.
     pub sub: String,
+    /// The caller's tenant, the only one whose data it may see.
     pub tenant: String,
+    /// What the caller may do.
     pub role: Role,
+    /// Expiry, in seconds since the Unix epoch; refused once past (5 s leeway).
     pub exp: i64,
 }
 
+/// Why a caller was refused: `401 unauthorized` or `403 forbidden` as a response.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuthError {
+    /// No token in `Authorization: Bearer …` nor in `?token=`.
     #[error("missing bearer token")]
     Missing,
+    /// A malformed, badly signed, expired or oversized token, or an unsafe tenant
+    /// claim; says which.
     #[error("invalid token: {0}")]
     Invalid(String),
+    /// A valid token whose role is below the one the route needs.
     #[error("role {have} may not do this; it needs {needs} or above")]
     Forbidden {
+        /// The caller's role.
         have: &'static str,
+        /// The least role the route needs.
         needs: &'static str,
     },
 }
 
 impl AuthError {
+    /// The contract's error code: `unauthorized`, or `forbidden` for too low a role.
     pub fn code(&self) -> ErrorCode {
         match self {
             AuthError::Missing | AuthError::Invalid(_) => ErrorCode::Unauthorized,
@@ -118,6 +138,8 @@ impl std::fmt::Debug for Verifier {
 }
 
 impl Verifier {
+    /// Checks tokens signed with `secret` (`JWT_SECRET`): HS256 only, `exp` and `sub`
+    /// required, 5 s of clock leeway.
     pub fn new(secret: &str) -> Self {
         let mut validation = Validation::new(Algorithm::HS256);
         validation.set_required_spec_claims(&["exp", "sub"]);
@@ -128,6 +150,8 @@ impl Verifier {
         }
     }
 
+    /// Checks a token's signature, expiry and claims. Refuses tokens over
+    /// [`MAX_TOKEN_BYTES`] and tenants that could break a NATS subject.
     pub fn verify(&self, token: &str) -> Result<Claims, AuthError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(AuthError::Invalid(format!(
@@ -161,7 +185,7 @@ impl Verifier {
             parts.uri.query().and_then(|q| {
                 q.split('&')
                     .find_map(|pair| pair.strip_prefix("token="))
-                    .map(|t| t.to_owned())
+                    .map(std::borrow::ToOwned::to_owned)
             })
         };
         match from_header {
@@ -204,10 +228,12 @@ pub struct Authorized<N: Needs = AnyRole>(Claims, std::marker::PhantomData<N>);
 pub type Authenticated = Authorized<AnyRole>;
 
 impl<N: Needs> Authorized<N> {
+    /// The caller's verified claims.
     pub fn claims(&self) -> &Claims {
         &self.0
     }
 
+    /// The caller's verified claims, by value.
     pub fn into_claims(self) -> Claims {
         self.0
     }

@@ -15,6 +15,8 @@
 //! Every call is bounded by a short timeout and fails with [`CacheError`]; callers fall
 //! back to MongoDB and JetStream. Losing Redis makes the system slower, never wrong.
 
+#![warn(missing_docs)]
+
 use domain::{InvoiceId, TenantId};
 use messaging::{Encoded, Envelope};
 use redis::{aio::ConnectionManager, AsyncCommands, Script};
@@ -31,14 +33,19 @@ pub const SETTLED_TTL: Duration = Duration::from_secs(5);
 /// Longest a request waits on Redis before treating it as down.
 const OP_TIMEOUT: Duration = Duration::from_millis(250);
 
+/// Why a Redis call failed; callers fall back to MongoDB and JetStream.
 #[derive(Debug, thiserror::Error)]
 pub enum CacheError {
+    /// `REDIS_URL` does not parse; only [`Cache::connect`] returns it.
     #[error("REDIS_URL is not a valid Redis URL: {0}")]
     BadUrl(String),
+    /// Redis is not connected yet, failed the call, or did not answer within 250 ms.
     #[error("Redis unavailable: {0}")]
     Unavailable(String),
 }
 
+/// The Redis job-state cache of in-flight invoices. Cheap to clone; clones share one
+/// connection.
 #[derive(Clone)]
 pub struct Cache {
     conn: Arc<OnceCell<ConnectionManager>>,
@@ -71,7 +78,9 @@ return 1
 /// What MongoDB now holds of one invoice, for [`Cache::settle`].
 #[derive(Debug, Clone)]
 pub struct Stored<'a> {
+    /// The invoice's tenant.
     pub tenant: &'a TenantId,
+    /// The invoice whose final state MongoDB now holds.
     pub id: InvoiceId,
 }
 
@@ -132,6 +141,7 @@ impl Cache {
         format!("{}:job:{tenant}:{id}", self.ns)
     }
 
+    /// Whether Redis answers a `PING` in time, for health checks; never errs.
     pub async fn ping(&self) -> bool {
         let Ok(mut c) = self.conn() else { return false };
         self.run(async move { redis::cmd("PING").query_async::<String>(&mut c).await })
@@ -180,6 +190,8 @@ impl Cache {
         self.run(c.del::<_, ()>(self.job_key(tenant, id))).await
     }
 
+    /// The latest job state of an in-flight invoice; `None` when Redis has none (never put,
+    /// expired or settled) or holds one that does not decode.
     pub async fn job(
         &self,
         tenant: &TenantId,

@@ -15,22 +15,34 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Product {
+    /// The product's code, unique within the tenant; 1–64 characters.
     pub sku: String,
+    /// The name invoice lines carry; 1–200 characters.
     pub name: String,
+    /// Price of one unit, ≥ 0; copied into sku-only invoice lines.
     pub unit_price: Decimal,
+    /// Tax rate as a fraction in [0, 1] (`0.21` = 21 %).
     pub tax_rate: Decimal,
+    /// False once deactivated: kept for history, but no longer fills invoice lines.
     pub active: bool,
+    /// The tenant's catalog version of this product's last change.
     pub version: u64,
+    /// When the product last changed.
     pub updated_at: Timestamp,
 }
 
 /// What `PUT /products/{sku}` may set, valid.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ProductDraft {
+    /// The product's code, from the path.
     pub sku: String,
+    /// The name invoice lines carry; 1–200 characters.
     pub name: String,
+    /// Price of one unit, ≥ 0.
     pub unit_price: Decimal,
+    /// Tax rate as a fraction in [0, 1].
     pub tax_rate: Decimal,
+    /// Whether the product may fill invoice lines; true unless sent otherwise.
     pub active: bool,
 }
 
@@ -89,9 +101,13 @@ impl Product {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct TenantSettings {
+    /// The tenant these settings belong to.
     pub id: TenantId,
+    /// The shop's name; its id until set.
     pub name: String,
+    /// The shop's tax id as issuer of its invoices, if set.
     pub issuer_tax_id: Option<String>,
+    /// The currency of invoices that omit `currency`, if set.
     pub default_currency: Option<Currency>,
     /// The fiscal series new records are numbered in.
     pub series: String,
@@ -121,6 +137,8 @@ impl TenantSettings {
         }
     }
 
+    /// Validates what `PUT /tenant` sent: an omitted name becomes the id, an omitted series
+    /// `A`. Returns every failing field.
     pub fn parse(
         id: TenantId,
         name: Option<&str>,

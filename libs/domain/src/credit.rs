@@ -18,23 +18,32 @@ use sha2::{Digest, Sha256};
 /// How much of each line of an invoice (by index) credit notes have taken so far.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Credited {
+    /// Quantity credited so far, per line of the original.
     pub quantity: Vec<Decimal>,
+    /// Discount credited so far, per line of the original, in the invoice's currency.
     pub discount: Vec<Decimal>,
 }
 
 /// Why a credit request cannot be taken.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum CreditError {
+    /// The original is itself a credit note.
     #[error("a credit note cannot be credited")]
     OfCreditNote,
+    /// The original has not reached `COMPLETED` (it has no fiscal record to credit); its state.
     #[error("only a COMPLETED invoice can be credited (this one is {0})")]
     NotCompleted(InvoiceState),
+    /// A requested sku that no line of the original has.
     #[error("sku `{0}` is not on the invoice")]
     UnknownSku(String),
+    /// More than what is left of the original (`credit_exceeds_invoice`).
     #[error("crediting {asked} of `{sku}` exceeds what is left of the invoice ({left})")]
     Exceeds {
+        /// The sku asked for.
         sku: String,
+        /// The quantity asked for, as text.
         asked: String,
+        /// The quantity of it not yet credited, as text.
         left: String,
     },
 }
@@ -42,7 +51,9 @@ pub enum CreditError {
 /// One requested line: a sku of the original and a quantity (> 0) of it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct CreditItem {
+    /// The sku of a line of the original.
     pub sku: String,
+    /// How much of it to credit, > 0 (the credit note's line carries it negated).
     pub quantity: Decimal,
 }
 

@@ -180,17 +180,18 @@ const TABLE: &[(&str, u32)] = &[
     ("ZWG", 2),
 ];
 
+/// A code that is not in the ISO 4217 table (or not upper case): `400` for the field.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("unknown currency `{0}` (expected an ISO 4217 code such as EUR, USD, JPY)")]
 pub struct UnknownCurrency(pub String);
 
 impl Currency {
-    /// Parses an ISO 4217 alphabetic code. Upper case only: `eur` is not a code.
     /// Every code [`Currency::parse`] accepts.
     pub fn codes() -> impl Iterator<Item = &'static str> {
         TABLE.iter().map(|(code, _)| *code)
     }
 
+    /// Parses an ISO 4217 alphabetic code. Upper case only: `eur` is not a code.
     pub fn parse(code: &str) -> Result<Self, UnknownCurrency> {
         TABLE
             .iter()
@@ -199,6 +200,7 @@ impl Currency {
             .ok_or_else(|| UnknownCurrency(code.to_owned()))
     }
 
+    /// The ISO 4217 alphabetic code, e.g. `EUR`.
     pub fn code(&self) -> &'static str {
         self.code
     }

@@ -9,9 +9,13 @@ use crate::{Currency, Customer, IdempotencyKey, Payment, PaymentMethod, Terminal
 use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
 
+/// Most lines an invoice may hold (contract: `items` 1–500).
 pub const MAX_LINES: usize = 500;
+/// Longest sku, in characters.
 pub const MAX_SKU_LEN: usize = 64;
+/// Longest line, product, tenant or customer name, in characters.
 pub const MAX_NAME_LEN: usize = 200;
+/// Most payments an invoice may hold.
 pub const MAX_PAYMENTS: usize = 100;
 /// Upper bound for any amount, price or quantity. It keeps every product and sum of
 /// the computation far inside `Decimal`'s range (500 × 10¹² × 10¹² < 7.9 × 10²⁸).
@@ -20,11 +24,14 @@ pub const MAX_MAGNITUDE: i64 = 1_000_000_000_000;
 /// One failing field: its JSON path (`items[0].quantity`) and what is wrong with it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct FieldError {
+    /// Where: the field's JSON path, e.g. `items[0].quantity`.
     pub path: String,
+    /// What is wrong with it, for a human (`must be > 0`).
     pub message: String,
 }
 
 impl FieldError {
+    /// A failing field at `path`.
     pub fn new(path: impl Into<String>, message: impl Into<String>) -> Self {
         Self {
             path: path.into(),
@@ -36,41 +43,66 @@ impl FieldError {
 /// The raw request, every field as text, as the HTTP layer decoded it.
 #[derive(Debug, Clone, Default)]
 pub struct RawDraft {
+    /// `idempotencyKey`, from the body or the `Idempotency-Key` header.
     pub idempotency_key: Option<String>,
+    /// `terminalId`: the terminal that issued the invoice.
     pub terminal_id: Option<String>,
+    /// `currency`, an ISO 4217 code once checked.
     pub currency: Option<String>,
+    /// `issuedAt`: the terminal's own clock, RFC 3339.
     pub issued_at: Option<String>,
+    /// `taxInclusive`: whether unit prices include tax.
     pub tax_inclusive: bool,
+    /// The buyer, if the invoice names one.
     pub customer: Option<Customer>,
+    /// The invoice lines, as sent (or as ingress filled them from the catalog).
     pub items: Vec<RawLine>,
+    /// The payments, as sent.
     pub payments: Vec<RawPayment>,
 }
 
+/// One invoice line of a [`RawDraft`], every field as the client's text.
 #[derive(Debug, Clone, Default)]
 pub struct RawLine {
+    /// `sku`: the product code.
     pub sku: Option<String>,
+    /// `name`: the product name.
     pub name: Option<String>,
+    /// `quantity`: decimal text, > 0 once checked.
     pub quantity: Option<String>,
+    /// `unitPrice`: decimal text, ≥ 0 once checked.
     pub unit_price: Option<String>,
+    /// `taxRate`: decimal text, a fraction in [0, 1] once checked.
     pub tax_rate: Option<String>,
+    /// `discount`: decimal text, an amount off the line; zero when absent.
     pub discount: Option<String>,
     /// Set by ingress when it filled name, unitPrice and taxRate from the catalog.
     pub priced_by_catalog: bool,
 }
 
+/// One payment of a [`RawDraft`], every field as the client's text.
 #[derive(Debug, Clone, Default)]
 pub struct RawPayment {
+    /// `method`: `cash`, `card`, `voucher` or `other` once checked.
     pub method: Option<String>,
+    /// `amount`: decimal text, > 0 once checked.
     pub amount: Option<String>,
 }
 
+/// A valid invoice line: every value within the contract's rules.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DraftLine {
+    /// The product code, 1–64 characters.
     pub sku: String,
+    /// The product name, 1–200 characters.
     pub name: String,
+    /// Units sold, > 0.
     pub quantity: Decimal,
+    /// Price of one unit, ≥ 0; including tax if the invoice is tax-inclusive.
     pub unit_price: Decimal,
+    /// Tax rate as a fraction in [0, 1] (`0.21` = 21 %).
     pub tax_rate: Decimal,
+    /// Amount off the line, 0 ≤ discount ≤ quantity × unit price.
     pub discount: Decimal,
     /// Name, price and rate came from the tenant's catalog, not from the request: the
     /// fingerprint then leaves them out, so the same request sent again after a price
@@ -81,13 +113,21 @@ pub struct DraftLine {
 /// A valid invoice request. Holding one proves every field passed the contract's rules.
 #[derive(Debug, Clone, PartialEq)]
 pub struct DraftInvoice {
+    /// The client's key, scoped per tenant; `None` if it sent none.
     pub idempotency_key: Option<IdempotencyKey>,
+    /// The terminal that issued the invoice.
     pub terminal_id: TerminalId,
+    /// The invoice's currency; amounts round to its minor unit.
     pub currency: Currency,
+    /// The terminal's `issuedAt`, valid RFC 3339 and kept as given; `None`: time of receipt.
     pub issued_at: Option<String>,
+    /// Whether unit prices include tax.
     pub tax_inclusive: bool,
+    /// The buyer, if the invoice names one.
     pub customer: Option<Customer>,
+    /// The invoice lines, 1–500.
     pub lines: Vec<DraftLine>,
+    /// The payments, at most 100; may be empty.
     pub payments: Vec<Payment>,
 }
 
@@ -261,7 +301,7 @@ impl DraftInvoice {
             let discount = errors.decimal(
                 &p("discount"),
                 item.discount.as_ref(),
-                Some(currency.map(crate::money::zero).unwrap_or(Decimal::ZERO)),
+                Some(currency.map_or(Decimal::ZERO, crate::money::zero)),
                 |d| d >= Decimal::ZERO,
                 "must be ≥ 0",
             );
@@ -300,7 +340,7 @@ impl DraftInvoice {
                             errors.push(
                                 format!("payments[{i}].method"),
                                 "must be one of cash, card, voucher, other",
-                            )
+                            );
                         })
                         .ok()
                 });
@@ -362,11 +402,10 @@ impl DraftInvoice {
     /// streamed into the hasher without building a document first.
     fn write_canonical(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
         use Canonical::{Bool, Dec, Opt, Text};
-        let issued_at = self.issued_at.as_ref().map(|t| {
-            Timestamp::parse_rfc3339(t)
-                .map(|t| t.to_string())
-                .unwrap_or_else(|_| t.clone())
-        });
+        let issued_at = self
+            .issued_at
+            .as_ref()
+            .map(|t| Timestamp::parse_rfc3339(t).map_or_else(|_| t.clone(), |t| t.to_string()));
         w.write_all(b"{\"currency\":")?;
         Text(self.currency.code()).write(w)?;
         w.write_all(b",\"customer\":")?;

@@ -21,12 +21,15 @@ use sha2::{Digest, Sha256};
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum InvoiceKind {
+    /// A sale.
     #[default]
     Invoice,
+    /// A correction of a completed invoice, with negative quantities and amounts.
     CreditNote,
 }
 
 impl InvoiceKind {
+    /// The kind as the API and the hash text spell it: `invoice` or `credit_note`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Invoice => "invoice",
@@ -40,24 +43,38 @@ impl InvoiceKind {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct FiscalRecord {
+    /// The series the record is numbered in (the tenant's `series` setting at the time).
     pub series: String,
+    /// Position in the series: from 1, gapless, never reused.
     pub number: u64,
+    /// When the record was chained; part of the hash text.
     pub chained_at: Timestamp,
+    /// The hash of record `number − 1` of the series; empty for number 1.
     pub previous_hash: String,
+    /// SHA-256 of the record's hash text, 64 uppercase hex digits.
     pub hash: String,
 }
 
 /// The facts of one computed invoice that its record covers.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Entry {
+    /// The invoice's tenant.
     pub tenant_id: TenantId,
+    /// Invoice or credit note.
     pub kind: InvoiceKind,
+    /// The invoice the record is for.
     pub invoice_id: InvoiceId,
+    /// The invoice's `issuedAt`, exactly as its representation writes it.
     pub issued_at: String,
+    /// The invoice's currency.
     pub currency: Currency,
+    /// The invoice's net total.
     pub net: Decimal,
+    /// The invoice's tax total.
     pub tax: Decimal,
+    /// The invoice's total.
     pub total: Decimal,
+    /// Net and tax by rate, as in the invoice's totals; exported, not hashed.
     pub tax_breakdown: Vec<TaxBand>,
 }
 
@@ -87,19 +104,33 @@ impl Entry {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct LedgerRecord {
+    /// The tenant whose series this is.
     pub tenant_id: TenantId,
+    /// The series the record is numbered in.
     pub series: String,
+    /// Position in the series: from 1, gapless, never reused.
     pub number: u64,
+    /// Invoice or credit note.
     pub kind: InvoiceKind,
+    /// The invoice the record is for.
     pub invoice_id: InvoiceId,
+    /// The invoice's `issuedAt`, exactly as its representation writes it.
     pub issued_at: String,
+    /// The invoice's currency.
     pub currency: Currency,
+    /// The invoice's net total.
     pub net: Decimal,
+    /// The invoice's tax total.
     pub tax: Decimal,
+    /// The invoice's total.
     pub total: Decimal,
+    /// The hash of record `number − 1` of the series; empty for number 1.
     pub previous_hash: String,
+    /// SHA-256 of the hash text when chained, 64 uppercase hex digits.
     pub hash: String,
+    /// When the record was chained.
     pub chained_at: Timestamp,
+    /// Net and tax by rate, as in the invoice's totals; exported, not hashed.
     pub tax_breakdown: Vec<TaxBand>,
 }
 
@@ -128,6 +159,7 @@ impl LedgerRecord {
         hex::encode_upper(Sha256::digest(self.hash_text().as_bytes()))
     }
 
+    /// The part of the record the invoice representation shows as `fiscal`.
     pub fn fiscal(&self) -> FiscalRecord {
         FiscalRecord {
             series: self.series.clone(),
@@ -142,7 +174,9 @@ impl LedgerRecord {
 /// The end of a series' chain: the number and hash a new record follows.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Head {
+    /// Number of the series' last record; 0 for an empty series.
     pub number: u64,
+    /// Hash of the series' last record; empty for an empty series.
     pub hash: String,
 }
 
@@ -155,6 +189,7 @@ impl Head {
         }
     }
 
+    /// The head after `record`: the next record follows it.
     pub fn of(record: &LedgerRecord) -> Self {
         Self {
             number: record.number,
@@ -189,7 +224,9 @@ impl Head {
 /// The first record of a series that no longer holds.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct Broken {
+    /// The number of the first record that fails.
     pub number: u64,
+    /// Why it fails, for a human (the `reason` of `firstBroken`).
     pub reason: String,
 }
 
@@ -274,10 +311,12 @@ impl Verifier {
         }
     }
 
+    /// How many records passed so far.
     pub fn count(&self) -> u64 {
         self.count
     }
 
+    /// The last record that passed: `lastNumber` and `lastHash` of the verify answer.
     pub fn head(&self) -> &Head {
         &self.head
     }

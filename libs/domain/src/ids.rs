@@ -3,6 +3,7 @@
 
 use std::fmt;
 
+/// Why a text is not a valid id, for the failing field's message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{0}")]
 pub struct IdError(pub String);
@@ -15,8 +16,10 @@ macro_rules! text_id {
         pub struct $name(String);
 
         impl $name {
+            /// Longest valid id, in characters.
             pub const MAX_LEN: usize = $max;
 
+            /// Checks length and characters; the message says which rule failed.
             pub fn parse(value: impl Into<String>) -> Result<Self, IdError> {
                 let value = value.into();
                 let len = value.chars().count();
@@ -30,6 +33,7 @@ macro_rules! text_id {
                 Ok(Self(value))
             }
 
+            /// The id as given.
             pub fn as_str(&self) -> &str {
                 &self.0
             }
@@ -98,6 +102,7 @@ impl InvoiceId {
         Self(uuid::Uuid::now_v7())
     }
 
+    /// Parses any UUID text; only [`InvoiceId::generate`] guarantees a v7.
     pub fn parse(value: &str) -> Result<Self, IdError> {
         uuid::Uuid::try_parse(value)
             .map(Self)

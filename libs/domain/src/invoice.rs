@@ -9,27 +9,36 @@ use crate::{
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 
+/// The buyer named on an invoice; both fields optional.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Customer {
+    /// The buyer's name, at most 200 characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub name: Option<String>,
+    /// The buyer's tax id, at most 64 characters.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tax_id: Option<String>,
 }
 
+/// How a payment was made.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum PaymentMethod {
+    /// Notes and coins.
     Cash,
+    /// A debit or credit card.
     Card,
+    /// A voucher or gift card.
     Voucher,
+    /// Any other means.
     Other,
 }
 
 impl PaymentMethod {
+    /// The method for its contract name (`cash`, `card`, `voucher`, `other`); `None` otherwise.
     pub fn parse(text: &str) -> Option<Self> {
         match text {
             "cash" => Some(Self::Cash),
@@ -51,10 +60,13 @@ impl PaymentMethod {
     }
 }
 
+/// One payment towards an invoice.
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Payment {
+    /// How it was paid.
     pub method: PaymentMethod,
+    /// The amount paid, > 0, at most the currency's minor-unit digits.
     pub amount: Decimal,
 }
 
@@ -63,34 +75,54 @@ pub struct Payment {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Line {
+    /// The product code.
     pub sku: String,
+    /// The product name.
     pub name: String,
+    /// Units sold; negative on a credit note.
     pub quantity: Decimal,
+    /// Price of one unit; including tax if the invoice is tax-inclusive.
     pub unit_price: Decimal,
+    /// Amount off the line; negative on a credit note.
     pub discount: Decimal,
+    /// Tax rate as a fraction in [0, 1] (`0.21` = 21 %).
     pub tax_rate: Decimal,
+    /// Amount before tax, rounded to the minor unit; `None` until computed.
     pub net: Option<Decimal>,
+    /// Tax on the line, rounded half away from zero; `None` until computed.
     pub tax: Option<Decimal>,
+    /// `net + tax`; `None` until computed.
     pub total: Option<Decimal>,
 }
 
+/// Net and tax of all lines at one tax rate (`taxBreakdown`).
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaxBand {
+    /// The tax rate, as a fraction.
     pub rate: Decimal,
+    /// Sum of the net of the lines at this rate.
     pub net: Decimal,
+    /// Sum of the tax of the lines at this rate.
     pub tax: Decimal,
 }
 
+/// An invoice's computed money (contract § Money).
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Totals {
+    /// Sum of the lines' net.
     pub net: Decimal,
+    /// Sum of the lines' tax.
     pub tax: Decimal,
+    /// Sum of the lines' totals: what the customer owes.
     pub total: Decimal,
+    /// Sum of the payments.
     pub paid: Decimal,
+    /// `paid − total` when positive, else zero in the minor unit's scale.
     pub change: Decimal,
+    /// Net and tax grouped by tax rate.
     pub tax_breakdown: Vec<TaxBand>,
 }
 
@@ -98,7 +130,9 @@ pub struct Totals {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct InvoiceError {
+    /// Stable machine code, e.g. `retries_exhausted` or `insufficient_payment`.
     pub code: String,
+    /// What went wrong, for a human.
     pub message: String,
 }
 
@@ -108,22 +142,37 @@ pub struct InvoiceError {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Invoice {
+    /// The invoice's id, a UUIDv7.
     pub id: InvoiceId,
+    /// The shop the invoice belongs to; no other tenant ever sees it.
     pub tenant_id: TenantId,
+    /// The terminal that issued it.
     pub terminal_id: TerminalId,
+    /// The client's idempotency key, if it sent one.
     pub idempotency_key: Option<IdempotencyKey>,
+    /// Where the invoice is in its lifecycle.
     pub state: InvoiceState,
+    /// The invoice's currency; amounts are rounded to its minor unit.
     pub currency: Currency,
+    /// Whether unit prices include tax.
     pub tax_inclusive: bool,
     /// The terminal's own clock, kept exactly as given (offline invoices keep their time).
     pub issued_at: String,
+    /// When the backend accepted the invoice.
     pub created_at: Timestamp,
+    /// When the invoice last changed state.
     pub updated_at: Timestamp,
+    /// The buyer, if the invoice names one.
     pub customer: Option<Customer>,
+    /// The invoice lines, in the order sent.
     pub items: Vec<Line>,
+    /// The payments, in the order sent.
     pub payments: Vec<Payment>,
+    /// The computed money; `None` until COMPLETED.
     pub totals: Option<Totals>,
+    /// Processing attempts of the current generation; reset by a replay.
     pub attempts: u32,
+    /// Why the invoice FAILED; `None` in any other state.
     pub error: Option<InvoiceError>,
     /// How many times an operator replayed this invoice out of the dead-letter stream.
     #[serde(default)]
@@ -131,6 +180,7 @@ pub struct Invoice {
     /// `invoice`, or `credit_note` (then `creditFor` names the invoice it corrects).
     #[serde(default)]
     pub kind: InvoiceKind,
+    /// The invoice a credit note corrects; `None` for an invoice.
     #[serde(default)]
     pub credit_for: Option<InvoiceId>,
     /// Why a credit note was issued (as the manager gave it).
@@ -146,22 +196,31 @@ pub struct Invoice {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invoice {id} cannot move from {from} to {to}")]
 pub struct IllegalTransition {
+    /// The invoice asked to move.
     pub id: InvoiceId,
+    /// Its current state.
     pub from: InvoiceState,
+    /// The state it was asked to move to.
     pub to: InvoiceState,
 }
 
 /// The computed money of an invoice (see [`crate::totals::compute`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Computed {
+    /// Per line, in the invoice's line order.
     pub lines: Vec<LineAmounts>,
+    /// The invoice's totals.
     pub totals: Totals,
 }
 
+/// The computed money of one line.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct LineAmounts {
+    /// Amount before tax, rounded to the minor unit.
     pub net: Decimal,
+    /// Tax on the line, rounded half away from zero.
     pub tax: Decimal,
+    /// `net + tax`.
     pub total: Decimal,
 }
 
@@ -216,6 +275,7 @@ impl Invoice {
         }
     }
 
+    /// Where the invoice stands in the total order of its states, replays included.
     pub fn version(&self) -> Version {
         Version::of(self.state, self.attempts, self.replays)
     }
@@ -264,6 +324,7 @@ impl Invoice {
         Ok(())
     }
 
+    /// Fails the invoice with a contract error `code` and `message`.
     pub fn fail(
         &mut self,
         code: &str,

@@ -24,6 +24,8 @@
 //! - `fiscal.rs`: the fiscal record, its hash chain and the chain's verifier
 //! - `credit.rs`: the lines of a credit note and what is left to credit
 
+#![warn(missing_docs)]
+
 pub mod catalog;
 pub mod credit;
 pub mod currency;

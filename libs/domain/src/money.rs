@@ -9,12 +9,16 @@ use std::str::FromStr;
 /// certainly a float artefact (`0.30000000000000004`) and would be rounded silently.
 pub const MAX_INPUT_SCALE: u32 = 12;
 
+/// Why a decimal's text was refused; the message is the failing field's.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum DecimalError {
+    /// Not a decimal literal (blank, `NaN`, hex, a leading `+`, …).
     #[error("must be a decimal number, as a string (\"3.50\") or a JSON number (3.5)")]
     NotANumber,
+    /// More than [`MAX_INPUT_SCALE`] fractional digits: refused, never silently rounded.
     #[error("has more than {MAX_INPUT_SCALE} decimal places")]
     TooPrecise,
+    /// Beyond what `Decimal` or the contract's bounds can hold.
     #[error("is out of range")]
     OutOfRange,
 }

@@ -4,17 +4,24 @@
 use serde::{Deserialize, Serialize};
 use std::fmt;
 
+/// Where an invoice is in its lifecycle; serialised as `QUEUED`, `PROCESSING`, …
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "SCREAMING_SNAKE_CASE")]
 pub enum InvoiceState {
+    /// Accepted and waiting for a processor.
     Queued,
+    /// A processor is computing it (retries stay here).
     Processing,
+    /// Computed and given its fiscal record. Final.
     Completed,
+    /// Refused for good or out of retries; `error` says why. Final, except for an
+    /// operator's replay.
     Failed,
 }
 
 impl InvoiceState {
+    /// Every state, in lifecycle order.
     pub const ALL: [InvoiceState; 4] = [
         Self::Queued,
         Self::Processing,
@@ -22,6 +29,7 @@ impl InvoiceState {
         Self::Failed,
     ];
 
+    /// The contract's name of the state (`QUEUED`, …).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Queued => "QUEUED",
@@ -31,6 +39,8 @@ impl InvoiceState {
         }
     }
 
+    /// The state for its contract name (`COMPLETED`); `None` for anything else, lower
+    /// case included.
     pub fn parse(text: &str) -> Option<Self> {
         Self::ALL.into_iter().find(|s| s.as_str() == text)
     }
@@ -44,6 +54,7 @@ impl InvoiceState {
         }
     }
 
+    /// Whether the state is COMPLETED or FAILED.
     pub fn is_final(self) -> bool {
         self.rank() == 2
     }
@@ -74,12 +85,16 @@ impl fmt::Display for InvoiceState {
 /// never move an invoice backwards.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Version {
+    /// The replay generation: how many times an operator replayed the invoice.
     pub replays: u32,
+    /// Lifecycle step: 0 QUEUED, 1 PROCESSING, 2 COMPLETED or FAILED.
     pub step: u8,
+    /// Processing attempts within the generation.
     pub attempts: u32,
 }
 
 impl Version {
+    /// The version of an invoice in `state` after `attempts` and `replays`.
     pub fn of(state: InvoiceState, attempts: u32, replays: u32) -> Self {
         Self {
             replays,

@@ -10,10 +10,12 @@ use std::fmt;
 pub struct Timestamp(DateTime<Utc>);
 
 impl Timestamp {
+    /// The current instant, truncated to milliseconds.
     pub fn now() -> Self {
         Self::from_datetime(Utc::now())
     }
 
+    /// `at`, truncated to milliseconds so it survives a round trip through its text.
     pub fn from_datetime(at: DateTime<Utc>) -> Self {
         // Truncated to milliseconds so a value survives a round trip through its text.
         let millis = at.timestamp_millis();
@@ -25,6 +27,7 @@ impl Timestamp {
         DateTime::parse_from_rfc3339(text).map(|t| Self::from_datetime(t.with_timezone(&Utc)))
     }
 
+    /// The instant as a chrono UTC date-time.
     pub fn as_datetime(&self) -> DateTime<Utc> {
         self.0
     }

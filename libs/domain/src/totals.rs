@@ -10,8 +10,15 @@ use rust_decimal::Decimal;
 /// at once.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Fault {
+    /// Payments are present but sum to less than the total (`insufficient_payment`).
     #[error("payments total {paid} is below the invoice total {total}")]
-    InsufficientPayment { paid: String, total: String },
+    InsufficientPayment {
+        /// Sum of the payments, as text.
+        paid: String,
+        /// The invoice total, as text.
+        total: String,
+    },
+    /// A product or sum overflows `Decimal` (`amount_out_of_range`).
     #[error("an amount is out of the computable range")]
     OutOfRange,
 }
@@ -316,7 +323,10 @@ mod tests {
                     } else {
                         format!(
                             "{int}.{}",
-                            digits.iter().map(|d| d.to_string()).collect::<String>()
+                            digits
+                                .iter()
+                                .map(std::string::ToString::to_string)
+                                .collect::<String>()
                         )
                     }
                 })

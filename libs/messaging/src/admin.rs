@@ -14,9 +14,11 @@ pub const SERVICE_VERSION: &str = env!("CARGO_PKG_VERSION");
 /// An entry of the dead-letter stream.
 #[derive(Debug, Clone)]
 pub struct StoredDeadLetter {
+    /// The entry's sequence in the dead-letter stream; what a replay deletes by.
     pub sequence: u64,
     /// `None` for a message kept raw because it could not be decoded.
     pub letter: Option<DeadLetter>,
+    /// The subject it was stored under: `<ns>.dlq.<tenant>`, or `<ns>.dlq._undecodable`.
     pub subject: String,
 }
 

@@ -54,17 +54,22 @@ pub fn unstored_events(processor: &Backlog, persister: &Backlog) -> u64 {
 /// The whole pipeline's position, read at `at`.
 #[derive(Debug, Clone, Copy)]
 pub struct Pipeline {
+    /// The processor's consumer on the invoices stream.
     pub processor: Backlog,
+    /// The persister's consumer on the events stream.
     pub persister: Backlog,
+    /// Messages in the dead-letter stream.
     pub dead_letters: u64,
     /// The events stream's `max_msgs` (`None`: unlimited): what bounds the unstored events.
     pub events_max_msgs: Option<u64>,
     /// The invoices stream's `max_msgs`: what bounds the unprocessed submissions.
     pub invoices_max_msgs: Option<u64>,
+    /// When the figures were read.
     pub at: std::time::Instant,
 }
 
 impl Pipeline {
+    /// [`unstored_events`] of this reading.
     pub fn unstored_events(&self) -> u64 {
         unstored_events(&self.processor, &self.persister)
     }

@@ -24,8 +24,10 @@ use tracing::{info, warn};
 /// logs can be followed across the four services.
 pub const REQUEST_ID_HEADER: &str = "X-Request-Id";
 
+/// Where and how a service connects to NATS, and its publish policy.
 #[derive(Debug, Clone)]
 pub struct NatsSettings {
+    /// `NATS_URL`: one server, or comma-separated seeds of one cluster.
     pub url: String,
     /// Shown by `nats server report connections`: which service and instance this is.
     pub client_name: String,
@@ -71,8 +73,10 @@ fn connect_options(settings: &NatsSettings) -> async_nats::ConnectOptions {
     }
 }
 
+/// Why a broker operation failed; the variants say whether a retry can help.
 #[derive(Debug, thiserror::Error)]
 pub enum BusError {
+    /// `NATS_URL` does not parse: fix the setting, retrying will not help.
     #[error("NATS_URL `{0}` is not a NATS server address (expected e.g. nats://127.0.0.1:4222)")]
     BadUrl(String),
     /// The credentials were refused or could not be read: retrying will not help.
@@ -89,10 +93,13 @@ pub enum BusError {
     /// submission stored there ([`Bus::submission_of_key`]).
     #[error("the idempotency key already has a submission")]
     SubjectTaken,
+    /// A JetStream API call (stream or consumer info, create, direct get, request) failed.
     #[error("JetStream request failed: {0}")]
     Request(String),
+    /// A stream or consumer definition in `nats/` does not parse.
     #[error(transparent)]
     Definition(#[from] crate::topology::DefinitionError),
+    /// A stored message is not a valid [`Envelope`].
     #[error("stored message is not a valid envelope: {0}")]
     Decode(#[from] serde_json::Error),
 }
@@ -100,11 +107,14 @@ pub enum BusError {
 /// What the server said about a publish.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Published {
+    /// The message's sequence in its stream.
     pub sequence: u64,
     /// The id was already in the stream's dedupe window: `sequence` is the original's.
     pub duplicate: bool,
 }
 
+/// The connection to NATS and JetStream, with this deployment's [`Topology`]: every
+/// publish and read of the pipeline goes through it. Cheap to clone.
 #[derive(Clone)]
 pub struct Bus {
     client: async_nats::Client,
@@ -178,6 +188,7 @@ impl Bus {
         })
     }
 
+    /// The core NATS client (services API, admin requests, plain subscriptions).
     pub fn client(&self) -> &async_nats::Client {
         &self.client
     }
@@ -212,10 +223,12 @@ impl Bus {
         }))
     }
 
+    /// The JetStream context; its requests time out after the publish ack timeout.
     pub fn jetstream(&self) -> &jetstream::Context {
         &self.js
     }
 
+    /// The names and definitions of this namespace's streams, subjects and consumers.
     pub fn topology(&self) -> &Topology {
         &self.topology
     }
@@ -225,6 +238,8 @@ impl Bus {
         &self.settings.client_name
     }
 
+    /// Whether the client is connected right now, for health checks; publishes refuse
+    /// to run while it is not.
     pub fn is_connected(&self) -> bool {
         self.client.connection_state() == async_nats::connection::State::Connected
     }
@@ -297,6 +312,7 @@ impl Bus {
         Ok(())
     }
 
+    /// The stream called `name`, with its info as of this call.
     pub async fn stream(&self, name: &str) -> Result<Stream, BusError> {
         self.js.get_stream(name).await.map_err(request_error)
     }
@@ -521,6 +537,9 @@ impl Bus {
         )
     }
 
+    /// Files a submission that failed for good in the dead-letter stream, under
+    /// `<ns>.dlq.<tenant>`. Its id names the invoice and replay generation, so a retried
+    /// publish is stored once.
     pub async fn publish_dead_letter(&self, letter: &DeadLetter) -> Result<Published, BusError> {
         let inv = &letter.submission.invoice;
         let id = format!("{}:{}", inv.id, inv.replays);

@@ -11,6 +11,7 @@ use std::time::Duration;
 #[derive(Debug, Clone, Serialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct StreamSummary {
+    /// The stream's name, e.g. `POS_INVOICES`.
     pub name: String,
     /// Copies kept, on different servers (1: a lost disk loses acknowledged messages).
     pub replicas: usize,
@@ -18,13 +19,19 @@ pub struct StreamSummary {
     pub storage: String,
     /// Count limit (`None`: unlimited) and age limit in seconds (`None`: none).
     pub max_msgs: Option<u64>,
+    /// Age limit, in seconds (`None`: none).
     pub max_age_secs: Option<u64>,
     /// What happens at the limit: `old` (the oldest go) or `new` (publishes refused).
     pub discard: String,
+    /// How long a message id is remembered for deduplication, in seconds.
     pub duplicate_window_secs: u64,
+    /// Messages stored now.
     pub messages: u64,
+    /// Bytes stored now.
     pub bytes: u64,
+    /// Sequence of the oldest message kept.
     pub first_seq: u64,
+    /// Sequence of the newest message.
     pub last_seq: u64,
     /// The RAFT leader's server name (`None` on a single server).
     pub leader: Option<String>,
@@ -32,12 +39,17 @@ pub struct StreamSummary {
     pub peers: Vec<PeerSummary>,
 }
 
+/// One follower of a replicated stream, as the RAFT leader sees it.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "camelCase")]
 pub struct PeerSummary {
+    /// The server's name.
     pub name: String,
+    /// Whether it is caught up with the leader.
     pub current: bool,
+    /// Whether the leader has lost contact with it.
     pub offline: bool,
+    /// Operations it is behind the leader, if reported.
     pub lag: Option<u64>,
 }
 

@@ -21,12 +21,18 @@ use tracing::{error, warn, Instrument};
 /// retried after `base × 2^(n−1)`, capped at `max_delay`.
 #[derive(Debug, Clone, Copy)]
 pub struct RetryPolicy {
+    /// Attempts in all, the first included; a transient failure of the last one
+    /// dead-letters the message.
     pub max_attempts: u32,
+    /// Delay before the first retry.
     pub base_delay: Duration,
+    /// Longest delay between retries.
     pub max_delay: Duration,
 }
 
 impl RetryPolicy {
+    /// The NAK delay after attempt `attempt` (1-based) failed: `base × 2^(attempt−1)`,
+    /// at most `max_delay`.
     pub fn delay(&self, attempt: u32) -> Duration {
         let factor = 1u32 << attempt.saturating_sub(1).min(20);
         (self.base_delay * factor).min(self.max_delay)
@@ -36,6 +42,7 @@ impl RetryPolicy {
 /// The result of handling one delivery.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Outcome {
+    /// Handled: acknowledge.
     Done,
     /// A transient fault (database or broker unreachable, timeout): try again later.
     Retry(String),
@@ -48,10 +55,12 @@ pub struct Delivery {
     message: jetstream::Message,
     /// 1 for the first delivery; JetStream's own count, so it survives crashes.
     pub attempt: u32,
+    /// The message's sequence in its stream.
     pub stream_sequence: u64,
 }
 
 impl Delivery {
+    /// The message body.
     pub fn payload(&self) -> &[u8] {
         &self.message.payload
     }
@@ -61,16 +70,18 @@ impl Delivery {
         self.message.payload.clone()
     }
 
+    /// The subject the message was published on.
     pub fn subject(&self) -> &str {
         self.message.subject.as_str()
     }
 
+    /// The `X-Request-Id` the publisher carried along, for logs.
     pub fn request_id(&self) -> Option<&str> {
         self.message
             .headers
             .as_ref()?
             .get(crate::bus::REQUEST_ID_HEADER)
-            .map(|v| v.as_str())
+            .map(async_nats::HeaderValue::as_str)
     }
 
     /// Extends the lease (restarts ack_wait) for long work.
@@ -81,7 +92,10 @@ impl Delivery {
     }
 }
 
+/// What a durable consumer does with each delivery; [`run`] applies the ack policy to
+/// the [`Outcome`].
 pub trait Handler: Send + Sync + 'static {
+    /// Handles one delivery. It may be a redelivery, so handling must be idempotent.
     fn handle(&self, delivery: &Delivery) -> impl Future<Output = Outcome> + Send;
 
     /// Called when the last attempt failed: record the failure and dead-letter the

@@ -10,7 +10,9 @@ use serde::{Deserialize, Serialize};
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Envelope {
+    /// The invoice in its current state.
     pub invoice: Invoice,
+    /// Fingerprint of the request that created the invoice (see `DraftInvoice::fingerprint`).
     pub fingerprint: String,
 }
 
@@ -19,9 +21,13 @@ pub struct Envelope {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct DeadLetter {
+    /// The submission as the processor consumed it from the invoices stream.
     pub submission: Envelope,
+    /// Processing attempts made before giving up.
     pub attempts: u32,
+    /// The error of the last attempt.
     pub last_error: InvoiceError,
+    /// When it was dead-lettered.
     pub dead_at: Timestamp,
 }
 
@@ -29,16 +35,20 @@ pub struct DeadLetter {
 /// Redis): a state change used to be serialised again for each.
 #[derive(Debug, Clone)]
 pub struct Encoded<'a> {
+    /// The envelope.
     pub envelope: &'a Envelope,
+    /// Its JSON, as published and cached.
     pub bytes: bytes::Bytes,
 }
 
 impl Envelope {
+    /// The envelope as JSON, the wire form.
     pub fn encode(&self) -> bytes::Bytes {
         // Serializing plain data with string keys cannot fail.
         serde_json::to_vec(self).map(Into::into).unwrap_or_default()
     }
 
+    /// The envelope with its wire form, encoded once.
     pub fn encoded(&self) -> Encoded<'_> {
         Encoded {
             envelope: self,
@@ -46,16 +56,19 @@ impl Envelope {
         }
     }
 
+    /// Reads an envelope from its JSON; unknown fields are refused.
     pub fn decode(payload: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(payload)
     }
 }
 
 impl DeadLetter {
+    /// The dead letter as JSON, the wire form.
     pub fn encode(&self) -> bytes::Bytes {
         serde_json::to_vec(self).map(Into::into).unwrap_or_default()
     }
 
+    /// Reads a dead letter from its JSON; unknown fields are refused.
     pub fn decode(payload: &[u8]) -> Result<Self, serde_json::Error> {
         serde_json::from_slice(payload)
     }

@@ -49,6 +49,7 @@ pub struct LoggedEvent {
     /// When the state change happened: the invoice's `updatedAt`, stamped by the stage
     /// that moved it (the stream's own receive time would shift with broker retries).
     pub at: Timestamp,
+    /// The invoice as the event left it.
     pub envelope: Envelope,
     /// The `X-Request-Id` of the request that led to this event, for logs.
     pub request_id: Option<String>,
@@ -252,7 +253,7 @@ async fn next_event(mut reader: Reader) -> Option<(LoggedEvent, Reader)> {
                 ));
             }
             Err(e) => {
-                warn!(seq, subject = %message.subject, error = %e, "undecodable event; skipped")
+                warn!(seq, subject = %message.subject, error = %e, "undecodable event; skipped");
             }
         }
     }

@@ -19,6 +19,8 @@
 //! - `backlog.rs`: how far behind a consumer is (metrics, health, back-pressure)
 //! - `console.rs`: the operator console's questions (durability settings, admin requests)
 
+#![warn(missing_docs)]
+
 pub mod admin;
 pub mod backlog;
 pub mod bus;

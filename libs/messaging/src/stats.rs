@@ -21,6 +21,8 @@ pub struct QueueStats {
 }
 
 impl Bus {
+    /// The `queue` figures of `/health`, from the processor's consumer and the dead-letter
+    /// stream.
     pub async fn queue_stats(&self) -> Result<QueueStats, crate::BusError> {
         let invoices = self.stream(&self.topology().invoices_stream()).await?;
         let stored = invoices.cached_info().state.messages;

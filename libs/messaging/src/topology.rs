@@ -19,6 +19,8 @@ const PERSISTER_JSON: &str = include_str!("../../../nats/consumers/persister.jso
 /// The namespace the files in `nats/` are written for.
 const FILE_NAMESPACE: &str = "pos";
 
+/// Names of every stream, subject and consumer on the broker for one namespace, and
+/// their definitions with this deployment's overrides.
 #[derive(Debug, Clone)]
 pub struct Topology {
     ns: String,
@@ -26,11 +28,13 @@ pub struct Topology {
     pub submit_dedupe_window: Option<Duration>,
     /// The processor consumer's ack wait (lease): tests shorten it to prove redelivery.
     pub processor_ack_wait: Option<Duration>,
+    /// The persister consumer's ack wait (lease).
     pub persister_ack_wait: Option<Duration>,
     /// Replicas of every stream (`NATS_REPLICAS`); consumers follow their stream's.
     pub replicas: Option<usize>,
 }
 
+/// A file in `nats/` that is not a valid stream or consumer definition.
 #[derive(Debug, thiserror::Error)]
 #[error("bad definition in nats/{file}: {source}")]
 pub struct DefinitionError {
@@ -61,6 +65,7 @@ impl Topology {
         t
     }
 
+    /// The namespace everything is named from, e.g. `pos`.
     pub fn namespace(&self) -> &str {
         &self.ns
     }
@@ -69,12 +74,15 @@ impl Topology {
         format!("{}_{suffix}", self.ns.to_uppercase())
     }
 
+    /// The stream of submissions, `<NS>_INVOICES`, read by the processor.
     pub fn invoices_stream(&self) -> String {
         self.stream_name("INVOICES")
     }
+    /// The lifecycle event log, `<NS>_EVENTS`, read by the persister and fanout.
     pub fn events_stream(&self) -> String {
         self.stream_name("EVENTS")
     }
+    /// The dead-letter stream, `<NS>_DLQ`, that operators replay from.
     pub fn dlq_stream(&self) -> String {
         self.stream_name("DLQ")
     }
@@ -107,9 +115,11 @@ impl Topology {
     pub fn catalog_subject(&self, tenant: &TenantId) -> String {
         format!("{}.catalog.{tenant}", self.ns)
     }
+    /// Every tenant's catalog change notices (`<ns>.catalog.*`).
     pub fn catalog_changes(&self) -> String {
         format!("{}.catalog.*", self.ns)
     }
+    /// Where a tenant's dead letters are published, `<ns>.dlq.<tenant>`.
     pub fn dlq_subject(&self, tenant: &TenantId) -> String {
         format!("{}.dlq.{tenant}", self.ns)
     }
@@ -134,6 +144,8 @@ impl Topology {
             .map_err(|source| DefinitionError { file, source })
     }
 
+    /// The invoices, events and dead-letter stream configs from `nats/streams/`, in that
+    /// order, with the dedupe window and replica overrides applied.
     pub fn stream_configs(&self) -> Result<Vec<stream::Config>, DefinitionError> {
         let mut invoices = self.stream("streams/invoices.json", INVOICES_JSON)?;
         if let Some(w) = self.submit_dedupe_window {
@@ -176,6 +188,7 @@ impl Topology {
         ])
     }
 
+    /// The processor's durable consumer on the invoices stream, with the ack-wait override.
     pub fn processor_consumer(&self) -> Result<pull::Config, DefinitionError> {
         let mut c = self.consumer("consumers/processor.json", PROCESSOR_JSON)?;
         if let Some(w) = self.processor_ack_wait {
@@ -184,6 +197,7 @@ impl Topology {
         Ok(c)
     }
 
+    /// The persister's durable consumer on the events stream, with the ack-wait override.
     pub fn persister_consumer(&self) -> Result<pull::Config, DefinitionError> {
         let mut c = self.consumer("consumers/persister.json", PERSISTER_JSON)?;
         if let Some(w) = self.persister_ack_wait {

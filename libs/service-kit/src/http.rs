@@ -43,6 +43,7 @@ pub enum ErrorCode {
 }
 
 impl ErrorCode {
+    /// Every code, in the table's order; [`ErrorCode::for_status`] searches it.
     pub const ALL: [ErrorCode; 14] = [
         Self::ValidationFailed,
         Self::Unauthorized,
@@ -60,6 +61,7 @@ impl ErrorCode {
         Self::Internal,
     ];
 
+    /// The HTTP status the code is answered with.
     pub fn status(self) -> StatusCode {
         match self {
             Self::ValidationFailed => StatusCode::BAD_REQUEST,
@@ -117,23 +119,31 @@ impl ErrorCode {
 /// `Retry-After`.
 #[derive(Debug, Clone)]
 pub struct ErrorResponse {
+    /// What went wrong; also sets the status.
     pub code: ErrorCode,
+    /// For a human; never a stack trace or an internal cause.
     pub message: String,
+    /// The failing fields of a `validation_failed` answer.
     pub details: Option<Vec<Detail>>,
+    /// The `Retry-After` header, in seconds (429, 503).
     pub retry_after_secs: Option<u64>,
     /// `"unknown"` when a 503 cannot say whether the request took effect (contract §
     /// Idempotency under failure); written beside `error` and inside it.
     pub outcome: Option<&'static str>,
 }
 
+/// One failing field of a `validation_failed` answer.
 #[derive(Debug, Clone, Serialize, PartialEq, Eq)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Detail {
+    /// The field's JSON path, e.g. `items[0].quantity`.
     pub path: String,
+    /// What is wrong with it.
     pub message: String,
 }
 
 impl ErrorResponse {
+    /// An error answer with no details and no `Retry-After`.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self {
             code,
@@ -144,6 +154,7 @@ impl ErrorResponse {
         }
     }
 
+    /// Adds `Retry-After: secs`.
     pub fn retry_after(mut self, secs: u64) -> Self {
         self.retry_after_secs = Some(secs);
         self
@@ -190,15 +201,20 @@ impl IntoResponse for ErrorResponse {
 #[derive(Debug, Clone, Serialize)]
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Health {
+    /// `ok` or `degraded`.
     pub status: &'static str,
+    /// The answering service: `ingress`, `fanout`, `processor`, …
     pub service: &'static str,
+    /// Each dependency (`nats`, `redis`, `mongo`, …) with `ok` or `down`.
     pub checks: std::collections::BTreeMap<&'static str, &'static str>,
+    /// The contract's `queue` figures, from services that read them.
     #[serde(skip_serializing_if = "Option::is_none")]
     #[cfg_attr(feature = "openapi", schema(value_type = Option<Object>))]
     pub queue: Option<serde_json::Value>,
 }
 
 impl Health {
+    /// The answer of `service` for `checks` (name, passed): `degraded` if any failed.
     pub fn new(
         service: &'static str,
         checks: impl IntoIterator<Item = (&'static str, bool)>,

@@ -43,6 +43,7 @@ pub struct ServerLimits {
 }
 
 impl ServerLimits {
+    /// Reads the limits from env; a bad or zero value is a problem reported with the rest.
     pub fn from_env(env: &mut crate::Env) -> Self {
         let limits = Self {
             header_read_timeout: env.millis("HTTP_HEADER_TIMEOUT_MS", Duration::from_secs(10)),

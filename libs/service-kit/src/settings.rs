@@ -3,16 +3,19 @@
 
 use std::{fmt::Display, str::FromStr, time::Duration};
 
+/// Reads env vars and collects every problem, for [`Env::finish`] to report at once.
 #[derive(Debug, Default)]
 pub struct Env {
     problems: Vec<String>,
 }
 
+/// Every problem with the configuration, one line each: the service refuses to start.
 #[derive(Debug, thiserror::Error)]
 #[error("invalid configuration:\n  - {}", .0.join("\n  - "))]
 pub struct SettingsError(pub Vec<String>);
 
 impl Env {
+    /// A reader with no problems yet.
     pub fn new() -> Self {
         Self::default()
     }
@@ -30,6 +33,7 @@ impl Env {
         })
     }
 
+    /// An optional string, or `default` when unset or blank.
     pub fn string(&mut self, name: &str, default: &str) -> String {
         Self::raw(name).unwrap_or_else(|| default.to_owned())
     }
@@ -76,6 +80,7 @@ impl Env {
         self.problems.push(message.into());
     }
 
+    /// Every problem found, if any; call it once all settings are read.
     pub fn finish(self) -> Result<(), SettingsError> {
         if self.problems.is_empty() {
             Ok(())
@@ -90,9 +95,11 @@ impl Env {
 pub struct Secret(String);
 
 impl Secret {
+    /// Wraps `value`.
     pub fn new(value: String) -> Self {
         Self(value)
     }
+    /// The secret itself, for the one call that needs it; never log it.
     pub fn expose(&self) -> &str {
         &self.0
     }
@@ -112,10 +119,16 @@ pub enum NatsAuth {
     Anonymous,
     /// `NATS_USER` + `NATS_PASSWORD`. (A `.creds` file, NATS's decentralized JWT auth,
     /// would need async-nats' `nkeys` feature and an operator/account setup; not built.)
-    UserPassword { user: String, password: Secret },
+    UserPassword {
+        /// The service's NATS user (`nats/nats-server.conf`).
+        user: String,
+        /// Its password.
+        password: Secret,
+    },
 }
 
 impl NatsAuth {
+    /// The credentials of NATS user `user` (test harnesses build them directly).
     pub fn user_password(user: &str, password: &str) -> Self {
         NatsAuth::UserPassword {
             user: user.to_owned(),
@@ -144,11 +157,15 @@ impl NatsAuth {
 /// The settings every service shares: where the infrastructure is.
 #[derive(Debug, Clone)]
 pub struct Infra {
+    /// `NATS_URL`: one server, or comma-separated seeds of one cluster.
     pub nats_url: String,
     /// `NATS_USER` + `NATS_PASSWORD`.
     pub nats_auth: NatsAuth,
+    /// `REDIS_URL`: the job-state cache.
     pub redis_url: String,
+    /// `MONGODB_URI`: the system of record; a replica set (transactions need one).
     pub mongodb_uri: String,
+    /// `MONGODB_DB` (default `pos`): the database name.
     pub mongodb_db: String,
     /// `MONGODB_TIMEOUT_MS`: longest one MongoDB operation may take before it counts as an
     /// outage (a stalled mongod answers nothing). Default 2 s on the request paths, 10 s
@@ -179,6 +196,8 @@ pub struct Infra {
 }
 
 impl Infra {
+    /// Reads the shared settings for `service`. The URLs named in `needs` are required;
+    /// the others are empty when unset.
     pub fn from_env(env: &mut Env, service: &str, needs: &[&str]) -> Self {
         let mut take = |name: &str, expected: &str| {
             if needs.contains(&name) {
@@ -255,6 +274,7 @@ pub struct Worker {
 }
 
 impl Worker {
+    /// Reads the worker settings, with this service's default health port and concurrency.
     pub fn from_env(env: &mut Env, default_health_port: u16, default_concurrency: usize) -> Self {
         let health = env.string("HEALTH_ADDR", &format!("0.0.0.0:{default_health_port}"));
         let health_addr = if health == "off" {

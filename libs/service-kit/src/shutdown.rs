@@ -36,6 +36,7 @@ impl Default for Shutdown {
 }
 
 impl Shutdown {
+    /// A handle not triggered yet.
     pub fn new() -> Self {
         let (tx, rx) = watch::channel(false);
         Self {
@@ -44,10 +45,12 @@ impl Shutdown {
         }
     }
 
+    /// Starts the shutdown: every clone's [`Shutdown::wait`] resolves. Idempotent.
     pub fn trigger(&self) {
         let _ = self.tx.send(true);
     }
 
+    /// Whether shutdown has started.
     pub fn is_triggered(&self) -> bool {
         *self.rx.borrow()
     }

@@ -4,6 +4,8 @@
 
 use tracing_subscriber::{fmt::MakeWriter, EnvFilter};
 
+/// Installs the tracing subscriber, writing to `writer`, and the metrics recorder. Call
+/// once at start; a second call keeps the first subscriber.
 pub fn init<W>(writer: W)
 where
     W: for<'a> MakeWriter<'a> + Send + Sync + 'static,

@@ -28,7 +28,9 @@ const TRANSACTION_TRIES: usize = 20;
 /// What a product write did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ProductWrite {
+    /// A new sku for the tenant (`201`); it got the next catalog version.
     Created,
+    /// An existing product changed (`200`); it got the next catalog version.
     Updated,
     /// The stored product already had these values: no new version.
     Unchanged,
@@ -203,6 +205,7 @@ impl Store {
         )))
     }
 
+    /// The tenant's product `sku`, active or not; `None` if it never existed.
     pub async fn product(
         &self,
         tenant: &TenantId,
@@ -257,13 +260,12 @@ impl Store {
                 .collection::<StoredTenant>(TENANTS)
                 .find_one(doc! { "_id": tenant.as_str() })
                 .await?;
-            Ok(found
-                .map(|t| t.settings)
-                .unwrap_or_else(|| TenantSettings::defaults(tenant.clone())))
+            Ok(found.map_or_else(|| TenantSettings::defaults(tenant.clone()), |t| t.settings))
         })
         .await
     }
 
+    /// Stores the tenant's settings, replacing any earlier ones.
     pub async fn put_tenant(&self, settings: &TenantSettings) -> Result<(), StoreError> {
         let stored = StoredTenant {
             id: settings.id.to_string(),

@@ -43,18 +43,24 @@ struct CreditsDoc {
 /// A credit note the caller may publish.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reserved {
+    /// The credit note's invoice id, the same on every retry of the request.
     pub note_id: InvoiceId,
+    /// The credit note's lines: the original's, with quantity and discount negated.
     pub lines: Vec<Line>,
+    /// When the note was reserved: its `issuedAt`.
     pub issued_at: Timestamp,
 }
 
 /// Why a credit request is not reserved.
 #[derive(Debug, thiserror::Error)]
 pub enum CreditRefused {
+    /// The credit rules refuse it (already credited, not COMPLETED, unknown sku, …).
     #[error(transparent)]
     Rule(#[from] CreditError),
+    /// The key was used for a credit request with another body (`422`).
     #[error("the idempotency key was already used for a different credit request")]
     KeyReused,
+    /// MongoDB failed, or the invoice's credits stayed contended: retry later.
     #[error(transparent)]
     Store(#[from] StoreError),
 }

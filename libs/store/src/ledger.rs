@@ -52,7 +52,9 @@ pub struct Chain {
 /// An invoice to number, with the replay generation that asks.
 #[derive(Debug, Clone)]
 pub struct ToNumber {
+    /// The invoice facts the record chains.
     pub entry: Entry,
+    /// The invoice's replay generation; a void of the same or a later one refuses a record.
     pub generation: u32,
 }
 
@@ -77,9 +79,13 @@ pub enum Voided {
 /// The answer of `GET /ledger/verify`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Verification {
+    /// Records that passed.
     pub count: u64,
+    /// Number of the last record that passed; 0 if none did.
     pub last_number: u64,
+    /// Hash of the last record that passed; empty if none did.
     pub last_hash: String,
+    /// The first record that no longer holds; `None`: the series is intact.
     pub first_broken: Option<Broken>,
 }
 
@@ -285,7 +291,7 @@ impl Store {
             match decode(doc)? {
                 Stored::Record(r) => answers[i] = Some(Numbered::Record(r)),
                 Stored::Void { generation } if generation >= batch[i].generation => {
-                    answers[i] = Some(Numbered::Void)
+                    answers[i] = Some(Numbered::Void);
                 }
                 // An earlier generation gave up; this one (a replay) may be numbered.
                 Stored::Void { generation } => {

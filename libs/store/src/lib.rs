@@ -12,6 +12,8 @@
 //! backwards; the unique index on (tenantId, idempotencyKey) makes a duplicate
 //! submission impossible to store.
 
+#![warn(missing_docs)]
+
 mod catalog;
 mod credits;
 mod ledger;
@@ -38,12 +40,16 @@ use tracing::{info, warn};
 const COLLECTION: &str = "invoices";
 const KEY_INDEX: &str = "tenant_idempotency_key";
 
+/// Why a MongoDB operation failed.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {
+    /// `MONGODB_URI` does not parse: fix the setting, retrying will not help.
     #[error("MONGODB_URI is not a valid MongoDB connection string: {0}")]
     BadUri(String),
+    /// MongoDB did not answer in time, or failed the operation: retry later.
     #[error("MongoDB unavailable: {0}")]
     Unavailable(String),
+    /// A document does not decode or encode: someone edited the database, or a bug.
     #[error("stored document does not decode: {0}")]
     Corrupt(String),
 }
@@ -90,14 +96,22 @@ struct StoredRef<'a> {
 /// Filters of `GET /invoices`.
 #[derive(Debug, Clone, Default)]
 pub struct ListQuery {
+    /// Only invoices in this state.
     pub state: Option<InvoiceState>,
+    /// Only invoices of this terminal.
     pub terminal_id: Option<TerminalId>,
+    /// Only invoices created at or after this instant.
     pub from: Option<Timestamp>,
+    /// Only invoices created at or before this instant.
     pub to: Option<Timestamp>,
+    /// The page, from 1.
     pub page: u64,
+    /// Invoices per page (the contract allows 1–100).
     pub limit: u64,
 }
 
+/// MongoDB, the system of record: invoices, the catalog, the fiscal ledger, credits and
+/// the audit log. Cheap to clone; every operation is bounded by the op timeout.
 #[derive(Clone, Debug)]
 pub struct Store {
     client: Client,
@@ -219,6 +233,7 @@ impl Store {
         Ok(())
     }
 
+    /// Whether MongoDB answers a `ping` within the op timeout, for health checks.
     pub async fn ping(&self) -> bool {
         let admin = self.client.database("admin");
         let ping = async { Ok(admin.run_command(doc! { "ping": 1 }).await?) };
@@ -380,6 +395,8 @@ impl Store {
             .database(self.invoices.namespace().db.as_str())
     }
 
+    /// The stored invoice `id` of `tenant`, with its fingerprint; `None` if unknown or
+    /// another tenant's.
     pub async fn find(
         &self,
         tenant: &TenantId,
@@ -516,6 +533,7 @@ impl Store {
             .deleted_count)
     }
 
+    /// How many invoices `tenant` has, in `state` if given.
     pub async fn count(
         &self,
         tenant: &TenantId,

@@ -26,8 +26,10 @@ type Reply = oneshot::Sender<Result<Numbered, NumberingError>>;
 /// Why an invoice was not numbered this time; every case is worth another try.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum NumberingError {
+    /// MongoDB failed, or the series stayed contended.
     #[error("numbering: {0}")]
     Store(#[from] StoreError),
+    /// The tenant's numbering task ended before it answered.
     #[error("the numbering task of the tenant is gone")]
     TaskGone,
 }
@@ -39,6 +41,7 @@ pub struct Numberer {
 }
 
 impl Numberer {
+    /// Numbering tasks over `store`, started per tenant on first use.
     pub fn new(store: Store) -> Self {
         Self {
             store,
@@ -51,7 +54,10 @@ impl Numberer {
     pub async fn number(&self, entry: Entry, generation: u32) -> Result<Numbered, NumberingError> {
         let tenant = entry.tenant_id.clone();
         let queue = {
-            let mut tenants = self.tenants.lock().unwrap_or_else(|p| p.into_inner());
+            let mut tenants = self
+                .tenants
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             tenants
                 .entry(tenant.clone())
                 .or_insert_with(|| {

@@ -23,20 +23,26 @@ const AUDIT: &str = "audit";
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct AuditEntry {
+    /// The action's id, unique; what [`Store::audit_finish`] names it by.
     #[serde(rename = "_id")]
     pub id: String,
+    /// When the action was asked for.
     pub at: Timestamp,
     /// The token's `sub` and `tenant`: who did it.
     pub actor: String,
+    /// The acting token's tenant.
     pub actor_tenant: String,
     /// What was done (`dlq.replay`) and to what (the request's selector).
     pub action: String,
+    /// The request's selector: what the action was aimed at.
     pub target: serde_json::Value,
+    /// The `X-Request-Id` of the console request, to follow it through the logs.
     pub request_id: Option<String>,
     /// `None` until the action ended (or forever, if its process died meanwhile); not
     /// written while `None`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub outcome: Option<serde_json::Value>,
+    /// When the outcome was written; `None` until then.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub finished_at: Option<Timestamp>,
 }

@@ -239,7 +239,10 @@ async fn read_events(bus: Bus, figures: Arc<Figures>, backfill: u64) {
             at_ms: event.at.as_datetime().timestamp_millis(),
             accepted_ms: invoice.created_at.as_datetime().timestamp_millis(),
         };
-        let mut w = figures.window.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut w = figures
+            .window
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         w.record(&observed, now_ms());
     }
 }
@@ -287,7 +290,10 @@ async fn judge(figures: Arc<Figures>, thresholds: alerts::Thresholds) {
                 0.0
             });
         }
-        *figures.alerts.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = evaluated;
+        *figures
+            .alerts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = evaluated;
     }
 }
 

@@ -172,7 +172,10 @@ fn backlog_json(b: &messaging::Backlog) -> Value {
 async fn overview(_: Operator, State(app): State<AppState>) -> Json<Overview> {
     let f = &app.figures;
     let (traffic, terminals, terminal_count) = {
-        let w = f.window.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let w = f
+            .window
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         (
             w.traffic(crate::now_ms()),
             w.terminals(LISTED_TERMINALS),
@@ -193,11 +196,23 @@ async fn overview(_: Operator, State(app): State<AppState>) -> Json<Overview> {
         at: Timestamp::now(),
         traffic,
         pipeline,
-        states: f.states.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
-        streams: f.streams.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
+        states: f
+            .states
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone(),
+        streams: f
+            .streams
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone(),
         terminals,
         terminal_count,
-        alerts: f.alerts.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone(),
+        alerts: f
+            .alerts
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone(),
     })
 }
 

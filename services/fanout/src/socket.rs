@@ -39,7 +39,8 @@ use tracing::{debug, Instrument};
 /// slow client is detected; this only decouples the two tasks.
 pub const HANDOFF_CAPACITY: usize = 16;
 
-/// How long the close frame may take to leave before the socket is simply dropped.
+/// How long a close frame may take to leave before the socket is simply dropped; but see
+/// [`close`] for the slow consumer's.
 const CLOSE_WRITE_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Liveness rules of a socket.
@@ -96,7 +97,7 @@ where
                 if closing == Closing::SLOW_CONSUMER {
                     metrics.slow_client();
                 }
-                return close(&mut sink, closing, last_sent).await;
+                return close(&mut sink, closing, last_sent, &policy).await;
             }
             message = inbound.next() => match message {
                 Some(Ok(Message::Close(_)) | Err(_)) | None => {
@@ -111,7 +112,7 @@ where
                     continue;
                 }
             },
-            () = idle => return close(&mut sink, Closing::IDLE, last_sent).await,
+            () = idle => return close(&mut sink, Closing::IDLE, last_sent, &policy).await,
             _ = ping.tick() => Message::Ping(Bytes::new()),
             next = outbound.recv() => match next {
                 Some(Outbound::Event { seq, text }) => {
@@ -121,7 +122,7 @@ where
                 Some(Outbound::Notice(text)) => Message::Text(text),
                 // The producer ended without a verdict: it panicked (it returns quietly
                 // only once this writer is gone).
-                None => return close(&mut sink, Closing::FEED_LOST, last_sent).await,
+                None => return close(&mut sink, Closing::FEED_LOST, last_sent, &policy).await,
             },
         };
         let is_frame = matches!(write, Message::Text(_));
@@ -139,22 +140,32 @@ where
                 if closing == Closing::SLOW_CONSUMER {
                     metrics.slow_client();
                 }
-                return close(&mut sink, closing, last_sent).await;
+                return close(&mut sink, closing, last_sent, &policy).await;
             }
         }
     }
 }
 
+/// Sends the close frame. A slow consumer's queues behind everything its TCP buffers
+/// hold: it gets as long as any write (the idle timeout), so a terminal that was merely
+/// paused still learns where to resume (`since=`) once it reads again. Other closes get
+/// [`CLOSE_WRITE_TIMEOUT`]: an idle client is gone, and a shutdown must not wait.
 async fn close<W: Sink<Message> + Unpin>(
     sink: &mut W,
     closing: Closing,
     last_sent: Option<u64>,
+    policy: &SocketPolicy,
 ) -> Ended {
     let frame = CloseFrame {
         code: closing.code,
         reason: closing.reason(last_sent).into(),
     };
-    let _ = tokio::time::timeout(CLOSE_WRITE_TIMEOUT, sink.send(Message::Close(Some(frame)))).await;
+    let wait = if closing == Closing::SLOW_CONSUMER {
+        policy.idle_timeout
+    } else {
+        CLOSE_WRITE_TIMEOUT
+    };
+    let _ = tokio::time::timeout(wait, sink.send(Message::Close(Some(frame)))).await;
     Ended::Closed(closing)
 }
 

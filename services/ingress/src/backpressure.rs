@@ -52,7 +52,10 @@ impl Backpressure {
             return Ok(());
         };
         {
-            let mut read_at = self.read_at.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let mut read_at = self
+                .read_at
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if *read_at != Some(p.at) {
                 *read_at = Some(p.at);
                 self.since_read.store(0, Relaxed);

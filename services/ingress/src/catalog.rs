@@ -62,7 +62,9 @@ impl Catalog {
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<TenantId, Entry>> {
         // A panic while holding it leaves only a cache behind: take it anyway.
-        self.tenants.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.tenants
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     fn fresh(entry: &Entry) -> bool {

@@ -104,7 +104,9 @@ pub struct FeedReport {
 
 impl Tracker {
     fn book(&self) -> std::sync::MutexGuard<'_, Book> {
-        self.book.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        self.book
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
     }
 
     /// Final frames arriving inside `window` count towards completed/s.

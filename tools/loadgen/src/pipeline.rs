@@ -105,7 +105,10 @@ impl Run {
 
     fn next_job(&self, rng: &mut Rng) -> Job {
         if rng.chance(self.args.dup_share) {
-            let pool = self.pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            let pool = self
+                .pool
+                .lock()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
             if !pool.is_empty() {
                 return Job::Replay(rng.pick(&pool).clone());
             }
@@ -121,7 +124,10 @@ impl Run {
     }
 
     fn remember(&self, rng: &mut Rng, sent: Sent) {
-        let mut pool = self.pool.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut pool = self
+            .pool
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if pool.len() < REPLAY_POOL {
             pool.push(sent);
         } else {

