@@ -40,6 +40,81 @@ pub async fn processor_deliveries(nats: &async_nats::Client, namespace: &str) ->
     Some(consumer.info().await.ok()?.delivered.consumer_sequence)
 }
 
+/// Deliveries a durable consumer has made (`consumer_sequence`, redeliveries included)
+/// and the messages its stream holds: more deliveries than messages proves some message
+/// was delivered again, e.g. the in-flight work of a killed instance.
+pub async fn deliveries_and_messages(
+    nats: &async_nats::Client,
+    stream: &str,
+    consumer: &str,
+) -> (u64, u64) {
+    let js = async_nats::jetstream::new(nats.clone());
+    let mut stream = js.get_stream(stream).await.unwrap();
+    let messages = stream.info().await.unwrap().state.messages;
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
+        stream.get_consumer(consumer).await.unwrap();
+    let delivered = consumer.info().await.unwrap().delivered.consumer_sequence;
+    (delivered, messages)
+}
+
+/// Waits until `tenant`'s invoices in `invoices` (the MongoDB collection) are all
+/// COMPLETED, then checks they are exactly `answered`, the ids the 202s named, and are
+/// numbered 1..=n, each number once. A count of documents could not see a duplicate:
+/// the unique key index refuses a second document for a key, so a second acceptance
+/// shows only as an answered id that was never stored, and a second computation as a
+/// second fiscal number (a gap).
+pub async fn assert_completed_once(
+    invoices: &mongodb::Collection<mongodb::bson::Document>,
+    tenant: &str,
+    answered: &std::collections::BTreeSet<String>,
+) {
+    use futures_util::TryStreamExt;
+    let n = answered.len() as u64;
+    eventually(
+        &format!("all {n} of {tenant} stored COMPLETED"),
+        Duration::from_secs(120),
+        || async move {
+            let done = invoices
+                .count_documents(mongodb::bson::doc! { "tenantId": tenant, "state": "COMPLETED" })
+                .await
+                .ok()?;
+            (done == n).then_some(())
+        },
+    )
+    .await;
+    let docs: Vec<mongodb::bson::Document> = invoices
+        .find(mongodb::bson::doc! { "tenantId": tenant })
+        .await
+        .unwrap()
+        .try_collect()
+        .await
+        .unwrap();
+    let stored: std::collections::BTreeSet<String> = docs
+        .iter()
+        .map(|d| d.get_str("_id").unwrap().to_owned())
+        .collect();
+    assert_eq!(
+        &stored, answered,
+        "the stored invoices are exactly the answered ones"
+    );
+    let mut numbers: Vec<i64> = docs
+        .iter()
+        .map(|d| {
+            let number = d.get_document("fiscal").unwrap().get("number").unwrap();
+            number
+                .as_i64()
+                .or_else(|| number.as_i32().map(i64::from))
+                .unwrap()
+        })
+        .collect();
+    numbers.sort_unstable();
+    assert_eq!(
+        numbers,
+        (1..=i64::try_from(n).unwrap()).collect::<Vec<_>>(),
+        "fiscal numbers 1..={n}, each once"
+    );
+}
+
 /// Polls `check` until it yields `Some`, or panics naming `what` after `timeout`.
 pub async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
 where

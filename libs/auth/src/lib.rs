@@ -1,5 +1,5 @@
-//! JWT authentication and roles, shared by the ingress routes and the fanout upgrade
-//! handler.
+//! JWT authentication and roles, shared by the ingress routes, the fanout upgrade handler
+//! and the console's API; [`sign`] makes the dev tokens of `./x jwt` and loadgen.
 //!
 //! A request's token (`Authorization: Bearer …`, or `?token=` for WebSocket upgrades)
 //! goes through [`Verifier::verify`] (HS256 only, `exp` and `sub` required, a tenant safe

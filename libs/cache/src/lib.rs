@@ -1,4 +1,5 @@
-//! Redis: the fast path, never the truth. The only crate that names redis.
+//! Redis: the fast path, never the truth. The only crate that names redis, among the libs
+//! and services.
 //!
 //! Job state `<ns>:job:<tenant>:<id>` → the latest envelope of an in-flight invoice,
 //! written only forward (a Lua script compares versions), so `GET /invoices/{id}` and the

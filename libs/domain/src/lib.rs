@@ -1,5 +1,6 @@
 //! The business vocabulary of the PoS invoice backend: ids, currencies, exact money,
-//! invoices, their lifecycle and the totals computation. No I/O, no async.
+//! invoices, their lifecycle, the totals computation, fiscal records, credit notes and
+//! catalogs. No I/O, no async.
 //!
 //! Data flows through it in one direction:
 //! - [`draft::DraftInvoice`] is a request already parsed into valid parts
@@ -23,6 +24,8 @@
 //! - `time.rs`: timestamps in one fixed, sortable format
 //! - `fiscal.rs`: the fiscal record, its hash chain and the chain's verifier
 //! - `credit.rs`: the lines of a credit note and what is left to credit
+//! - `catalog.rs`: products and tenant settings, parsed like drafts
+//! - `openapi.rs`: schemas of the scalar types (feature `openapi`)
 
 #![warn(missing_docs)]
 

@@ -5,8 +5,9 @@
 //! [`Bus::backlog`] asks about one consumer; [`Bus::watch_pipeline`] asks about the whole
 //! pipeline every interval, sets the `pos_consumer_*`, `pos_dlq_messages` and
 //! `pos_unstored_events` gauges and hands the latest [`Pipeline`] to whoever holds the
-//! receiver (ingress's back-pressure, the persister's health); [`unstored_events`] is the
-//! one rule for how many lifecycle events exist, or will, that are not stored yet.
+//! receiver (ingress's back-pressure, the persister's health, the console's figures);
+//! [`unstored_events`] is the one rule for how many lifecycle events exist, or will, that
+//! are not stored yet.
 
 use crate::{Bus, BusError};
 use async_nats::jetstream::stream::Stream;

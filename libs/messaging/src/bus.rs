@@ -1,7 +1,11 @@
-//! The one publish path: every message carries a `Nats-Msg-Id` that names the fact (not
-//! the attempt), and a publish is done only when the server's ack arrived. An ack that
-//! times out is retried with the same id: JetStream answers `duplicate` if the first
-//! try was stored after all (jetstream.md §0.5), so a retry can never double a message.
+//! The publish path of the pipeline's facts (`Bus::publish`): every submission, event and
+//! dead letter carries a `Nats-Msg-Id` that names the fact (not the attempt), and a
+//! publish is done only when the server's ack arrived. An ack that times out is retried
+//! with the same id, and JetStream drops a repeat within the stream's dedupe window
+//! (submissions 10 min, events and dead letters 2 min); a repeated keyed first submission
+//! is refused as `SubjectTaken` instead (see [`Bus::publish_submission`]). Beside it: raw
+//! dead letters ([`Bus::publish_raw_dead_letter`], one try, id = digest of origin and
+//! payload) and catalog notices (core NATS, no id).
 
 use crate::{
     drift::{self, Drift},
@@ -555,8 +559,11 @@ impl Bus {
 }
 
 impl Bus {
-    /// Keeps a message that cannot even be decoded: copied as it is into the dead-letter
-    /// stream under `<ns>.dlq._undecodable`, with its origin and the reason in headers.
+    /// Keeps a message the pipeline cannot use as it is (undecodable, or an event whose
+    /// idempotency key another invoice owns): copied as it is into the dead-letter stream
+    /// under `<ns>.dlq._undecodable`, origin and reason in headers, id = digest of origin
+    /// and payload. One try, without the connected-client check: on failure the caller
+    /// NAKs, and the redelivery publishes the same id again.
     pub async fn publish_raw_dead_letter(
         &self,
         payload: &[u8],

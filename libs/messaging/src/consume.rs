@@ -1,10 +1,12 @@
 //! The one consume loop shared by every durable consumer, and its policy:
 //! - `Done` → ack;
 //! - `Retry` before the last attempt → NAK with an exponential delay (no consumer
-//!   `backoff`: 2.9.10 mistimes delayed NAKs with it, jetstream.md §0.2);
+//!   `backoff`: 2.9.10 mistimed delayed NAKs with it (jetstream.md §0.2); not re-checked
+//!   on 2.15.1, and the loop's own delays make it unnecessary);
 //! - `Retry` on the last attempt (or a redelivery past it, after a crash) → the handler's
-//!   `exhausted` (FAILED + dead letter), then TERM; if that fails, NAK again, so a
-//!   message never leaves without being dead-lettered;
+//!   `exhausted` (the processor's: FAILED + dead letter, or COMPLETED if the invoice was
+//!   numbered already), then TERM; if that fails, NAK again, so a message never leaves
+//!   without being dead-lettered (the persister's always fails: its events are kept);
 //! - `Poison` (undecodable) → copied raw into the dead-letter stream, then TERM.
 //!
 //! Messages are handled on spawned tasks, at most `concurrency` at once; shutdown stops

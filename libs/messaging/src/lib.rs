@@ -1,12 +1,14 @@
 //! The contract between the services: subjects, message shapes, stream and consumer
-//! definitions, the one publish path and the one consume loop. Only this crate names
-//! async-nats.
+//! definitions, the publish path and the one consume loop. Only this crate names
+//! async-nats, among the libs and services.
 //!
 //! Data flow:
-//! ingress → [`Bus::publish_submission`] (stream `INVOICES`, deduplicated by tenant +
-//! idempotency key) → processor via [`consume::run`] → [`Bus::publish_event`] (stream
-//! `EVENTS`, the lifecycle log) → persister via [`consume::run`] and fanout via an
-//! ordered consumer. Failed work lands in `DLQ` via [`Bus::publish_dead_letter`].
+//! ingress → [`Bus::publish_submission`] (stream `INVOICES`; a keyed first submission is
+//! stored only while its key's subject is empty, and retries are deduplicated by message
+//! id) → processor via [`consume::run`] → [`Bus::publish_event`] (stream `EVENTS`, the
+//! lifecycle log) → persister via [`consume::run`], and fanout (per tenant) and the
+//! console (every tenant) via ordered feeds (`feed.rs`). Failed work lands in `DLQ` via
+//! [`Bus::publish_dead_letter`].
 //!
 //! Layout:
 //! - `topology.rs`: names (namespace, streams, subjects, consumers) and the
@@ -17,6 +19,9 @@
 //! - `admin.rs`: the NATS services API, admin endpoints, dead-letter reads
 //! - `stats.rs`: queue figures for `/health`
 //! - `backlog.rs`: how far behind a consumer is (metrics, health, back-pressure)
+//! - `feed.rs`: the event log read in order (fanout per tenant, the console over every
+//!   tenant)
+//! - `drift.rs`: where the running broker differs from `nats/`
 //! - `console.rs`: the operator console's questions (durability settings, admin requests)
 
 #![warn(missing_docs)]
@@ -42,5 +47,5 @@ pub use envelope::{DeadLetter, Encoded, Envelope};
 pub use stats::QueueStats;
 pub use topology::Topology;
 
-/// A plain NATS client, for the services API and ordered consumers in fanout.
+/// A plain NATS client (re-exported so callers need not name async-nats).
 pub type Client = async_nats::Client;

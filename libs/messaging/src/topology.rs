@@ -3,8 +3,10 @@
 //! `nats stream add --config` accepts are the same ones the services apply).
 //!
 //! The default namespace is `pos`: streams `POS_INVOICES`, `POS_EVENTS`, `POS_DLQ`,
-//! subjects `pos.submit.<tenant>`, `pos.events.<tenant>`, `pos.dlq.<tenant>`. Tests use a
-//! random namespace each, so they never share a stream.
+//! subjects `pos.submit.<tenant>.<key token>` (keyless: `pos.submit.<tenant>`),
+//! `pos.events.<tenant>.<invoice id>`, `pos.dlq.<tenant>` (raw letters:
+//! `pos.dlq._undecodable`), core-NATS `pos.catalog.<tenant>`. Tests use a random namespace
+//! each, so they never share a stream.
 
 use async_nats::jetstream::{consumer::pull, stream};
 use domain::{IdempotencyKey, InvoiceId, TenantId};
@@ -24,9 +26,10 @@ const FILE_NAMESPACE: &str = "pos";
 #[derive(Debug, Clone)]
 pub struct Topology {
     ns: String,
-    /// Overrides of the files' dedupe windows (tests shorten them).
+    /// `SUBMIT_DEDUPE_WINDOW_MS`: the submissions stream's dedupe window (tests shorten it).
     pub submit_dedupe_window: Option<Duration>,
-    /// The processor consumer's ack wait (lease): tests shorten it to prove redelivery.
+    /// `ACK_WAIT_MS` for the processor's consumer (lease): tests shorten it to prove
+    /// redelivery.
     pub processor_ack_wait: Option<Duration>,
     /// The persister consumer's ack wait (lease).
     pub persister_ack_wait: Option<Duration>,

@@ -1,5 +1,5 @@
-//! The contract's HTTP shapes shared by ingress and fanout: the error codes, the error
-//! body and `/health`.
+//! The contract's HTTP shapes every service shares: the error codes (the one table of
+//! them), the error body and `/health`.
 
 use axum::{
     http::{header, HeaderValue, StatusCode},

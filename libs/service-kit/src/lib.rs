@@ -1,4 +1,5 @@
-//! Process lifecycle shared by the four services, and nothing about the domain:
+//! Process lifecycle shared by the five services (and nats-apply), and nothing about the
+//! domain:
 //! - `settings.rs`: read env vars into typed values, collecting every bad variable so
 //!   start-up fails once with a message naming each;
 //! - `telemetry.rs`: tracing init (text or JSON) with a writer tests can silence;

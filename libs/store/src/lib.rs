@@ -1,5 +1,5 @@
-//! MongoDB, the system of record. The only crate that names mongodb: collection names,
-//! indexes and document shapes live here.
+//! MongoDB, the system of record. The only crate that names mongodb, among the libs and
+//! services: collection names, indexes and document shapes live here.
 //!
 //! The catalog and tenant settings are `catalog.rs`'s, the fiscal ledger `ledger.rs`'s,
 //! what credit notes took from each invoice `credits.rs`'s, the operator console's counts
@@ -524,7 +524,8 @@ impl Store {
         Ok((page.into_iter().map(|s| s.invoice).collect(), total))
     }
 
-    /// Deletes every invoice of a tenant (operators purging test data). Returns the count.
+    /// Deletes every invoice of a tenant; returns the count. Unused (no endpoint or tool
+    /// calls it); not bounded by `op_timeout`.
     pub async fn purge_tenant(&self, tenant: &TenantId) -> Result<u64, StoreError> {
         Ok(self
             .invoices

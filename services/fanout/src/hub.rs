@@ -1,11 +1,11 @@
 //! One live feed per tenant, shared by every socket of that tenant on this instance.
 //!
 //! The first socket of a tenant starts a reader task: a NATS ordered consumer filtered
-//! to `<ns>.events.<tenant>`, starting right after the log's last sequence, whose events
+//! to `<ns>.events.<tenant>.*`, starting right after the log's last sequence, whose events
 //! are serialized once and published on a `tokio::sync::broadcast` channel. Each socket
 //! holds a receiver ([`Membership`]); when the last one is dropped the reader is aborted
 //! and its consumer expires on the server. So NATS carries each event once per instance,
-//! whatever the number of sockets, and a tenant's sockets only ever see its own subject.
+//! whatever the number of sockets, and a tenant's sockets only ever see its own subjects.
 //!
 //! A broadcast channel drops the oldest frames for a receiver that falls `capacity`
 //! behind (`Lagged`) instead of waiting for it: a slow terminal can never slow the feed

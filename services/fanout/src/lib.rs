@@ -4,7 +4,7 @@
 //! Data flow, for one tenant on one instance:
 //! - `GET /ws` verifies the JWT before the upgrade (401 otherwise) and joins the
 //!   tenant's feed in the [`hub::Hub`];
-//! - the hub runs ONE NATS ordered consumer per tenant (filter `<ns>.events.<tenant>`),
+//! - the hub runs ONE NATS ordered consumer per tenant (filter `<ns>.events.<tenant>.*`),
 //!   started by the tenant's first socket and stopped after its last, and publishes each
 //!   event, serialized once, on a `tokio::sync::broadcast` ring of
 //!   `FANOUT_CLIENT_BUFFER` frames;
@@ -26,7 +26,7 @@
 //!   lower, announced by the resync frame).
 //! - **`?terminalId=`** narrows a socket to one terminal's invoices.
 //! - **Close codes**: 4008 slow consumer, 1013 event log unavailable, 1001 shutting
-//!   down, 1000 idle timeout, 1011 live feed lost; see `socket.rs`.
+//!   down, 1000 idle timeout, 1011 live feed lost, 4001 token expired; see `socket.rs`.
 //! - **Metrics**: `GET /health` answers the contract's shape plus a `metrics` object
 //!   (`connectedSockets`, `tenantFeeds`, `framesSent`, `slowClientDisconnects`,
 //!   `refusedConnections`); `GET /metrics` has the same as Prometheus series

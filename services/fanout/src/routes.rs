@@ -199,7 +199,7 @@ async fn health(State(app): State<AppState>) -> Response {
         .into_response()
 }
 
-/// The same figures alone, always 200.
+/// Any other path: the contract's JSON 404.
 async fn not_found() -> ErrorResponse {
     ErrorResponse::new(ErrorCode::NotFound, "no such route")
 }

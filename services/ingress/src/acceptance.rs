@@ -86,7 +86,7 @@ impl Acceptor {
         self.publish(envelope, request_id).await
     }
 
-    /// Publishes the submission, caching its job state meanwhile.
+    /// Caches the job state, then publishes the submission.
     async fn publish(
         &self,
         envelope: Envelope,

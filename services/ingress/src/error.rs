@@ -1,5 +1,6 @@
-//! The one place that knows the contract's error codes: every failure of a route is an
-//! [`ApiError`], mapped to status + code here. Internal causes are logged, never returned.
+//! Ingress's failures: every failure of a route is an [`ApiError`], mapped here onto the
+//! contract's codes (`service_kit::http::ErrorCode`, the one table of codes and statuses).
+//! Internal causes are logged, never returned.
 
 use axum::response::{IntoResponse, Response};
 use domain::FieldError;

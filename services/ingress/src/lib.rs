@@ -7,7 +7,7 @@
 //!
 //! Layout:
 //! - `settings.rs`: env → typed settings
-//! - `error.rs`: the only mapping from failures to the contract's status + code
+//! - `error.rs`: ingress's failures mapped onto the contract's codes (`ErrorCode`)
 //! - `extract.rs`: JSON body and query extractors with contract-shaped rejections
 //! - `guard.rs`: token check and rate limits in front of every authenticated route
 //! - `backpressure.rs`: 503 while too many events wait to be stored
@@ -15,7 +15,10 @@
 //! - `catalog.rs`: the tenants' catalogs and settings, cached, invalidated by notices
 //! - `lookup.rs`: the idempotency-key lookup in MongoDB, batched across requests
 //! - `read.rs`: the freshest state of one invoice (Redis, MongoDB, event log)
+//! - `routes.rs`: the router and its OpenAPI document, from the same declarations
 //! - `routes/invoices.rs`: POST / GET / list; `routes/health.rs`: `/health`
+//! - `routes/catalog.rs`: products and tenant settings; `routes/fiscal.rs`: credit notes,
+//!   `/ledger/verify`, `/ledger/export`
 //! - `openapi.rs`: the OpenAPI document, generated from the handlers and types
 
 mod acceptance;

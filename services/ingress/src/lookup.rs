@@ -1,9 +1,9 @@
 //! The idempotency-key lookup in MongoDB, batched across concurrent requests.
 //!
-//! Every first POST of a key asks MongoDB whether the key is already taken (Redis only
-//! remembers keys until MongoDB holds them). One query per request made the lookup
-//! MongoDB's most frequent operation; here requests that arrive while earlier lookups
-//! are in flight share one query per tenant (`$in`, answered by the unique index).
+//! Every keyed POST asks MongoDB whether the key is already taken (the broker judges the
+//! keys it still keeps; MongoDB answers for older ones). One query per request made the
+//! lookup MongoDB's most frequent operation; here requests that arrive while earlier
+//! lookups are in flight share one query per tenant (`$in`, answered by the unique index).
 //! Nothing waits for company: a lone request is sent at once, so batching costs no
 //! latency at low load and happens by itself at high load.
 

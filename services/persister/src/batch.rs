@@ -190,8 +190,9 @@ impl Writer {
                 let _ = waiter.send(outcome.clone());
             }
         }
-        // After the acks: Redis only lets go of what MongoDB now answers for. Best
-        // effort: if it fails, the keys expire by their own (longer) TTLs.
+        // After the write (the waiters are answered and ack on their own): Redis only
+        // lets go of what MongoDB now answers for. Best effort: if it fails, the keys
+        // expire by their own (longer) TTLs.
         if settled.is_empty() {
             return;
         }

@@ -34,9 +34,11 @@ impl Handler for Persister {
                 Outcome::Done
             }
             Ok(Written::KeyTaken) => {
-                // Two invoices under one key got past ingress (both Redis and MongoDB were
-                // down past the dedupe window). The first stored wins; the second is kept
-                // visible in the dead-letter stream instead of being stored twice.
+                // Two invoices under one key got past ingress: the stream had already
+                // discarded the key's first submission and MongoDB could not be asked when
+                // the key was retried (ARCHITECTURE.md § Invariants). The first stored wins;
+                // the second one's events are copied raw to the dead-letter stream instead
+                // of being stored.
                 error!(%invoice_id, "idempotency key already owned by another invoice; not stored");
                 match self
                     .bus

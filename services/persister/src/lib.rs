@@ -1,9 +1,11 @@
 //! persister: projects the lifecycle event log into MongoDB, the system of record.
 //!
 //! One durable pull consumer (`persister`) on the events stream, shared by every
-//! instance. Each event is a conditional upsert keyed by invoice id and guarded by its
-//! version ([`store::Store::apply`]), so redelivered, replayed or reordered events never
-//! create a second document or move an invoice backwards. MongoDB outages are retried
+//! instance. Events go to the batch writer (`batch.rs`): only the newest state of each
+//! invoice is written, many invoices per `update` command ([`store::Store::apply_many`]),
+//! each a conditional replace-or-insert guarded by its version, so redelivered, replayed
+//! or reordered events never create a second document or move an invoice backwards; a
+//! superseded event is acked once its successor is stored. MongoDB outages are retried
 //! without limit (capped backoff): an event is a fact and must reach the record; the lag
 //! shows in the consumer gauges (`pos_consumer_*{consumer="persister"}`) and in
 //! `/health` (`lag` is `down` while the oldest unstored event is older than `MAX_LAG_MS`).

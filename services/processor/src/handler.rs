@@ -100,10 +100,11 @@ impl Processor {
     /// The final state this generation of the invoice already reached, if any: then a
     /// redelivery after a crash, or a submission of a finished generation, is done.
     ///
-    /// A first delivery asks Redis first: ingress cached the job as QUEUED a moment ago,
-    /// and a cached state is never ahead of the truth (it is written after the event is
-    /// published), so a non-final one means there is work to do. One Redis read instead
-    /// of a broker or MongoDB read per invoice on the hot path.
+    /// A first delivery asks Redis first: ingress cached the job as QUEUED just before
+    /// publishing the submission, and later states are cached only after their event is
+    /// published, so a cached final state is in the log and a non-final one means there
+    /// is work to do. One Redis read instead of a broker or MongoDB read per invoice on
+    /// the hot path.
     ///
     /// A redelivery, or a job Redis does not know (expired, flushed, Redis down), asks the
     /// event log first: COMPLETED is there as soon as it is published, while MongoDB

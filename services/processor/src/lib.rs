@@ -2,13 +2,16 @@
 //!
 //! One durable pull consumer (`processor`) on the submissions stream, shared by every
 //! instance. For each delivery, [`handler::Processor`] checks whether the invoice is
-//! already final in this generation (Redis' job state on a first delivery; otherwise the
-//! event log's last event of the invoice, then MongoDB; a final one is never
-//! recomputed), emits PROCESSING,
-//! computes the money, numbers it in the tenant's fiscal series (`store::Numberer`,
-//! batched per tenant) and emits
-//! COMPLETED with its record — or FAILED plus a dead letter for a permanent fault. Transient faults go back to JetStream with a delayed NAK; the shared consume
-//! loop in `messaging` owns that policy.
+//! already final in this generation (a first delivery: Redis' job state; a redelivery, or
+//! a job Redis cannot answer: the event log's last event of the invoice, then — a
+//! redelivery with a readable log — Redis, then MongoDB; a final one is never
+//! recomputed), publishes the QUEUED event under ingress's id, emits PROCESSING, computes
+//! the money, numbers it in the tenant's fiscal series (`store::Numberer`, batched per
+//! tenant) and emits COMPLETED with its record — or FAILED plus a dead letter for a
+//! permanent fault. Transient faults go back to JetStream with a delayed NAK; the shared
+//! consume loop in `messaging` owns that policy. After the last attempt, `exhausted`
+//! voids the ledger entry and emits FAILED + dead letter (COMPLETED if an earlier attempt
+//! numbered it).
 //!
 //! Layout: `settings.rs` (env), `handler.rs` (the per-message logic), `admin.rs` (the
 //! operator endpoints: dead-letter list and replay, stats), this file (wiring).

@@ -30,9 +30,10 @@ impl Settings {
             "processor",
             &["NATS_URL", "REDIS_URL", "MONGODB_URI"],
         );
-        // Deliveries spend most of their time waiting (acked publishes, the numbering batch), and
-        // a permit is held meanwhile: at 64, permits set the pace of the whole pipeline with
-        // the ledger on (measured: 587 vs 888 invoices/s at 256, ARCHITECTURE.md).
+        // Deliveries spend most of their time waiting (acked publishes, the numbering batch),
+        // and a permit is held meanwhile: at 64, permits set the pace of the whole pipeline
+        // with the ledger on (measured: 587 completed/s at 64, 879–934 at 256 with 4 tenants;
+        // ARCHITECTURE.md § Fiscal numbering).
         let worker = Worker::from_env(&mut env, 3002, 256);
         let max_attempts = env.parse("MAX_ATTEMPTS", 4u32, "a whole number ≥ 1");
         if max_attempts == 0 {

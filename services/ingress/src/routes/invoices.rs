@@ -370,7 +370,8 @@ pub(crate) async fn submit(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     // A task of its own: a client that gives up (its future is dropped) must not cut the
-    // acceptance short between the broker's ack and the job state, nor leave work undone.
+    // acceptance short between the job state, the broker's ack and the QUEUED event (or
+    // the clean-up of a refused key), nor leave work undone.
     let acceptor = state.acceptor.clone();
     let outcome = tokio::spawn(tracing::Instrument::in_current_span(async move {
         acceptor.accept(envelope, request_id.as_deref()).await
