@@ -98,24 +98,16 @@ impl Cache {
         let cell = cache.conn.clone();
         let url = url.to_owned();
         tokio::spawn(async move {
-            let mut delay = Duration::from_millis(250);
-            loop {
+            let what = format!("Redis at {url} unreachable (serving without the cache meanwhile)");
+            let conn = service_kit::retry::until_ok(&what, || {
                 let config = redis::aio::ConnectionManagerConfig::new()
                     .set_connection_timeout(Some(Duration::from_secs(2)))
                     .set_response_timeout(Some(Duration::from_secs(2)));
-                match ConnectionManager::new_with_config(client.clone(), config).await {
-                    Ok(conn) => {
-                        let _ = cell.set(conn);
-                        info!(%url, "connected to Redis");
-                        return;
-                    }
-                    Err(e) => {
-                        warn!(%url, error = %e, retry_in_ms = delay.as_millis() as u64, "Redis unreachable; retrying (serving without the cache meanwhile)");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(5));
-                    }
-                }
-            }
+                ConnectionManager::new_with_config(client.clone(), config)
+            })
+            .await;
+            let _ = cell.set(conn);
+            info!(%url, "connected to Redis");
         });
         Ok(cache)
     }

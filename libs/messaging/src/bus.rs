@@ -154,32 +154,29 @@ impl Bus {
             .map(|u| ServerAddr::from_str(u.trim()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| BusError::BadUrl(settings.url.clone()))?;
-        let mut delay = Duration::from_millis(250);
-        let client = loop {
-            let attempt = connect_options(&settings)
-                .name(&settings.client_name)
-                .connection_timeout(Duration::from_secs(3))
-                .connect(seeds.as_slice())
-                .await;
-            match attempt {
-                Ok(client) => break client,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        async_nats::ConnectErrorKind::AuthorizationViolation
-                            | async_nats::ConnectErrorKind::Authentication
-                    ) =>
-                {
-                    return Err(BusError::Credentials(e.to_string()));
-                }
-                Err(e) => {
-                    warn!(url = %settings.url, error = %e, retry_in_ms = delay.as_millis() as u64,
-                        "NATS unreachable; retrying (is nats-server running? check NATS_URL)");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        };
+        let what = format!(
+            "NATS at {} unreachable (is nats-server running? check NATS_URL)",
+            settings.url
+        );
+        // A refused login does not heal by waiting: it fails the start at once.
+        let client = service_kit::retry::until_ok_or(
+            &what,
+            || {
+                connect_options(&settings)
+                    .name(&settings.client_name)
+                    .connection_timeout(Duration::from_secs(3))
+                    .connect(seeds.as_slice())
+            },
+            |e| {
+                matches!(
+                    e.kind(),
+                    async_nats::ConnectErrorKind::AuthorizationViolation
+                        | async_nats::ConnectErrorKind::Authentication
+                )
+            },
+        )
+        .await
+        .map_err(|e| BusError::Credentials(e.to_string()))?;
         info!(url = %settings.url, "connected to NATS");
         let js = jetstream::ContextBuilder::new()
             .timeout(settings.ack_timeout)
@@ -347,17 +344,8 @@ impl Bus {
         stream: &str,
         config: pull::Config,
     ) -> jetstream::consumer::PullConsumer {
-        let mut delay = Duration::from_millis(250);
-        loop {
-            match self.durable(stream, config.clone()).await {
-                Ok(consumer) => return consumer,
-                Err(e) => {
-                    warn!(%stream, error = %e, retry_in_ms = delay.as_millis() as u64, "cannot bind the durable consumer; retrying");
-                    tokio::time::sleep(delay).await;
-                    delay = (delay * 2).min(Duration::from_secs(5));
-                }
-            }
-        }
+        let what = format!("cannot bind the durable consumer on {stream}");
+        service_kit::retry::until_ok(&what, || self.durable(stream, config.clone())).await
     }
 
     async fn publish(

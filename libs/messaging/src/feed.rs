@@ -55,10 +55,6 @@ pub struct LoggedEvent {
     pub request_id: Option<String>,
 }
 
-/// Pause after a consumer error before reading or recreating again, so a broker outage
-/// costs a few requests a second rather than a busy loop.
-const RETRY_DELAY: Duration = Duration::from_millis(250);
-const MAX_RETRY_DELAY: Duration = Duration::from_secs(5);
 
 /// A tenant's events in stream order, each delivered at most once, never below the start.
 ///
@@ -108,7 +104,9 @@ struct Reader {
     /// repeat and is dropped.
     floor: u64,
     messages: Option<pull::Ordered>,
-    retry_delay: Duration,
+    /// Pauses after a consumer error before reading or recreating again, so a broker
+    /// outage costs a few requests a second rather than a busy loop.
+    delays: service_kit::retry::Delays,
 }
 
 impl Bus {
@@ -152,7 +150,7 @@ impl Bus {
             filter,
             floor: start_seq - 1,
             messages: Some(messages),
-            retry_delay: RETRY_DELAY,
+            delays: service_kit::retry::delays(),
         };
         Ok(EventFeed {
             start_seq,
@@ -191,7 +189,7 @@ async fn next_event(mut reader: Reader) -> Option<(LoggedEvent, Reader)> {
             match open(&reader.stream, &reader.filter, reader.floor + 1).await {
                 Ok((messages, _)) => {
                     reader.messages = Some(messages);
-                    reader.retry_delay = RETRY_DELAY;
+                    reader.delays = service_kit::retry::delays();
                 }
                 Err(e) => {
                     warn!(filter = %reader.filter, error = %e, "cannot reopen the event feed; retrying");
@@ -216,7 +214,7 @@ async fn next_event(mut reader: Reader) -> Option<(LoggedEvent, Reader)> {
                 continue;
             }
         };
-        reader.retry_delay = RETRY_DELAY;
+        reader.delays = service_kit::retry::delays();
         let (seq, pending) = match message.info() {
             Ok(info) => (info.stream_sequence, info.pending),
             Err(e) => {
@@ -261,7 +259,8 @@ async fn next_event(mut reader: Reader) -> Option<(LoggedEvent, Reader)> {
 
 impl Reader {
     async fn backoff(&mut self) {
-        tokio::time::sleep(self.retry_delay).await;
-        self.retry_delay = (self.retry_delay * 2).min(MAX_RETRY_DELAY);
+        // The policy never runs out; 5 s is its ceiling should it ever.
+        let delay = self.delays.next().unwrap_or(Duration::from_secs(5));
+        tokio::time::sleep(delay).await;
     }
 }

@@ -6,12 +6,14 @@
 //! - `shutdown.rs`: the SIGINT/SIGTERM future and a cloneable shutdown handle;
 //! - `http.rs`: the contract's error body and the `/health` response shape;
 //! - `server.rs`: the HTTP server with connection limits and timeouts, used by all;
-//! - `metrics.rs`: the Prometheus recorder, `GET /metrics` and the HTTP figures.
+//! - `metrics.rs`: the Prometheus recorder, `GET /metrics` and the HTTP figures;
+//! - `retry.rs`: the one backoff policy and retry loop for reaching a dependency.
 
 #![warn(missing_docs)]
 
 pub mod http;
 pub mod metrics;
+pub mod retry;
 pub mod server;
 pub mod settings;
 pub mod shutdown;

@@ -148,18 +148,11 @@ impl Store {
         let background = store.clone();
         let db = db.to_owned();
         tokio::spawn(async move {
-            let mut delay = Duration::from_millis(250);
-            loop {
-                match background.bounded(background.ensure_indexes()).await {
-                    Ok(()) => break,
-                    Err(e) => {
-                        warn!(error = %e, retry_in_ms = delay.as_millis() as u64,
-                            "MongoDB unreachable; retrying (is mongod running as a replica set? check MONGODB_URI)");
-                        tokio::time::sleep(delay).await;
-                        delay = (delay * 2).min(Duration::from_secs(5));
-                    }
-                }
-            }
+            service_kit::retry::until_ok(
+                "MongoDB unreachable (is mongod running as a replica set? check MONGODB_URI)",
+                || background.bounded(background.ensure_indexes()),
+            )
+            .await;
             let _ = ready_tx.send(true);
             info!(%db, "connected to MongoDB");
         });

@@ -210,26 +210,15 @@ fn now_ms() -> i64 {
 /// Folds every event of the log into the window, from `backfill` events before the end.
 /// The feed heals by itself once open; opening is retried while the stream is missing.
 async fn read_events(bus: Bus, figures: Arc<Figures>, backfill: u64) {
-    let mut delay = Duration::from_millis(250);
-    let mut feed = loop {
-        let opened = async {
-            let bounds = bus.event_log_bounds().await?;
-            let start = bounds
-                .last_seq
-                .saturating_sub(backfill)
-                .max(bounds.first_seq);
-            bus.all_events_feed(FeedStart::At(start)).await
-        }
-        .await;
-        match opened {
-            Ok(feed) => break feed,
-            Err(e) => {
-                tracing::warn!(error = %e, "cannot read the event log yet; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    };
+    let mut feed = service_kit::retry::until_ok("cannot read the event log yet", || async {
+        let bounds = bus.event_log_bounds().await?;
+        let start = bounds
+            .last_seq
+            .saturating_sub(backfill)
+            .max(bounds.first_seq);
+        bus.all_events_feed(FeedStart::At(start)).await
+    })
+    .await;
     while let Some(event) = feed.next().await {
         let invoice = &event.envelope.invoice;
         let observed = window::Observed {

@@ -29,7 +29,7 @@ use tokio::{
     sync::{broadcast, watch},
     task::AbortHandle,
 };
-use tracing::{info, warn, Instrument};
+use tracing::{info, Instrument};
 
 /// A live event as shared between sockets: one allocation per event, not per socket.
 pub type Live = Arc<EventFrame>;
@@ -277,17 +277,10 @@ async fn read_live_events(
     frames: broadcast::Sender<Live>,
     live_start: watch::Sender<Option<u64>>,
 ) {
-    let mut delay = Duration::from_millis(250);
-    let mut feed = loop {
-        match bus.event_feed(&tenant, FeedStart::New).await {
-            Ok(feed) => break feed,
-            Err(e) => {
-                warn!(error = %e, retry_in_ms = delay.as_millis() as u64, "cannot open the tenant's live feed; retrying");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-            }
-        }
-    };
+    let mut feed = service_kit::retry::until_ok("cannot open the tenant's live feed", || {
+        bus.event_feed(&tenant, FeedStart::New)
+    })
+    .await;
     live_start.send_replace(Some(feed.start_seq()));
     while let Some(event) = feed.next().await {
         // An error only means no socket is subscribed at this instant; the feed stays
