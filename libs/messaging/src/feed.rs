@@ -55,7 +55,6 @@ pub struct LoggedEvent {
     pub request_id: Option<String>,
 }
 
-
 /// A tenant's events in stream order, each delivered at most once, never below the start.
 ///
 /// It never ends and never yields errors: a broken or deleted consumer is recreated after

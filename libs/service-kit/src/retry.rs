@@ -79,7 +79,9 @@ mod tests {
         let delays: Vec<Duration> = reconnect_policy().build().take(12).collect();
         assert_eq!(delays.len(), 12, "never gives up");
         // Jitter adds up to the delay itself: each lies in [base, 2 × base].
-        let bases = [250, 500, 1000, 2000, 4000, 5000, 5000, 5000, 5000, 5000, 5000, 5000];
+        let bases = [
+            250, 500, 1000, 2000, 4000, 5000, 5000, 5000, 5000, 5000, 5000, 5000,
+        ];
         for (delay, base) in delays.iter().zip(bases) {
             let base = Duration::from_millis(base);
             assert!(

@@ -1,7 +1,8 @@
 //! One delivery of a submission: `handle` is callable without a broker loop, and holds
 //! every decision the processor makes about an invoice.
 
-use domain::{compute, FiscalRecord, Invoice, InvoiceError, InvoiceState, Timestamp};
+use crate::done::{already_done, JobSources};
+use domain::{compute, FiscalRecord, Invoice, InvoiceError, Timestamp};
 use messaging::{consume::Delivery, Bus, DeadLetter, Encoded, Envelope, Handler, Outcome};
 use std::time::{Duration, Instant};
 use store::{Numbered, Voided};
@@ -97,62 +98,6 @@ impl Processor {
         Ok(())
     }
 
-    /// The final state this generation of the invoice already reached, if any: then a
-    /// redelivery after a crash, or a submission of a finished generation, is done.
-    ///
-    /// A first delivery asks Redis first: ingress cached the job as QUEUED just before
-    /// publishing the submission, and later states are cached only after their event is
-    /// published, so a cached final state is in the log and a non-final one means there
-    /// is work to do. One Redis read instead of a broker or MongoDB read per invoice on
-    /// the hot path.
-    ///
-    /// A redelivery, or a job Redis does not know (expired, flushed, Redis down), asks the
-    /// event log first: COMPLETED is there as soon as it is published, while MongoDB
-    /// has it only once the persister caught up — seconds to minutes behind after a
-    /// broker failover, exactly when acks get lost and submissions come back. Asking
-    /// MongoDB alone then recomputed finished invoices and pushed their PROCESSING and
-    /// COMPLETED to the terminals twice (seen in the node-loss drill: 18 of 15 707).
-    /// With no final state in the log, a redelivery takes Redis' answer next (a cached
-    /// state is never ahead of the truth, and the log ruled out that it is behind);
-    /// MongoDB answers when neither can (Redis down or the job gone, or the log
-    /// unreadable).
-    async fn already_done(
-        &self,
-        invoice: &Invoice,
-        attempt: u32,
-    ) -> Result<Option<InvoiceState>, String> {
-        if attempt <= 1 {
-            if let Ok(Some(cached)) = self.cache.job(&invoice.tenant_id, invoice.id).await {
-                return Ok(finished(invoice, &cached.invoice));
-            }
-        }
-        let log_read = match self.bus.latest_event(&invoice.tenant_id, invoice.id).await {
-            Ok(Some(latest)) => {
-                if let Some(state) = finished(invoice, &latest.invoice) {
-                    return Ok(Some(state));
-                }
-                true
-            }
-            Ok(None) => true,
-            Err(e) => {
-                debug!(invoice_id = %invoice.id, error = %e, "event log unreadable; asking MongoDB");
-                false
-            }
-        };
-        // A first delivery asked Redis above. A redelivery asks it here, after the log:
-        // without this, an attempt that failed for any reason during a MongoDB outage
-        // left its invoice stuck until MongoDB came back.
-        if log_read && attempt > 1 {
-            if let Ok(Some(cached)) = self.cache.job(&invoice.tenant_id, invoice.id).await {
-                return Ok(finished(invoice, &cached.invoice));
-            }
-        }
-        match self.store.find(&invoice.tenant_id, invoice.id).await {
-            Err(e) => Err(e.to_string()),
-            Ok(stored) => Ok(stored.and_then(|s| finished(invoice, &s.invoice))),
-        }
-    }
-
     async fn dead_letter(&self, submission: Envelope, failed: &Invoice) -> Result<(), String> {
         let last_error = failed.error.clone().unwrap_or(InvoiceError {
             code: "unknown".into(),
@@ -195,12 +140,25 @@ impl Processor {
     }
 }
 
-/// `latest`'s state if it ends `invoice`'s generation: final in it, or a later
-/// generation exists (a replay started after it).
-fn finished(invoice: &Invoice, latest: &Invoice) -> Option<InvoiceState> {
-    (latest.replays > invoice.replays
-        || (latest.replays == invoice.replays && latest.state.is_final()))
-    .then_some(latest.state)
+impl JobSources for Processor {
+    async fn cached(&self, invoice: &Invoice) -> Option<Invoice> {
+        let cached = self.cache.job(&invoice.tenant_id, invoice.id).await;
+        cached.ok().flatten().map(|c| c.invoice)
+    }
+
+    async fn logged(&self, invoice: &Invoice) -> Result<Option<Invoice>, String> {
+        let latest = self.bus.latest_event(&invoice.tenant_id, invoice.id).await;
+        latest
+            .map(|l| l.map(|e| e.invoice))
+            .map_err(|e| e.to_string())
+    }
+
+    async fn stored(&self, invoice: &Invoice) -> Result<Option<Invoice>, String> {
+        let stored = self.store.find(&invoice.tenant_id, invoice.id).await;
+        stored
+            .map(|s| s.map(|e| e.invoice))
+            .map_err(|e| e.to_string())
+    }
 }
 
 impl Handler for Processor {
@@ -212,7 +170,7 @@ impl Handler for Processor {
         let request_id = delivery.request_id();
         let mut invoice = submission.invoice.clone();
 
-        match self.already_done(&invoice, delivery.attempt).await {
+        match already_done(self, &invoice, delivery.attempt).await {
             Err(e) => return Outcome::Retry(e),
             Ok(Some(state)) => {
                 info!(invoice_id = %invoice.id, %state, "already final; nothing to do");

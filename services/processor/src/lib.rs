@@ -13,10 +13,12 @@
 //! voids the ledger entry and emits FAILED + dead letter (COMPLETED if an earlier attempt
 //! numbered it).
 //!
-//! Layout: `settings.rs` (env), `handler.rs` (the per-message logic), `admin.rs` (the
+//! Layout: `settings.rs` (env), `handler.rs` (the per-message logic), `done.rs` (whether
+//! a delivery is finished already: pure decision, unit-tested), `admin.rs` (the
 //! operator endpoints: dead-letter list and replay, stats), this file (wiring).
 
 mod admin;
+mod done;
 mod handler;
 mod settings;
 
