@@ -1,125 +1,162 @@
-//! Command-line parsing with std only: `--name value` or `--name=value`, flags without
-//! a value, every problem reported with the option's name.
+//! The command line, declared with clap: one subcommand per measurement, every option
+//! with its default and its check (a bad value is refused with the option's name before
+//! anything runs).
 
-use std::{collections::VecDeque, time::Duration};
-
-pub const USAGE: &str = "\
-loadgen: load generator for the POS backend, through its public API
-
-USAGE
-  loadgen pipeline [options]   drive ingress (REST) and fanout (WebSocket) end to end
-  loadgen ceilings [options]   raw JetStream publish and MongoDB insert rates on this machine
-  loadgen sockets [options]    many concurrent sockets on ONE fanout: memory per socket, delivery latency
-
-PIPELINE OPTIONS
-  --ingress URL[,URL…]   ingress base URLs, used round-robin   (default http://localhost:3000)
-  --fanout URL[,URL…]    fanout base URLs; one socket per tenant per URL (default http://localhost:3001)
-  --secret S             HS256 secret (default $JWT_SECRET, else the dev default of ./x up)
-  --tenants N            tenants, one JWT each                 (default 4)
-  --terminals N          terminals per tenant                  (default 3)
-  --mode closed|open     closed: C workers post-await-repeat; open: fixed rate (default closed)
-  --concurrency C        closed: workers; open: max requests in flight (default 200)
-  --rate R               open: requests per second             (default 1000)
-  --duration D           measured time, e.g. 60s, 2m, 500ms    (default 60s)
-  --warmup D             load before measuring, not counted    (default 5s)
-  --dup-share F          share of requests that resend an earlier body+key (default 0.05)
-  --drain D              wait for outstanding COMPLETED frames (default 10s)
-  --persist-wait D       then wait until GET /invoices?state=COMPLETED lists every
-                         completed invoice (the system of record caught up; 0 = skip) (default 60s)
-  --json                 stdout gets only the JSON line; the table goes to stderr
-  --sku-lines            lines carry only sku + quantity, priced by the tenant's catalog
-                         (written by the run first)
-
-SOCKETS OPTIONS
-  --fanout URL           one fanout base URL                    (default http://localhost:3001)
-  --ingress URL          ingress base URL                       (default http://localhost:3000)
-  --secret S             HS256 secret (default $JWT_SECRET, else the dev default)
-  --sockets N            concurrent sockets                     (default 5000)
-  --tenants N            tenants the sockets are spread over    (default 10)
-  --invoices N           invoices posted once all are open      (default 200)
-  --rate R               invoices per second                    (default 50)
-  --connect-concurrency C  handshakes at a time                 (default 200)
-  --wait D               wait for every COMPLETED frame         (default 30s)
-  --fanout-pid PID       read the fanout's VmRSS before, with all open, and after
-  --json                 stdout gets only the JSON line; the table goes to stderr
-
-CEILINGS OPTIONS
-  --nats URL             (default $NATS_URL, else nats://127.0.0.1:4222)
-  --mongo URI            (default $MONGODB_URI, else mongodb://127.0.0.1:27017/?replicaSet=rs0&directConnection=true)
-  --duration D           length of EACH of the five measurements (default 10s)
-  --in-flight N          pipelined JetStream publishes awaiting their ack (default 256)
-  --replicas N           replicas of the temporary stream (3 on a cluster) (default 1)
-  --concurrency C        tasks running insert_one                (default 64)
-  --bulk-concurrency C   tasks running insert_many of 100        (default 4)
-  --ledger-callers C     tasks numbering invoices of ONE tenant through the store's
-                         batching numberer, as a processor's deliveries do (default 256)
-  --json                 stdout gets only the JSON line; the table goes to stderr
-";
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::time::Duration;
 
 /// The JWT secret ./x up starts the services with unless JWT_SECRET is set.
 pub const DEV_SECRET: &str = "dev-secret-change-me-0123456789abcdef";
 
-#[derive(Debug)]
-pub enum Command {
-    Pipeline(PipelineArgs),
-    Ceilings(CeilingsArgs),
-    Sockets(SocketsArgs),
-    Help,
+/// loadgen: load generator for the POS backend, through its public API.
+#[derive(Debug, Parser)]
+#[command(name = "loadgen")]
+pub struct Cli {
+    /// What to measure.
+    #[command(subcommand)]
+    pub command: Command,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// The measurements.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Drive ingress (REST) and fanout (WebSocket) end to end.
+    Pipeline(PipelineArgs),
+    /// Raw JetStream publish and MongoDB insert rates on this machine.
+    Ceilings(CeilingsArgs),
+    /// Many concurrent sockets on ONE fanout: memory per socket, delivery latency.
+    Sockets(SocketsArgs),
+}
+
+/// How load is offered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum Mode {
+    /// C workers post, await the answer, repeat.
     Closed,
+    /// A fixed rate, whatever the answers.
     Open,
 }
 
-#[derive(Debug, Clone)]
+/// `loadgen pipeline`.
+#[derive(Debug, Clone, Args)]
 pub struct PipelineArgs {
+    /// Ingress base URLs, used round-robin.
+    #[arg(long, value_delimiter = ',', value_parser = url, default_value = "http://localhost:3000")]
     pub ingress: Vec<String>,
+    /// Fanout base URLs; one socket per tenant per URL.
+    #[arg(long, value_delimiter = ',', value_parser = url, default_value = "http://localhost:3001")]
     pub fanout: Vec<String>,
+    /// HS256 secret (default $JWT_SECRET, else the dev default of ./x up).
+    #[arg(long, default_value_t = default_secret(), hide_default_value = true)]
     pub secret: String,
+    /// Tenants, one JWT each.
+    #[arg(long, default_value_t = 4, value_parser = at_least_one)]
     pub tenants: usize,
+    /// Terminals per tenant.
+    #[arg(long, default_value_t = 3, value_parser = at_least_one)]
     pub terminals: usize,
+    /// closed: C workers post-await-repeat; open: a fixed rate.
+    #[arg(long, value_enum, default_value_t = Mode::Closed)]
     pub mode: Mode,
+    /// closed: workers; open: most requests in flight.
+    #[arg(long, default_value_t = 200, value_parser = at_least_one)]
     pub concurrency: usize,
+    /// open: requests per second.
+    #[arg(long, default_value_t = 1000.0, value_parser = positive)]
     pub rate: f64,
+    /// Measured time, e.g. 60s, 2m, 500ms.
+    #[arg(long, default_value = "60s", value_parser = nonzero_duration)]
     pub duration: Duration,
+    /// Load before measuring, not counted.
+    #[arg(long, default_value = "5s", value_parser = parse_duration)]
     pub warmup: Duration,
+    /// Share of requests that resend an earlier body and key (0 … 0.9).
+    #[arg(long, default_value_t = 0.05, value_parser = share)]
     pub dup_share: f64,
+    /// Wait for outstanding COMPLETED frames.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
     pub drain: Duration,
+    /// Then wait until GET /invoices?state=COMPLETED lists every completed invoice (the
+    /// system of record caught up; 0 = skip).
+    #[arg(long, default_value = "60s", value_parser = parse_duration)]
     pub persist_wait: Duration,
+    /// stdout gets only the JSON line; the table goes to stderr.
+    #[arg(long)]
     pub json: bool,
     /// Lines give only sku and quantity: ingress prices them from the catalog, which
     /// the run writes first (one manager PUT per article and tenant).
+    #[arg(long)]
     pub sku_lines: bool,
 }
 
-#[derive(Debug, Clone)]
+/// `loadgen ceilings`.
+#[derive(Debug, Clone, Args)]
 pub struct CeilingsArgs {
+    /// NATS URL (default $NATS_URL, else nats://127.0.0.1:4222).
+    #[arg(long, default_value_t = env_or("NATS_URL", "nats://127.0.0.1:4222"))]
     pub nats: String,
+    /// MongoDB URI (default $MONGODB_URI, else a local replica set).
+    #[arg(long, default_value_t = env_or("MONGODB_URI", "mongodb://127.0.0.1:27017/?replicaSet=rs0&directConnection=true"))]
     pub mongo: String,
+    /// Length of EACH of the five measurements.
+    #[arg(long, default_value = "10s", value_parser = nonzero_duration)]
     pub duration: Duration,
+    /// Pipelined JetStream publishes awaiting their ack.
+    #[arg(long, default_value_t = 256, value_parser = at_least_one)]
     pub in_flight: usize,
+    /// Tasks running insert_one.
+    #[arg(long, default_value_t = 64, value_parser = at_least_one)]
     pub concurrency: usize,
+    /// Tasks running insert_many of 100.
+    #[arg(long, default_value_t = 4, value_parser = at_least_one)]
     pub bulk_concurrency: usize,
+    /// Tasks numbering invoices of ONE tenant through the store's batching numberer, as
+    /// a processor's deliveries do.
+    #[arg(long, default_value_t = 256, value_parser = at_least_one)]
     pub ledger_callers: usize,
     /// Replicas of the temporary stream (3 on a 3-node cluster).
+    #[arg(long, default_value_t = 1, value_parser = at_least_one)]
     pub replicas: usize,
+    /// stdout gets only the JSON line; the table goes to stderr.
+    #[arg(long)]
     pub json: bool,
 }
 
-#[derive(Debug, Clone)]
+/// `loadgen sockets`.
+#[derive(Debug, Clone, Args)]
 pub struct SocketsArgs {
+    /// One fanout base URL.
+    #[arg(long, value_parser = one_url, default_value = "http://localhost:3001")]
     pub fanout: String,
+    /// Ingress base URL.
+    #[arg(long, value_parser = one_url, default_value = "http://localhost:3000")]
     pub ingress: String,
+    /// HS256 secret (default $JWT_SECRET, else the dev default).
+    #[arg(long, default_value_t = default_secret(), hide_default_value = true)]
     pub secret: String,
+    /// Concurrent sockets.
+    #[arg(long, default_value_t = 5000, value_parser = at_least_one)]
     pub sockets: usize,
+    /// Tenants the sockets are spread over.
+    #[arg(long, default_value_t = 10, value_parser = at_least_one)]
     pub tenants: usize,
+    /// Invoices posted once all sockets are open.
+    #[arg(long, default_value_t = 200)]
     pub invoices: usize,
+    /// Invoices per second.
+    #[arg(long, default_value_t = 50.0, value_parser = positive)]
     pub rate: f64,
+    /// Handshakes at a time.
+    #[arg(long, default_value_t = 200, value_parser = at_least_one)]
     pub connect_concurrency: usize,
+    /// Wait for every COMPLETED frame.
+    #[arg(long, default_value = "30s", value_parser = parse_duration)]
     pub wait: Duration,
+    /// Read the fanout's VmRSS before, with all sockets open, and after.
+    #[arg(long)]
     pub fanout_pid: Option<u32>,
+    /// stdout gets only the JSON line; the table goes to stderr.
+    #[arg(long)]
     pub json: bool,
 }
 
@@ -146,6 +183,50 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
     Ok(Duration::from_secs_f64(secs))
 }
 
+fn nonzero_duration(text: &str) -> Result<Duration, String> {
+    parse_duration(text)
+        .and_then(|d| (!d.is_zero()).then_some(d).ok_or_else(|| "must be > 0".into()))
+}
+
+fn at_least_one(text: &str) -> Result<usize, String> {
+    match text.parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        Ok(_) => Err("must be ≥ 1".into()),
+        Err(_) => Err(format!("{text:?} is not a whole number")),
+    }
+}
+
+fn positive(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(r) if r > 0.0 && r.is_finite() => Ok(r),
+        _ => Err(format!("{text:?} is not a number > 0")),
+    }
+}
+
+fn share(text: &str) -> Result<f64, String> {
+    match text.parse::<f64>() {
+        Ok(s) if (0.0..=0.9).contains(&s) => Ok(s),
+        _ => Err(format!("{text:?} is not within 0 … 0.9")),
+    }
+}
+
+/// A base URL without its trailing slash.
+fn url(text: &str) -> Result<String, String> {
+    let u = text.trim().trim_end_matches('/');
+    if u.is_empty() {
+        return Err("an empty URL".into());
+    }
+    Ok(u.to_owned())
+}
+
+/// Exactly one base URL (a comma means a list, which this subcommand does not take).
+fn one_url(text: &str) -> Result<String, String> {
+    if text.contains(',') {
+        return Err("takes one URL here".into());
+    }
+    url(text)
+}
+
 fn env_or(name: &str, default: &str) -> String {
     std::env::var(name)
         .ok()
@@ -153,217 +234,24 @@ fn env_or(name: &str, default: &str) -> String {
         .unwrap_or_else(|| default.to_owned())
 }
 
-fn list(text: &str) -> Vec<String> {
-    text.split(',')
-        .map(|s| s.trim().trim_end_matches('/').to_owned())
-        .filter(|s| !s.is_empty())
-        .collect()
-}
-
-/// Splits `--name=value` and pairs each option with its value.
-struct Options {
-    args: VecDeque<String>,
-}
-
-impl Options {
-    /// Next option name and its inline value (`--x=1`), or None at the end.
-    fn next(&mut self) -> Option<(String, Option<String>)> {
-        let arg = self.args.pop_front()?;
-        Some(match arg.split_once('=') {
-            Some((name, value)) if name.starts_with("--") => (name.to_owned(), Some(value.into())),
-            _ => (arg, None),
-        })
-    }
-
-    fn value(&mut self, name: &str, inline: Option<String>) -> Result<String, String> {
-        inline
-            .or_else(|| self.args.pop_front())
-            .ok_or_else(|| format!("{name} needs a value"))
-    }
-}
-
-fn number<T: std::str::FromStr>(name: &str, text: &str) -> Result<T, String> {
-    text.parse()
-        .map_err(|_| format!("{name}: {text:?} is not a valid number"))
-}
-
-pub fn parse(args: impl IntoIterator<Item = String>) -> Result<Command, String> {
-    let mut args: VecDeque<String> = args.into_iter().collect();
-    let Some(sub) = args.pop_front() else {
-        return Ok(Command::Help);
-    };
-    let mut opts = Options { args };
-    match sub.as_str() {
-        "pipeline" => parse_pipeline(&mut opts).map(Command::Pipeline),
-        "ceilings" => parse_ceilings(&mut opts).map(Command::Ceilings),
-        "sockets" => parse_sockets(&mut opts).map(Command::Sockets),
-        "-h" | "--help" | "help" => Ok(Command::Help),
-        other => Err(format!(
-            "unknown command {other:?} (pipeline | ceilings | sockets)"
-        )),
-    }
-}
-
-fn parse_pipeline(opts: &mut Options) -> Result<PipelineArgs, String> {
-    let mut a = PipelineArgs {
-        ingress: vec!["http://localhost:3000".into()],
-        fanout: vec!["http://localhost:3001".into()],
-        secret: env_or("JWT_SECRET", DEV_SECRET),
-        tenants: 4,
-        terminals: 3,
-        mode: Mode::Closed,
-        concurrency: 200,
-        rate: 1000.0,
-        duration: Duration::from_secs(60),
-        warmup: Duration::from_secs(5),
-        dup_share: 0.05,
-        drain: Duration::from_secs(10),
-        persist_wait: Duration::from_secs(60),
-        json: false,
-        sku_lines: false,
-    };
-    while let Some((name, inline)) = opts.next() {
-        match name.as_str() {
-            "--json" => a.json = true,
-            "--sku-lines" => a.sku_lines = true,
-            "-h" | "--help" => return Err(String::new()),
-            "--ingress" => a.ingress = list(&opts.value(&name, inline)?),
-            "--fanout" => a.fanout = list(&opts.value(&name, inline)?),
-            "--secret" => a.secret = opts.value(&name, inline)?,
-            "--tenants" => a.tenants = number(&name, &opts.value(&name, inline)?)?,
-            "--terminals" => a.terminals = number(&name, &opts.value(&name, inline)?)?,
-            "--mode" => {
-                let v = opts.value(&name, inline)?;
-                a.mode = match v.as_str() {
-                    "closed" => Mode::Closed,
-                    "open" => Mode::Open,
-                    _ => return Err(format!("--mode: {v:?} is not closed or open")),
-                }
-            }
-            "--concurrency" => a.concurrency = number(&name, &opts.value(&name, inline)?)?,
-            "--rate" => a.rate = number(&name, &opts.value(&name, inline)?)?,
-            "--duration" => a.duration = parse_duration(&opts.value(&name, inline)?)?,
-            "--warmup" => a.warmup = parse_duration(&opts.value(&name, inline)?)?,
-            "--dup-share" => a.dup_share = number(&name, &opts.value(&name, inline)?)?,
-            "--drain" => a.drain = parse_duration(&opts.value(&name, inline)?)?,
-            "--persist-wait" => a.persist_wait = parse_duration(&opts.value(&name, inline)?)?,
-            _ => return Err(format!("pipeline: unknown option {name}")),
-        }
-    }
-    if a.ingress.is_empty() || a.fanout.is_empty() {
-        return Err("--ingress and --fanout need at least one URL".into());
-    }
-    if a.tenants == 0 || a.terminals == 0 || a.concurrency == 0 {
-        return Err("--tenants, --terminals and --concurrency must be ≥ 1".into());
-    }
-    if !(a.rate > 0.0 && a.rate.is_finite()) {
-        return Err("--rate must be > 0".into());
-    }
-    if !(0.0..=0.9).contains(&a.dup_share) {
-        return Err("--dup-share must be within 0 … 0.9".into());
-    }
-    if a.duration.is_zero() {
-        return Err("--duration must be > 0".into());
-    }
-    Ok(a)
-}
-
-fn parse_sockets(opts: &mut Options) -> Result<SocketsArgs, String> {
-    let mut a = SocketsArgs {
-        fanout: "http://localhost:3001".into(),
-        ingress: "http://localhost:3000".into(),
-        secret: env_or("JWT_SECRET", DEV_SECRET),
-        sockets: 5000,
-        tenants: 10,
-        invoices: 200,
-        rate: 50.0,
-        connect_concurrency: 200,
-        wait: Duration::from_secs(30),
-        fanout_pid: None,
-        json: false,
-    };
-    let url = |v: String| v.trim().trim_end_matches('/').to_owned();
-    while let Some((name, inline)) = opts.next() {
-        match name.as_str() {
-            "--json" => a.json = true,
-            "-h" | "--help" => return Err(String::new()),
-            "--fanout" => a.fanout = url(opts.value(&name, inline)?),
-            "--ingress" => a.ingress = url(opts.value(&name, inline)?),
-            "--secret" => a.secret = opts.value(&name, inline)?,
-            "--sockets" => a.sockets = number(&name, &opts.value(&name, inline)?)?,
-            "--tenants" => a.tenants = number(&name, &opts.value(&name, inline)?)?,
-            "--invoices" => a.invoices = number(&name, &opts.value(&name, inline)?)?,
-            "--rate" => a.rate = number(&name, &opts.value(&name, inline)?)?,
-            "--connect-concurrency" => {
-                a.connect_concurrency = number(&name, &opts.value(&name, inline)?)?;
-            }
-            "--wait" => a.wait = parse_duration(&opts.value(&name, inline)?)?,
-            "--fanout-pid" => a.fanout_pid = Some(number(&name, &opts.value(&name, inline)?)?),
-            _ => return Err(format!("sockets: unknown option {name}")),
-        }
-    }
-    if a.fanout.contains(',') {
-        return Err("--fanout takes one URL in sockets mode".into());
-    }
-    if a.sockets == 0 || a.tenants == 0 || a.connect_concurrency == 0 {
-        return Err("--sockets, --tenants and --connect-concurrency must be ≥ 1".into());
-    }
-    if !(a.rate > 0.0 && a.rate.is_finite()) {
-        return Err("--rate must be > 0".into());
-    }
-    Ok(a)
-}
-
-fn parse_ceilings(opts: &mut Options) -> Result<CeilingsArgs, String> {
-    let mut a = CeilingsArgs {
-        nats: env_or("NATS_URL", "nats://127.0.0.1:4222"),
-        mongo: env_or(
-            "MONGODB_URI",
-            "mongodb://127.0.0.1:27017/?replicaSet=rs0&directConnection=true",
-        ),
-        duration: Duration::from_secs(10),
-        in_flight: 256,
-        concurrency: 64,
-        bulk_concurrency: 4,
-        ledger_callers: 256,
-        replicas: 1,
-        json: false,
-    };
-    while let Some((name, inline)) = opts.next() {
-        match name.as_str() {
-            "--json" => a.json = true,
-            "-h" | "--help" => return Err(String::new()),
-            "--nats" => a.nats = opts.value(&name, inline)?,
-            "--mongo" => a.mongo = opts.value(&name, inline)?,
-            "--duration" => a.duration = parse_duration(&opts.value(&name, inline)?)?,
-            "--in-flight" => a.in_flight = number(&name, &opts.value(&name, inline)?)?,
-            "--replicas" => a.replicas = number(&name, &opts.value(&name, inline)?)?,
-            "--concurrency" => a.concurrency = number(&name, &opts.value(&name, inline)?)?,
-            "--bulk-concurrency" => {
-                a.bulk_concurrency = number(&name, &opts.value(&name, inline)?)?;
-            }
-            "--ledger-callers" => a.ledger_callers = number(&name, &opts.value(&name, inline)?)?,
-            _ => return Err(format!("ceilings: unknown option {name}")),
-        }
-    }
-    if a.in_flight == 0 || a.concurrency == 0 || a.bulk_concurrency == 0 || a.ledger_callers == 0 {
-        return Err(
-            "--in-flight, --concurrency, --bulk-concurrency and --ledger-callers must be ≥ 1"
-                .into(),
-        );
-    }
-    if a.duration.is_zero() {
-        return Err("--duration must be > 0".into());
-    }
-    Ok(a)
+fn default_secret() -> String {
+    env_or("JWT_SECRET", DEV_SECRET)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn args(s: &str) -> Vec<String> {
-        s.split_whitespace().map(String::from).collect()
+    fn parse(s: &str) -> Result<Command, String> {
+        Cli::try_parse_from(std::iter::once("loadgen").chain(s.split_whitespace()))
+            .map(|c| c.command)
+            .map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn the_declarations_are_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
     }
 
     #[test]
@@ -377,11 +265,11 @@ mod tests {
     }
 
     #[test]
-    fn pipeline_options_in_both_spellings() {
-        let Ok(Command::Pipeline(a)) = parse(args(
+    fn pipeline_options_in_both_spellings_with_defaults_for_the_rest() {
+        let Ok(Command::Pipeline(a)) = parse(
             "pipeline --ingress=http://a:1/,http://b:2 --fanout http://c:3 --mode open \
              --rate 250 --duration 15s --warmup=1s --dup-share 0.1 --json",
-        )) else {
+        ) else {
             panic!("did not parse")
         };
         assert_eq!(a.ingress, ["http://a:1", "http://b:2"]);
@@ -390,33 +278,41 @@ mod tests {
         assert_eq!(a.rate, 250.0);
         assert_eq!(a.duration, Duration::from_secs(15));
         assert_eq!(a.warmup, Duration::from_secs(1));
-        assert!(a.json);
+        assert!(a.json && !a.sku_lines);
+        assert_eq!((a.tenants, a.terminals, a.concurrency), (4, 3, 200));
+        assert_eq!(a.persist_wait, Duration::from_secs(60));
     }
 
     #[test]
     fn sockets_options() {
-        let Ok(Command::Sockets(a)) = parse(args(
+        let Ok(Command::Sockets(a)) = parse(
             "sockets --fanout http://f:1/ --sockets 2000 --tenants 4 --fanout-pid 42 --wait=10s",
-        )) else {
+        ) else {
             panic!("did not parse")
         };
         assert_eq!(a.fanout, "http://f:1");
         assert_eq!((a.sockets, a.tenants, a.invoices), (2000, 4, 200));
         assert_eq!(a.fanout_pid, Some(42));
         assert_eq!(a.wait, Duration::from_secs(10));
-        assert!(parse(args("sockets --fanout http://a,http://b")).is_err());
+        assert!(parse("sockets --fanout http://a,http://b").is_err());
     }
 
     #[test]
     fn problems_name_the_option() {
-        let err = parse(args("pipeline --tenants many")).unwrap_err();
-        assert!(err.contains("--tenants"), "{err}");
-        let err = parse(args("pipeline --rate")).unwrap_err();
-        assert!(err.contains("--rate needs a value"), "{err}");
-        let err = parse(args("ceilings --bogus 1")).unwrap_err();
-        assert!(err.contains("unknown option --bogus"), "{err}");
-        let err = parse(args("pipeline --bogus")).unwrap_err();
-        assert!(err.contains("unknown option --bogus"), "{err}");
-        assert!(parse(args("frobnicate")).is_err());
+        for (line, option) in [
+            ("pipeline --tenants many", "--tenants"),
+            ("pipeline --tenants 0", "--tenants"),
+            ("pipeline --rate", "--rate"),
+            ("pipeline --rate=-1", "--rate"),
+            ("pipeline --dup-share 2", "--dup-share"),
+            ("pipeline --duration 0s", "--duration"),
+            ("ceilings --bogus 1", "--bogus"),
+            ("pipeline --bogus", "--bogus"),
+            ("pipeline --mode sideways", "--mode"),
+        ] {
+            let err = parse(line).expect_err(line);
+            assert!(err.contains(option), "{line}: {err}");
+        }
+        assert!(parse("frobnicate").is_err());
     }
 }

@@ -391,6 +391,6 @@ mod tests {
         assert_eq!(r.missed_on_some_socket, 1); // "a" reached one of two sockets
         let s = r.e2e.summary();
         assert_eq!(s.count, 2);
-        assert_eq!(s.max, 50.0);
+        assert!((s.max - 50.0).abs() <= 0.05, "{s:?}");
     }
 }

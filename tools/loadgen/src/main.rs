@@ -27,12 +27,12 @@
 //! table goes to stderr), progress on stderr.
 //!
 //! Layout:
-//! - `cli`: std-only argument parsing and the usage text;
+//! - `cli`: the command line (clap);
 //! - `invoice`: realistic request bodies and the PRNG behind them;
 //! - `pipeline`: the load (closed or open loop), the counters and the report;
 //! - `feed`: the WebSocket readers and the [`feed::Tracker`] pairing frames with POSTs;
 //! - `ceilings`: the raw JetStream and MongoDB rates;
-//! - `stats`: percentiles and the table printer.
+//! - `stats`: latency histograms (hdrhistogram) and the table printer.
 
 mod ceilings;
 mod cli;
@@ -45,17 +45,8 @@ mod stats;
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let command = match cli::parse(std::env::args().skip(1)) {
-        Ok(c) => c,
-        Err(e) if e.is_empty() => {
-            print!("{}", cli::USAGE);
-            return ExitCode::SUCCESS;
-        }
-        Err(e) => {
-            eprintln!("loadgen: {e}\n\n{}", cli::USAGE);
-            return ExitCode::from(2);
-        }
-    };
+    // Bad options exit 2 with clap's message naming the option; --help exits 0.
+    let cli = <cli::Cli as clap::Parser>::parse();
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -67,11 +58,7 @@ fn main() -> ExitCode {
         }
     };
     let result = runtime.block_on(async {
-        match command {
-            cli::Command::Help => {
-                print!("{}", cli::USAGE);
-                Ok(())
-            }
+        match cli.command {
             cli::Command::Pipeline(args) => pipeline::run(args).await,
             cli::Command::Ceilings(args) => ceilings::run(args).await,
             cli::Command::Sockets(args) => sockets::run(args).await,

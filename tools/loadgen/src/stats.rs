@@ -1,12 +1,21 @@
-//! Latency samples and their percentiles (every sample kept, sorted once at the end),
-//! plus the small text-table helper both modes print with.
+//! Latency histograms and their percentiles (hdrhistogram: fixed memory and constant
+//! time per sample however long the run, 3 significant digits), plus the small
+//! text-table helper every mode prints with.
 
+use hdrhistogram::Histogram;
 use serde_json::{json, Value};
 use std::time::Duration;
 
-/// Latency samples in microseconds.
-#[derive(Debug, Default, Clone)]
-pub struct Samples(Vec<u64>);
+/// Latencies in microseconds, from 1 µs up to an hour (longer ones count as an hour).
+#[derive(Debug, Clone)]
+pub struct Samples(Histogram<u64>);
+
+impl Default for Samples {
+    fn default() -> Self {
+        // 1 µs … 1 h at 3 significant digits: ~200 KiB, fixed.
+        Self(Histogram::new_with_bounds(1, 3_600_000_000, 3).expect("valid bounds"))
+    }
+}
 
 /// Percentiles in milliseconds.
 #[derive(Debug, Clone, Copy, Default)]
@@ -20,30 +29,28 @@ pub struct Summary {
 
 impl Samples {
     pub fn record(&mut self, latency: Duration) {
-        self.0
-            .push(u64::try_from(latency.as_micros()).unwrap_or(u64::MAX));
+        let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
+        self.0.saturating_record(micros.max(1));
     }
 
+    /// Adds `other`'s samples to these (`other` is left empty).
     pub fn append(&mut self, other: &mut Samples) {
-        self.0.append(&mut other.0);
+        // Same bounds on both sides, so adding cannot fail.
+        let _ = self.0.add(&other.0);
+        other.0.reset();
     }
 
     pub fn summary(&mut self) -> Summary {
         if self.0.is_empty() {
             return Summary::default();
         }
-        self.0.sort_unstable();
-        // nearest-rank percentile
-        let at = |q: f64| {
-            let rank = ((q * self.0.len() as f64).ceil() as usize).clamp(1, self.0.len());
-            self.0[rank - 1] as f64 / 1000.0
-        };
+        let at = |q: f64| self.0.value_at_quantile(q) as f64 / 1000.0;
         Summary {
-            count: self.0.len(),
+            count: usize::try_from(self.0.len()).unwrap_or(usize::MAX),
             p50: at(0.50),
             p90: at(0.90),
             p99: at(0.99),
-            max: at(1.0),
+            max: self.0.max() as f64 / 1000.0,
         }
     }
 }
@@ -102,17 +109,22 @@ mod tests {
     use super::*;
 
     #[test]
-    fn nearest_rank_percentiles() {
+    fn percentiles_within_the_histograms_precision() {
         let mut s = Samples::default();
         for ms in 1..=100u64 {
             s.record(Duration::from_millis(ms));
         }
+        let mut other = Samples::default();
+        other.record(Duration::from_secs(2));
+        s.append(&mut other);
         let sum = s.summary();
-        assert_eq!(sum.count, 100);
-        assert_eq!(sum.p50, 50.0);
-        assert_eq!(sum.p90, 90.0);
-        assert_eq!(sum.p99, 99.0);
-        assert_eq!(sum.max, 100.0);
+        assert_eq!(sum.count, 101);
+        let close = |got: f64, want: f64| (got - want).abs() <= want * 0.001;
+        assert!(close(sum.p50, 51.0), "{sum:?}");
+        assert!(close(sum.p90, 91.0), "{sum:?}");
+        assert!(close(sum.p99, 100.0), "{sum:?}");
+        assert!(close(sum.max, 2000.0), "{sum:?}");
+        assert_eq!(other.summary().count, 0, "appending empties the source");
         assert_eq!(Samples::default().summary().count, 0);
     }
 
