@@ -105,7 +105,8 @@ async fn a_service_started_before_nats_waits_for_it_and_then_serves() {
     crate::support::eventually("a logged retry", Duration::from_secs(20), || async {
         std::fs::read_to_string(&log)
             .unwrap_or_default()
-            .contains("NATS unreachable; retrying")
+            .lines()
+            .any(|l| l.contains("NATS unreachable at") && l.contains("retrying"))
             .then_some(())
     })
     .await;

@@ -107,7 +107,7 @@ impl TestStack {
             shutdown_grace: Duration::from_secs(5),
         };
         if options.start_processor {
-            let processor = processor::App::build(processor::Settings {
+            let processor = processor::build(processor::Settings {
                 infra: settings_of("processor"),
                 worker: worker.clone(),
                 retry: messaging::RetryPolicy {
@@ -123,7 +123,7 @@ impl TestStack {
             tokio::spawn(processor.run_until_stopped(std::future::pending()));
         }
         if options.start_persister {
-            let persister = persister::App::build(persister::Settings {
+            let persister = persister::build(persister::Settings {
                 infra: settings_of("persister"),
                 worker,
                 retry: persister::unlimited_retries(

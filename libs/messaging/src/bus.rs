@@ -84,7 +84,7 @@ pub enum BusError {
     #[error("NATS_URL `{0}` is not a NATS server address (expected e.g. nats://127.0.0.1:4222)")]
     BadUrl(String),
     /// The credentials were refused or could not be read: retrying will not help.
-    #[error("NATS refused the credentials (check NATS_USER / NATS_PASSWORD / NATS_CREDS and nats/nats-server.conf): {0}")]
+    #[error("NATS refused the credentials (check NATS_USER / NATS_PASSWORD and nats/nats-server.conf): {0}")]
     Credentials(String),
     /// Nothing was handed to the broker: the message is certainly not stored.
     #[error("the broker did not acknowledge the publish: {0}")]
@@ -155,7 +155,7 @@ impl Bus {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|_| BusError::BadUrl(settings.url.clone()))?;
         let what = format!(
-            "NATS at {} unreachable (is nats-server running? check NATS_URL)",
+            "NATS unreachable at {} (is nats-server running? check NATS_URL)",
             settings.url
         );
         // A refused login does not heal by waiting: it fails the start at once.

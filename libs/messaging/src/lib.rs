@@ -16,6 +16,7 @@
 //! - `envelope.rs`: the message shapes
 //! - `bus.rs`: connect, apply the topology, publish with ids and awaited acks
 //! - `consume.rs`: the pull-consumer loop and its ack / nak / term policy
+//! - `worker.rs`: the shell a queue worker runs in (`/health`, bind, consume, drain)
 //! - `admin.rs`: the NATS services API, admin endpoints, dead-letter reads
 //! - `stats.rs`: queue figures for `/health`
 //! - `backlog.rs`: how far behind a consumer is (metrics, health, back-pressure)
@@ -36,6 +37,7 @@ pub mod envelope;
 pub mod feed;
 pub mod stats;
 pub mod topology;
+pub mod worker;
 
 pub use async_nats::service::Service;
 pub use backlog::{unstored_events, Backlog};

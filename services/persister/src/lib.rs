@@ -28,116 +28,75 @@ pub use handler::Persister;
 pub use settings::Settings;
 
 use anyhow::Context;
-use messaging::{Bus, NatsSettings, RetryPolicy, Topology};
-use service_kit::{http::Health, Shutdown};
-use std::{future::Future, sync::Arc, time::Duration};
+use messaging::{
+    worker::{Spec, Worker},
+    Bus, NatsSettings, RetryPolicy, Topology,
+};
+use service_kit::http::Health;
+use std::{sync::Arc, time::Duration};
 
-pub struct App {
-    bus: Bus,
-    handler: Arc<Persister>,
-    settings: Settings,
-    health_port: Option<u16>,
-    stop_health: Shutdown,
-    /// Keeps the services-API registration alive.
-    _service: messaging::Service,
-}
+/// A running persister: the worker shell around [`Persister`].
+pub type App = Worker<Persister>;
 
-impl App {
-    pub async fn build(settings: Settings) -> anyhow::Result<Self> {
-        let infra = &settings.infra;
-        let topology = Topology::from_infra(infra);
-        let nats = NatsSettings::for_infra(infra, Duration::from_secs(5), 3);
-        let bus = Bus::connect(nats, topology).await?;
-        bus.ensure_topology()
-            .await
-            .context("applying the stream definitions from nats/")?;
-        let store = store::Store::connect(
-            &infra.mongodb_uri,
-            &infra.mongodb_db,
-            settings.infra.mongodb_timeout,
+/// Connects to NATS and MongoDB, waits for the unique indexes and serves `/health`;
+/// [`Worker::run_until_stopped`] then consumes.
+pub async fn build(settings: Settings) -> anyhow::Result<App> {
+    let infra = &settings.infra;
+    let topology = Topology::from_infra(infra);
+    let nats = NatsSettings::for_infra(infra, Duration::from_secs(5), 3);
+    let bus = Bus::connect(nats, topology).await?;
+    bus.ensure_topology()
+        .await
+        .context("applying the stream definitions from nats/")?;
+    let store = store::Store::connect(
+        &infra.mongodb_uri,
+        &infra.mongodb_db,
+        settings.infra.mongodb_timeout,
+    )
+    .await?;
+    // The persister's one job is writing MongoDB, and it must not write before the
+    // unique key index exists: it waits (logging retries) where the others serve.
+    store.wait_indexed().await;
+    let service = bus
+        .announce(
+            "persister",
+            "Projects invoice lifecycle events into MongoDB",
         )
         .await?;
-        // The persister's one job is writing MongoDB, and it must not write before the
-        // unique key index exists: it waits (logging retries) where the others serve.
-        store.wait_indexed().await;
-        let service = bus
-            .announce(
+    // Only to shorten the TTLs of what MongoDB now holds: the persister works without it.
+    let cache = cache::Cache::connect(&infra.redis_url, &infra.namespace, cache::DEFAULT_JOB_TTL)?;
+    let writer = batch::Batcher::start(store.clone(), cache, settings.coalescing);
+    let spec = Spec {
+        name: "persister",
+        stream: bus.topology().events_stream(),
+        consumer: bus.topology().persister_consumer()?,
+        bus: bus.clone(),
+        handler: Arc::new(Persister::new(bus.clone(), writer)),
+        retry: settings.retry,
+        settings: settings.worker,
+        service,
+    };
+    let pipeline = bus.watch_pipeline(infra.backlog_poll);
+    let max_lag = settings.max_lag;
+    Worker::start(spec, move || {
+        let (bus, store, pipeline) = (bus.clone(), store.clone(), pipeline.clone());
+        async move {
+            let lag = *pipeline.borrow();
+            let behind = lag
+                .and_then(|p| p.persister.oldest_unacked)
+                .is_some_and(|age| age > max_lag);
+            Health::new(
                 "persister",
-                "Projects invoice lifecycle events into MongoDB",
+                [
+                    ("nats", bus.is_connected()),
+                    ("mongo", store.ping().await),
+                    ("lag", !behind),
+                ],
             )
-            .await?;
-        // Only to shorten the TTLs of what MongoDB now holds: the persister works without it.
-        let cache =
-            cache::Cache::connect(&infra.redis_url, &infra.namespace, cache::DEFAULT_JOB_TTL)?;
-        let writer = batch::Batcher::start(store.clone(), cache, settings.coalescing);
-        let handler = Arc::new(Persister::new(bus.clone(), writer));
-        let stop_health = Shutdown::new();
-        let (b, st) = (bus.clone(), store.clone());
-        let pipeline = bus.watch_pipeline(infra.backlog_poll);
-        let max_lag = settings.max_lag;
-        let health_port = service_kit::http::serve_health(
-            settings.worker.health_addr,
-            stop_health.clone(),
-            move || {
-                let (bus, store, pipeline) = (b.clone(), st.clone(), pipeline.clone());
-                async move {
-                    let lag = *pipeline.borrow();
-                    let behind = lag
-                        .and_then(|p| p.persister.oldest_unacked)
-                        .is_some_and(|age| age > max_lag);
-                    Health::new(
-                        "persister",
-                        [
-                            ("nats", bus.is_connected()),
-                            ("mongo", store.ping().await),
-                            ("lag", !behind),
-                        ],
-                    )
-                }
-            },
-        )
-        .await
-        .context("binding HEALTH_ADDR")?;
-        Ok(Self {
-            bus,
-            handler,
-            settings,
-            health_port,
-            stop_health,
-            _service: service,
-        })
-    }
-
-    pub fn health_port(&self) -> Option<u16> {
-        self.health_port
-    }
-
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
-        let topology = self.bus.topology();
-        let consumer = self
-            .bus
-            .bind_durable(&topology.events_stream(), topology.persister_consumer()?)
-            .await;
-        tracing::info!(
-            concurrency = self.settings.worker.concurrency,
-            "persister consuming"
-        );
-        let result = messaging::consume::run_until_stopped(
-            self.bus.clone(),
-            consumer,
-            self.handler,
-            self.settings.retry,
-            self.settings.worker.concurrency,
-            self.settings.worker.shutdown_grace,
-            shutdown,
-        )
-        .await;
-        self.stop_health.trigger();
-        result.map_err(Into::into)
-    }
+        }
+    })
+    .await
+    .context("binding HEALTH_ADDR")
 }
 
 /// Never gives up on a well-formed event; backs off up to `max` while MongoDB is down.

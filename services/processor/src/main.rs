@@ -10,6 +10,8 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 async fn main() -> anyhow::Result<()> {
     service_kit::telemetry::init(std::io::stdout);
     let settings = processor::Settings::from_env()?;
-    let app = processor::App::build(settings).await?;
-    app.run_until_stopped(service_kit::shutdown_signal()).await
+    let app = processor::build(settings).await?;
+    app.run_until_stopped(service_kit::shutdown_signal())
+        .await?;
+    Ok(())
 }

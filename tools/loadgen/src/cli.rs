@@ -184,8 +184,11 @@ pub fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 fn nonzero_duration(text: &str) -> Result<Duration, String> {
-    parse_duration(text)
-        .and_then(|d| (!d.is_zero()).then_some(d).ok_or_else(|| "must be > 0".into()))
+    parse_duration(text).and_then(|d| {
+        (!d.is_zero())
+            .then_some(d)
+            .ok_or_else(|| "must be > 0".into())
+    })
 }
 
 fn at_least_one(text: &str) -> Result<usize, String> {
