@@ -97,6 +97,9 @@ impl Delivery {
 /// What a durable consumer does with each delivery; [`run`] applies the ack policy to
 /// the [`Outcome`].
 pub trait Handler: Send + Sync + 'static {
+    /// Why [`Handler::exhausted`] could not record the failure (the message is kept).
+    type Error: std::fmt::Display + Send;
+
     /// Handles one delivery. It may be a redelivery, so handling must be idempotent.
     fn handle(&self, delivery: &Delivery) -> impl Future<Output = Outcome> + Send;
 
@@ -106,7 +109,7 @@ pub trait Handler: Send + Sync + 'static {
         &self,
         delivery: &Delivery,
         last_error: String,
-    ) -> impl Future<Output = Result<(), String>> + Send;
+    ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }
 
 /// Runs `handler` over `consumer` until `shutdown` resolves, then waits for in-flight

@@ -15,6 +15,11 @@ impl Persister {
     }
 }
 
+/// An event is a fact: the persister keeps it however often it failed.
+#[derive(Debug, thiserror::Error)]
+#[error("persister never gives up on an event: {0}")]
+pub struct NeverGivesUp(String);
+
 impl Handler for Persister {
     async fn handle(&self, delivery: &Delivery) -> Outcome {
         let envelope = match Envelope::decode(delivery.payload()) {
@@ -60,10 +65,10 @@ impl Handler for Persister {
         }
     }
 
-    async fn exhausted(&self, _delivery: &Delivery, last_error: String) -> Result<(), String> {
+    type Error = NeverGivesUp;
+
+    async fn exhausted(&self, _delivery: &Delivery, last_error: String) -> Result<(), Self::Error> {
         // Unreachable with unlimited attempts; keep the message rather than lose it.
-        Err(format!(
-            "persister never gives up on an event: {last_error}"
-        ))
+        Err(NeverGivesUp(last_error))
     }
 }

@@ -2,7 +2,7 @@
 //! every decision the processor makes about an invoice.
 
 use crate::done::{already_done, JobSources};
-use domain::{compute, FiscalRecord, Invoice, InvoiceError, Timestamp};
+use domain::{compute, FiscalRecord, Invoice, InvoiceError, InvoiceState, Timestamp};
 use messaging::{consume::Delivery, Bus, DeadLetter, Encoded, Envelope, Handler, Outcome};
 use std::time::{Duration, Instant};
 use store::{Numbered, Voided};
@@ -17,10 +17,39 @@ pub struct Processor {
     ledger_wait: Duration,
 }
 
+/// Why a step of handling a submission failed. Each is transient (the delivery is
+/// retried) except where the handler maps it to `Poison`.
+#[derive(Debug, thiserror::Error)]
+pub enum ProcessError {
+    /// The submission's payload is not an envelope.
+    #[error("the submission does not decode: {0}")]
+    Undecodable(#[from] serde_json::Error),
+    /// A lifecycle event was not acknowledged by the broker.
+    #[error("publishing {state}: {source}")]
+    Publish {
+        /// The state whose event was being published.
+        state: InvoiceState,
+        /// The broker's answer.
+        source: messaging::BusError,
+    },
+    /// The dead letter was not acknowledged by the broker.
+    #[error("dead-lettering: {0}")]
+    DeadLetter(#[source] messaging::BusError),
+    /// MongoDB could not void (or read) the invoice's ledger entry.
+    #[error("voiding the ledger entry: {0}")]
+    Void(#[source] store::StoreError),
+    /// The stored state does not allow this step (a bug, or a message from the future).
+    #[error(transparent)]
+    Transition(#[from] domain::invoice::IllegalTransition),
+    /// The invoice cannot be computed (only on the exhausted path, where it once was).
+    #[error(transparent)]
+    Fault(#[from] domain::Fault),
+}
+
 /// Why an attempt ends without its own COMPLETED.
 enum NotNumbered {
     /// MongoDB did not number it within the wait: the attempt failed.
-    Retry(String),
+    Retry(store::NumberingError),
     /// This generation gave up already (its ledger entry is void): it ends FAILED.
     Void,
 }
@@ -72,18 +101,25 @@ impl Processor {
                     delivery.in_progress().await;
                     delay = (delay * 2).min(Duration::from_secs(2));
                 }
-                Err(e) => return Err(NotNumbered::Retry(e.to_string())),
+                Err(e) => return Err(NotNumbered::Retry(e)),
             }
         }
     }
 
     /// Publishes a state change (the durable fact), then caches it (best effort).
-    async fn emit(&self, envelope: &Envelope, request_id: Option<&str>) -> Result<(), String> {
+    async fn emit(
+        &self,
+        envelope: &Envelope,
+        request_id: Option<&str>,
+    ) -> Result<(), ProcessError> {
         let message = envelope.encoded();
         self.bus
             .publish_event(&message, request_id)
             .await
-            .map_err(|e| format!("publishing {}: {e}", envelope.invoice.state))?;
+            .map_err(|source| ProcessError::Publish {
+                state: envelope.invoice.state,
+                source,
+            })?;
         let state = envelope.invoice.state;
         debug!(invoice_id = %envelope.invoice.id, %state, "event published");
         if state.is_final() {
@@ -98,7 +134,11 @@ impl Processor {
         Ok(())
     }
 
-    async fn dead_letter(&self, submission: Envelope, failed: &Invoice) -> Result<(), String> {
+    async fn dead_letter(
+        &self,
+        submission: Envelope,
+        failed: &Invoice,
+    ) -> Result<(), ProcessError> {
         let last_error = failed.error.clone().unwrap_or(InvoiceError {
             code: "unknown".into(),
             message: String::new(),
@@ -113,7 +153,7 @@ impl Processor {
             .publish_dead_letter(&letter)
             .await
             .map(|_| ())
-            .map_err(|e| format!("dead-lettering: {e}"))
+            .map_err(ProcessError::DeadLetter)
     }
 
     /// FAILED event, then the dead letter. Both are idempotent by message id, so a retry
@@ -125,10 +165,8 @@ impl Processor {
         code: &str,
         message: &str,
         request_id: Option<&str>,
-    ) -> Result<(), String> {
-        invoice
-            .fail(code, message, Timestamp::now())
-            .map_err(|e| e.to_string())?;
+    ) -> Result<(), ProcessError> {
+        invoice.fail(code, message, Timestamp::now())?;
         let failed = Envelope {
             invoice,
             fingerprint: submission.fingerprint.clone(),
@@ -198,14 +236,14 @@ impl Handler for Processor {
             fingerprint: submission.fingerprint.clone(),
         };
         if let Err(e) = self.emit(&processing, request_id).await {
-            return Outcome::Retry(e);
+            return Outcome::Retry(e.to_string());
         }
 
         match compute(&invoice) {
             Ok(computed) => {
                 let fiscal = match self.record(&invoice, &computed, delivery).await {
                     Ok(f) => f,
-                    Err(NotNumbered::Retry(e)) => return Outcome::Retry(e),
+                    Err(NotNumbered::Retry(e)) => return Outcome::Retry(e.to_string()),
                     // Another delivery of this generation gave up and voided its entry;
                     // if it died before FAILED was emitted, this delivery's own last
                     // attempt emits it (`exhausted` finds the void in place).
@@ -222,7 +260,7 @@ impl Handler for Processor {
                 };
                 match self.emit(&completed, request_id).await {
                     Ok(()) => Outcome::Done,
-                    Err(e) => Outcome::Retry(e),
+                    Err(e) => Outcome::Retry(e.to_string()),
                 }
             }
             // Permanent: FAILED at once, no retries.
@@ -237,18 +275,18 @@ impl Handler for Processor {
                 .await
             {
                 Ok(()) => Outcome::Done,
-                Err(e) => Outcome::Retry(e),
+                Err(e) => Outcome::Retry(e.to_string()),
             },
         }
     }
 
-    async fn exhausted(&self, delivery: &Delivery, last_error: String) -> Result<(), String> {
-        let submission = Envelope::decode(delivery.payload()).map_err(|e| e.to_string())?;
+    type Error = ProcessError;
+
+    async fn exhausted(&self, delivery: &Delivery, last_error: String) -> Result<(), ProcessError> {
+        let submission = Envelope::decode(delivery.payload())?;
         let mut invoice = submission.invoice.clone();
         let attempts = delivery.attempt.min(self.max_attempts);
-        invoice
-            .start_attempt(attempts, Timestamp::now())
-            .map_err(|e| e.to_string())?;
+        invoice.start_attempt(attempts, Timestamp::now())?;
         // A FAILED invoice never has a fiscal record: void its ledger entry first, so no
         // attempt still running elsewhere can number it later. If an attempt numbered it
         // already, it completes with that record instead.
@@ -256,12 +294,10 @@ impl Handler for Processor {
             .store
             .void(&invoice.tenant_id, invoice.id, invoice.replays)
             .await
-            .map_err(|e| format!("voiding the ledger entry: {e}"))?;
+            .map_err(ProcessError::Void)?;
         if let Voided::HasRecord(record) = voided {
-            let computed = compute(&invoice).map_err(|e| e.to_string())?;
-            invoice
-                .complete(computed, record.fiscal(), Timestamp::now())
-                .map_err(|e| e.to_string())?;
+            let computed = compute(&invoice)?;
+            invoice.complete(computed, record.fiscal(), Timestamp::now())?;
             let completed = Envelope {
                 invoice,
                 fingerprint: submission.fingerprint,
