@@ -10,7 +10,7 @@
 
 use crate::fiscal::InvoiceKind;
 use crate::money::round_minor;
-use crate::{Invoice, InvoiceId, InvoiceState, Line, Timestamp};
+use crate::{Invoice, InvoiceId, InvoiceState, IssuedAt, Line, Timestamp};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -191,7 +191,7 @@ impl Invoice {
             state: InvoiceState::Queued,
             currency: original.currency,
             tax_inclusive: original.tax_inclusive,
-            issued_at: now.to_string(),
+            issued_at: IssuedAt::at(now),
             created_at: now,
             updated_at: now,
             customer: original.customer.clone(),
@@ -253,7 +253,7 @@ mod tests {
             state: InvoiceState::Completed,
             currency: Currency::parse("EUR").unwrap(),
             tax_inclusive: false,
-            issued_at: now.to_string(),
+            issued_at: IssuedAt::at(now),
             created_at: now,
             updated_at: now,
             customer: None,

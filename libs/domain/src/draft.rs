@@ -5,7 +5,7 @@
 //! every value is valid, or the complete list of what is wrong, by JSON path.
 
 use crate::money::{parse_decimal, DecimalError};
-use crate::{Currency, Customer, IdempotencyKey, Payment, PaymentMethod, TerminalId, Timestamp};
+use crate::{Currency, Customer, IdempotencyKey, IssuedAt, Payment, PaymentMethod, TerminalId};
 use rust_decimal::Decimal;
 use sha2::{Digest, Sha256};
 
@@ -120,7 +120,7 @@ pub struct DraftInvoice {
     /// The invoice's currency; amounts round to its minor unit.
     pub currency: Currency,
     /// The terminal's `issuedAt`, valid RFC 3339 and kept as given; `None`: time of receipt.
-    pub issued_at: Option<String>,
+    pub issued_at: Option<IssuedAt>,
     /// Whether unit prices include tax.
     pub tax_inclusive: bool,
     /// The buyer, if the invoice names one.
@@ -249,14 +249,16 @@ impl DraftInvoice {
                 .map_err(|e| errors.push("currency", e.to_string()))
                 .ok()
         });
-        if let Some(at) = &raw.issued_at {
-            if Timestamp::parse_rfc3339(at).is_err() {
-                errors.push(
-                    "issuedAt",
-                    "must be an RFC 3339 date-time, e.g. 2026-11-25T10:00:00Z",
-                );
-            }
-        }
+        let issued_at = raw.issued_at.and_then(|at| {
+            IssuedAt::parse(at)
+                .map_err(|_| {
+                    errors.push(
+                        "issuedAt",
+                        "must be an RFC 3339 date-time, e.g. 2026-11-25T10:00:00Z",
+                    );
+                })
+                .ok()
+        });
         if let Some(c) = &raw.customer {
             if c.name
                 .as_ref()
@@ -376,7 +378,7 @@ impl DraftInvoice {
                 idempotency_key,
                 terminal_id,
                 currency,
-                issued_at: raw.issued_at,
+                issued_at,
                 tax_inclusive: raw.tax_inclusive,
                 customer: raw.customer,
                 lines,
@@ -402,10 +404,7 @@ impl DraftInvoice {
     /// streamed into the hasher without building a document first.
     fn write_canonical(&self, w: &mut impl std::io::Write) -> std::io::Result<()> {
         use Canonical::{Bool, Dec, Opt, Text};
-        let issued_at = self
-            .issued_at
-            .as_ref()
-            .map(|t| Timestamp::parse_rfc3339(t).map_or_else(|_| t.clone(), |t| t.to_string()));
+        let issued_at = self.issued_at.as_ref().map(|t| t.instant().to_string());
         w.write_all(b"{\"currency\":")?;
         Text(self.currency.code()).write(w)?;
         w.write_all(b",\"customer\":")?;

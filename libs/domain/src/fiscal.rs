@@ -11,7 +11,7 @@
 //! every field exactly as the representation writes it, so an auditor's own script can
 //! re-check an export with these rules alone.
 
-use crate::{Currency, Invoice, InvoiceId, TaxBand, TenantId, Timestamp, Totals};
+use crate::{Currency, Invoice, InvoiceId, IssuedAt, TaxBand, TenantId, Timestamp, Totals};
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -65,7 +65,7 @@ pub struct Entry {
     /// The invoice the record is for.
     pub invoice_id: InvoiceId,
     /// The invoice's `issuedAt`, exactly as its representation writes it.
-    pub issued_at: String,
+    pub issued_at: IssuedAt,
     /// The invoice's currency.
     pub currency: Currency,
     /// The invoice's net total.
@@ -115,7 +115,7 @@ pub struct LedgerRecord {
     /// The invoice the record is for.
     pub invoice_id: InvoiceId,
     /// The invoice's `issuedAt`, exactly as its representation writes it.
-    pub issued_at: String,
+    pub issued_at: IssuedAt,
     /// The invoice's currency.
     pub currency: Currency,
     /// The invoice's net total.
@@ -358,7 +358,7 @@ mod tests {
             tenant_id: TenantId::parse("acme").unwrap(),
             kind: InvoiceKind::Invoice,
             invoice_id: InvoiceId::parse("0193b7c2-0000-7000-8000-000000000001").unwrap(),
-            issued_at: "2026-11-25T10:00:00Z".into(),
+            issued_at: IssuedAt::parse("2026-11-25T10:00:00Z").unwrap(),
             currency: Currency::parse("EUR").unwrap(),
             net: d("7.00"),
             tax: d("0.70"),

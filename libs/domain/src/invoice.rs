@@ -3,8 +3,8 @@
 
 use crate::fiscal::{Entry, FiscalRecord, InvoiceKind};
 use crate::{
-    money, Currency, DraftInvoice, IdempotencyKey, InvoiceId, InvoiceState, TenantId, TerminalId,
-    Timestamp, Version,
+    money, Currency, DraftInvoice, IdempotencyKey, InvoiceId, InvoiceState, IssuedAt, TenantId,
+    TerminalId, Timestamp, Version,
 };
 use rust_decimal::Decimal;
 use serde::{Deserialize, Serialize};
@@ -157,7 +157,7 @@ pub struct Invoice {
     /// Whether unit prices include tax.
     pub tax_inclusive: bool,
     /// The terminal's own clock, kept exactly as given (offline invoices keep their time).
-    pub issued_at: String,
+    pub issued_at: IssuedAt,
     /// When the backend accepted the invoice.
     pub created_at: Timestamp,
     /// When the invoice last changed state.
@@ -245,7 +245,7 @@ impl Invoice {
             state: InvoiceState::Queued,
             currency,
             tax_inclusive,
-            issued_at: issued_at.unwrap_or_else(|| now.to_string()),
+            issued_at: issued_at.unwrap_or_else(|| IssuedAt::at(now)),
             created_at: now,
             updated_at: now,
             customer,

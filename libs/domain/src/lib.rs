@@ -50,5 +50,5 @@ pub use fiscal::{FiscalRecord, InvoiceKind, LedgerRecord};
 pub use ids::{IdempotencyKey, InvoiceId, TenantId, TerminalId};
 pub use invoice::{Customer, Invoice, InvoiceError, Line, Payment, PaymentMethod, TaxBand, Totals};
 pub use state::{InvoiceState, Version};
-pub use time::Timestamp;
+pub use time::{IssuedAt, Timestamp};
 pub use totals::{compute, Fault};

@@ -59,6 +59,12 @@ string_schema!(
     Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)),
     None
 );
+string_schema!(
+    crate::IssuedAt,
+    "RFC 3339, the terminal's clock, kept exactly as sent",
+    Some(SchemaFormat::KnownFormat(KnownFormat::DateTime)),
+    None
+);
 impl utoipa::PartialSchema for crate::Currency {
     fn schema() -> RefOr<Schema> {
         ObjectBuilder::new()

@@ -58,9 +58,76 @@ impl<'de> serde::Deserialize<'de> for Timestamp {
     }
 }
 
+/// An invoice's `issuedAt`: the terminal's own clock, a valid RFC 3339 date-time kept
+/// exactly as the terminal wrote it (its offset too), because the fiscal record's hash
+/// and the request fingerprint are computed over it. Only [`IssuedAt::parse`] and
+/// [`IssuedAt::at`] make one, so holding one proves the text is a date-time.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct IssuedAt {
+    text: String,
+    instant: Timestamp,
+}
+
+impl IssuedAt {
+    /// Checks `text` is an RFC 3339 date-time and keeps it as written.
+    pub fn parse(text: impl Into<String>) -> Result<Self, chrono::ParseError> {
+        let text = text.into();
+        let instant = Timestamp::parse_rfc3339(&text)?;
+        Ok(Self { text, instant })
+    }
+
+    /// `now` (when the terminal did not say), in the backend's fixed format.
+    pub fn at(now: Timestamp) -> Self {
+        Self {
+            text: now.to_string(),
+            instant: now,
+        }
+    }
+
+    /// The text as the terminal wrote it.
+    pub fn as_str(&self) -> &str {
+        &self.text
+    }
+
+    /// The instant it names, in UTC.
+    pub fn instant(&self) -> Timestamp {
+        self.instant
+    }
+}
+
+impl fmt::Display for IssuedAt {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+impl serde::Serialize for IssuedAt {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.text)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for IssuedAt {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::parse(String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn issued_at_keeps_the_terminals_text_and_knows_its_instant() {
+        let at = IssuedAt::parse("2026-11-25T11:00:00+01:00").unwrap();
+        assert_eq!(at.as_str(), "2026-11-25T11:00:00+01:00");
+        assert_eq!(at.instant().to_string(), "2026-11-25T10:00:00.000Z");
+        let json = serde_json::to_string(&at).unwrap();
+        assert_eq!(json, "\"2026-11-25T11:00:00+01:00\"");
+        assert_eq!(serde_json::from_str::<IssuedAt>(&json).unwrap(), at);
+        assert!(IssuedAt::parse("yesterday").is_err());
+        assert!(serde_json::from_str::<IssuedAt>("\"2026-13-01T00:00:00Z\"").is_err());
+    }
 
     #[test]
     fn format_is_fixed_width_utc_and_sorts_as_text() {

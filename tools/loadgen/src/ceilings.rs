@@ -532,7 +532,7 @@ fn ledger_entry(tenant: &domain::TenantId) -> domain::fiscal::Entry {
         tenant_id: tenant.clone(),
         kind: domain::InvoiceKind::Invoice,
         invoice_id: domain::InvoiceId::generate(),
-        issued_at: "2026-12-02T10:00:00Z".into(),
+        issued_at: domain::IssuedAt::parse("2026-12-02T10:00:00Z").expect("a date-time"),
         currency: domain::Currency::parse("EUR").expect("EUR is a currency"),
         net: cents(2_000),
         tax: cents(380),
