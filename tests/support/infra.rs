@@ -234,6 +234,21 @@ impl PrivateServer {
     }
 }
 
+/// A private server takes its data with it: a mongod's alone is ~300 MB of preallocated
+/// journal, and a suite starts dozens of them (left behind, they filled the disk of a
+/// machine that ran the suite a few times).
+impl Drop for PrivateServer {
+    fn drop(&mut self) {
+        if let Some(child) = self.child.as_mut() {
+            // SIGKILL ends a stalled (SIGSTOPped) server too.
+            let _ = child.start_kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+        // mongod's unix socket, named after its port.
+        let _ = std::fs::remove_file(format!("/tmp/mongodb-{}.sock", self.port));
+    }
+}
+
 pub fn tempdir(name: &str) -> std::path::PathBuf {
     let dir = std::env::temp_dir().join(super::unique(&format!("pos-{name}-")));
     std::fs::create_dir_all(&dir).unwrap();
