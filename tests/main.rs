@@ -23,6 +23,7 @@ mod operability;
 mod pipeline;
 mod resilience;
 mod retention;
+mod router;
 mod scale;
 mod schema;
 mod store;

@@ -54,6 +54,8 @@ pub struct TestStack {
     pub namespace: String,
     pub db: String,
     pub api: Api,
+    /// The in-process ingress's routes, for `oneshot` calls that skip TCP and HTTP.
+    pub ingress_router: axum::Router,
     pub options: Options,
     pub tenant: String,
 }
@@ -99,6 +101,7 @@ impl TestStack {
         .await
         .expect("ingress builds");
         let port = ingress.port();
+        let ingress_router = ingress.router();
         tokio::spawn(ingress.run_until_stopped(std::future::pending()));
 
         let worker = Worker {
@@ -148,6 +151,7 @@ impl TestStack {
             namespace,
             db,
             api,
+            ingress_router,
             options,
             tenant,
         }

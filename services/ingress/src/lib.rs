@@ -129,6 +129,12 @@ impl App {
         self.listener.local_addr().map_or(0, |a| a.port())
     }
 
+    /// The routes alone, without the HTTP server's layers (limits, timeouts, request id,
+    /// metrics): for tests that call a handler with `tower::ServiceExt::oneshot`.
+    pub fn router(&self) -> axum::Router {
+        routes::router(self.state.clone())
+    }
+
     pub async fn run_until_stopped(
         self,
         shutdown: impl Future<Output = ()> + Send + 'static,
