@@ -8,8 +8,9 @@
 //! invoice is done, and it retries: the outages below take both down.
 
 use crate::support::{
-    assert_completed_once, deliveries_and_messages, eventually, infra::PrivateServer, invoice_body,
-    processor_deliveries, stack::Options, unique, ProcessStack, TestStack,
+    assert_completed_once, consumer_info, deliveries_and_messages, eventually,
+    infra::PrivateServer, invoice_body, processor_deliveries, stack::Options, unique, ProcessStack,
+    TestStack,
 };
 use futures_util::StreamExt;
 use serde_json::{json, Value};
@@ -342,16 +343,7 @@ async fn a_submission_delivered_again_after_its_completed_event_is_not_computed_
         .unwrap()
         .await
         .unwrap();
-    let consumer = || async {
-        let mut c: async_nats::jetstream::consumer::PullConsumer = js
-            .get_stream(&invoices)
-            .await
-            .ok()?
-            .get_consumer("processor")
-            .await
-            .ok()?;
-        c.info().await.ok().cloned()
-    };
+    let consumer = || consumer_info(&nats, &invoices, "processor");
     eventually(
         "the second delivery finished, or retried for want of MongoDB",
         Duration::from_secs(30),

@@ -25,19 +25,30 @@ pub fn signal(pid: u32, signal: Signal) {
         .unwrap_or_else(|e| panic!("sending {signal} to {pid}: {e}"));
 }
 
+/// What the broker says of durable consumer `consumer` on `stream` (`None` while it
+/// cannot say).
+pub async fn consumer_info(
+    nats: &async_nats::Client,
+    stream: &str,
+    consumer: &str,
+) -> Option<async_nats::jetstream::consumer::Info> {
+    let js = async_nats::jetstream::new(nats.clone());
+    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
+        .get_stream(stream)
+        .await
+        .ok()?
+        .get_consumer(consumer)
+        .await
+        .ok()?;
+    consumer.info().await.ok().cloned()
+}
+
 /// Deliveries the processor's durable consumer in `namespace` has made so far (`None`
 /// while the broker cannot say).
 pub async fn processor_deliveries(nats: &async_nats::Client, namespace: &str) -> Option<u64> {
-    let js = async_nats::jetstream::new(nats.clone());
     let stream = messaging::Topology::new(namespace).invoices_stream();
-    let mut consumer: async_nats::jetstream::consumer::PullConsumer = js
-        .get_stream(&stream)
-        .await
-        .ok()?
-        .get_consumer("processor")
-        .await
-        .ok()?;
-    Some(consumer.info().await.ok()?.delivered.consumer_sequence)
+    let info = consumer_info(nats, &stream, "processor").await?;
+    Some(info.delivered.consumer_sequence)
 }
 
 /// Deliveries a durable consumer has made (`consumer_sequence`, redeliveries included)
@@ -49,12 +60,19 @@ pub async fn deliveries_and_messages(
     consumer: &str,
 ) -> (u64, u64) {
     let js = async_nats::jetstream::new(nats.clone());
-    let mut stream = js.get_stream(stream).await.unwrap();
-    let messages = stream.info().await.unwrap().state.messages;
-    let mut consumer: async_nats::jetstream::consumer::PullConsumer =
-        stream.get_consumer(consumer).await.unwrap();
-    let delivered = consumer.info().await.unwrap().delivered.consumer_sequence;
-    (delivered, messages)
+    let messages = js
+        .get_stream(stream)
+        .await
+        .unwrap()
+        .info()
+        .await
+        .unwrap()
+        .state
+        .messages;
+    let info = consumer_info(nats, stream, consumer)
+        .await
+        .unwrap_or_else(|| panic!("the broker knows consumer {consumer} on {stream}"));
+    (info.delivered.consumer_sequence, messages)
 }
 
 /// Waits until `tenant`'s invoices in `invoices` (the MongoDB collection) are all

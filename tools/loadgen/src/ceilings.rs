@@ -414,7 +414,7 @@ where
         let _ = h.await;
     }
     let secs = start.elapsed().as_secs_f64();
-    let summary = latency.lock().map(|mut s| s.summary()).unwrap_or_default();
+    let summary = latency.lock().map(|s| s.summary()).unwrap_or_default();
     (
         docs.load(Ordering::Relaxed),
         secs,

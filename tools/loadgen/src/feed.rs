@@ -384,7 +384,7 @@ mod tests {
         t.finished_frame("b", now + Duration::from_millis(50), None);
         t.finished_frame("b", now + Duration::from_millis(60), None); // second socket
         t.accepted("c".into(), now, true);
-        let mut r = t.report(2);
+        let r = t.report(2);
         assert_eq!(r.never_completed, 1);
         assert_eq!(r.orphan_frames, 0);
         assert_eq!(r.completed_in_window, 2);

@@ -586,17 +586,9 @@ fn report(
     persisted: Option<Persisted>,
 ) {
     let secs = measured_for.as_secs_f64();
-    let mut feed = run.tracker.report(run.args.fanout.len());
-    let accept = run
-        .accept
-        .lock()
-        .map(|mut s| s.summary())
-        .unwrap_or_default();
-    let replay = run
-        .replay
-        .lock()
-        .map(|mut s| s.summary())
-        .unwrap_or_default();
+    let feed = run.tracker.report(run.args.fanout.len());
+    let accept = run.accept.lock().map(|s| s.summary()).unwrap_or_default();
+    let replay = run.replay.lock().map(|s| s.summary()).unwrap_or_default();
     let e2e = feed.e2e.summary();
     let c = &run.counters;
     let accepted_in_window = run.accepted_in_window.load(Ordering::Relaxed);

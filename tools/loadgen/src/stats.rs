@@ -40,7 +40,7 @@ impl Samples {
         other.0.reset();
     }
 
-    pub fn summary(&mut self) -> Summary {
+    pub fn summary(&self) -> Summary {
         if self.0.is_empty() {
             return Summary::default();
         }
