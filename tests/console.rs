@@ -60,7 +60,7 @@ async fn start_console(stack: &TestStack, mongodb_uri: &str) -> u16 {
     .await
     .expect("console builds");
     let port = app.port();
-    tokio::spawn(app.run_until_stopped(std::future::pending()));
+    tokio::spawn(app.run_until_stopped(service_kit::CancellationToken::new()));
     port
 }
 

@@ -187,6 +187,30 @@ fn assert_all_states_once(frames: &[Value], ids: &[String], what: &str) {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_closes_every_socket_with_1001_and_its_resume_point_then_exits_0() {
+    let stack = TestStack::start().await;
+    let mut fanout = stack.start_fanout(&[]).await;
+    let mut all = fanout.connect(&stack.api.tenant, "").await;
+    let mut narrowed = fanout.connect(&stack.api.tenant, "terminalId=T0").await;
+    let last = warm_up(&stack.api, &mut [&mut all, &mut narrowed]).await;
+
+    let exit = fanout.terminate(Duration::from_secs(15)).await;
+    for (ws, what) in [(&mut all, "all terminals"), (&mut narrowed, "terminal T0")] {
+        assert_eq!(
+            next_frame(ws, FRAME_WAIT).await,
+            Some(Received::Closed(Some((
+                1001,
+                format!("server shutting down; reconnect with since={last}")
+            )))),
+            "the {what} socket: {}",
+            fanout.log()
+        );
+    }
+    let status = exit.expect("fanout exits within 15 s of SIGTERM");
+    assert!(status.success(), "exit status {status:?}: {}", fanout.log());
+}
+
 /// Posts `n` invoices from `terminal`, four at a time; returns their ids.
 async fn post_many(api: &Api, n: usize, terminal: &str) -> Vec<String> {
     futures_util::stream::iter(0..n)
@@ -203,14 +227,17 @@ async fn post_many(api: &Api, n: usize, terminal: &str) -> Vec<String> {
 /// Posts one invoice and waits until every socket got its COMPLETED event: the
 /// tenant's live feed is running on each socket's instance from then on. (A tenant's
 /// first socket can miss events stored right after its upgrade; tests about other
-/// things start after this, the race has its own test.)
-async fn warm_up(api: &Api, sockets: &mut [&mut Ws]) {
+/// things start after this, the race has its own test.) Returns the COMPLETED event's
+/// seq, the last one each socket got.
+async fn warm_up(api: &Api, sockets: &mut [&mut Ws]) -> u64 {
     let id = post_many(api, 1, "T0").await.remove(0);
+    let mut completed = 0;
     for ws in sockets.iter_mut() {
         loop {
             match next_frame(ws, FRAME_WAIT).await {
                 Some(Received::Frame(f)) if f["invoiceId"] == id.as_str() => {
                     if f["state"] == "COMPLETED" {
+                        completed = seq(&f);
                         break;
                     }
                 }
@@ -218,6 +245,7 @@ async fn warm_up(api: &Api, sockets: &mut [&mut Ws]) {
             }
         }
     }
+    completed
 }
 
 async fn close(mut ws: Ws) {

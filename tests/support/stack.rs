@@ -102,7 +102,7 @@ impl TestStack {
         .expect("ingress builds");
         let port = ingress.port();
         let ingress_router = ingress.router();
-        tokio::spawn(ingress.run_until_stopped(std::future::pending()));
+        tokio::spawn(ingress.run_until_stopped(service_kit::CancellationToken::new()));
 
         let worker = Worker {
             health_addr: None,
@@ -123,7 +123,7 @@ impl TestStack {
             })
             .await
             .expect("processor builds");
-            tokio::spawn(processor.run_until_stopped(std::future::pending()));
+            tokio::spawn(processor.run_until_stopped(service_kit::CancellationToken::new()));
         }
         if options.start_persister {
             let persister = persister::build(persister::Settings {
@@ -142,7 +142,7 @@ impl TestStack {
             })
             .await
             .expect("persister builds");
-            tokio::spawn(persister.run_until_stopped(std::future::pending()));
+            tokio::spawn(persister.run_until_stopped(service_kit::CancellationToken::new()));
         }
         let tenant = unique("shop");
         let api = Api::new(format!("http://127.0.0.1:{port}"), &tenant);
@@ -473,6 +473,11 @@ impl Fanout {
     /// What the instance logged so far (for failure messages).
     pub fn log(&self) -> String {
         self.procs.log_of(0)
+    }
+
+    /// SIGTERM, then the exit status (`None` if it did not exit within `timeout`).
+    pub async fn terminate(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        self.procs.terminate(0, timeout).await
     }
 }
 

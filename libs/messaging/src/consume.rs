@@ -9,12 +9,14 @@
 //!   without being dead-lettered (the persister's always fails: its events are kept);
 //! - `Poison` (undecodable) → copied raw into the dead-letter stream, then TERM.
 //!
-//! Messages are handled on spawned tasks, at most `concurrency` at once; shutdown stops
-//! pulling and waits for the in-flight ones.
+//! Messages are handled on spawned tasks, at most `concurrency` at once; shutdown (the
+//! token cancelled) stops pulling and waits for the in-flight ones, which a task tracker
+//! counts.
 
 use crate::Bus;
 use async_nats::jetstream::{self, consumer::PullConsumer, AckKind};
 use futures_util::StreamExt;
+use service_kit::{CancellationToken, TaskTracker};
 use std::{future::Future, sync::Arc, time::Duration};
 use tokio::sync::Semaphore;
 use tracing::{error, warn, Instrument};
@@ -112,7 +114,7 @@ pub trait Handler: Send + Sync + 'static {
     ) -> impl Future<Output = Result<(), Self::Error>> + Send;
 }
 
-/// Runs `handler` over `consumer` until `shutdown` resolves, then waits for in-flight
+/// Runs `handler` over `consumer` until `stop` is cancelled, then waits for in-flight
 /// messages to finish (bounded by the caller's deadline).
 pub async fn run<H: Handler>(
     bus: Bus,
@@ -120,7 +122,7 @@ pub async fn run<H: Handler>(
     handler: Arc<H>,
     policy: RetryPolicy,
     concurrency: usize,
-    shutdown: impl Future<Output = ()> + Send,
+    stop: CancellationToken,
 ) -> Result<(), crate::BusError> {
     // Prefetch no more than we can work on: buffered messages age against ack_wait.
     let batch = concurrency.clamp(1, 256);
@@ -134,25 +136,21 @@ pub async fn run<H: Handler>(
             .await
             .map_err(|e| crate::BusError::Request(e.to_string()))
     };
-    let mut messages = loop {
-        match open().await {
-            Ok(m) => break m,
-            Err(e) => {
-                warn!(error = %e, "opening the consumer stream failed; retrying");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-        }
+    let opened = tokio::select! {
+        m = service_kit::retry::until_ok("cannot open the consumer stream", open) => m,
+        () = stop.cancelled() => return Ok(()),
     };
+    let mut messages = opened;
     let permits = Arc::new(Semaphore::new(concurrency));
+    let in_flight = TaskTracker::new();
     let meters = Arc::new(Meters::new(&consumer.cached_info().name));
-    tokio::pin!(shutdown);
     loop {
         let permit = tokio::select! {
-            _ = &mut shutdown => break,
+            () = stop.cancelled() => break,
             p = permits.clone().acquire_owned() => p.expect("semaphore never closed"),
         };
         let next = tokio::select! {
-            _ = &mut shutdown => break,
+            () = stop.cancelled() => break,
             next = messages.next() => next,
         };
         let message = match next {
@@ -188,7 +186,7 @@ pub async fn run<H: Handler>(
             attempt,
             request_id = delivery.request_id().unwrap_or("")
         );
-        tokio::spawn(
+        in_flight.spawn(
             async move {
                 settle(&bus, &*handler, policy, delivery, &meters).await;
                 drop(permit);
@@ -196,8 +194,9 @@ pub async fn run<H: Handler>(
             .instrument(span),
         );
     }
-    // Drain: every permit back means every in-flight message was settled.
-    let _ = permits.acquire_many(concurrency as u32).await;
+    // Drain: every in-flight message settled.
+    in_flight.close();
+    in_flight.wait().await;
     Ok(())
 }
 
@@ -307,9 +306,9 @@ async fn settle<H: Handler>(
     }
 }
 
-/// [`run`] for a service's lifetime: consumes until `shutdown`, then gives in-flight
-/// messages `grace` to finish. Whatever is still unacked after that is redelivered to
-/// another instance once its ack wait expires.
+/// [`run`] for a service's lifetime: consumes until `stop` is cancelled, then gives
+/// in-flight messages `grace` to finish. Whatever is still unacked after that is
+/// redelivered to another instance once its ack wait expires.
 pub async fn run_until_stopped<H: Handler>(
     bus: Bus,
     consumer: PullConsumer,
@@ -317,22 +316,12 @@ pub async fn run_until_stopped<H: Handler>(
     policy: RetryPolicy,
     concurrency: usize,
     grace: Duration,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    stop: CancellationToken,
 ) -> Result<(), crate::BusError> {
-    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
-    tokio::spawn(async move {
-        shutdown.await;
-        let _ = stop_tx.send(true);
-    });
-    let mut stopped = stop_rx.clone();
-    let run = run(bus, consumer, handler, policy, concurrency, async move {
-        let _ = stopped.wait_for(|s| *s).await;
-    });
-    tokio::pin!(run);
-    let mut stopped = stop_rx;
+    let run = run(bus, consumer, handler, policy, concurrency, stop.clone());
     tokio::select! {
-        r = &mut run => r,
-        _ = async { let _ = stopped.wait_for(|s| *s).await; tokio::time::sleep(grace).await } => {
+        r = run => r,
+        () = async { stop.cancelled().await; tokio::time::sleep(grace).await } => {
             warn!("shutdown grace period over with messages in flight; they will be redelivered");
             Ok(())
         }

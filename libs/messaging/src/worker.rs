@@ -1,14 +1,14 @@
 //! The shell of a queue worker (processor, persister): its `/health` server, its
 //! services-API registration, and the run — bind the durable consumer (retrying while
 //! the broker cannot), consume with the shared loop ([`crate::consume`]) until the
-//! shutdown future resolves, drain within the grace period, then stop `/health`.
+//! shutdown token is cancelled, drain within the grace period, then stop `/health`.
 //!
 //! A service builds its handler and its health check, and hands both here; what differs
 //! between workers is only what they do with a message and what their health checks.
 
 use crate::{consume::Handler, Bus, BusError, RetryPolicy};
 use async_nats::jetstream::consumer::pull;
-use service_kit::{http::Health, settings::Worker as WorkerSettings, Shutdown};
+use service_kit::{http::Health, settings::Worker as WorkerSettings, CancellationToken};
 use std::{future::Future, sync::Arc};
 
 /// What a worker consumes and how.
@@ -35,7 +35,7 @@ pub struct Spec<H> {
 pub struct Worker<H> {
     spec: Spec<H>,
     health_port: Option<u16>,
-    stop_health: Shutdown,
+    stop_health: CancellationToken,
 }
 
 impl<H: Handler> Worker<H> {
@@ -45,7 +45,7 @@ impl<H: Handler> Worker<H> {
         F: Fn() -> Fut + Clone + Send + Sync + 'static,
         Fut: Future<Output = Health> + Send + 'static,
     {
-        let stop_health = Shutdown::new();
+        let stop_health = CancellationToken::new();
         let health_port =
             service_kit::http::serve_health(spec.settings.health_addr, stop_health.clone(), check)
                 .await?;
@@ -61,12 +61,9 @@ impl<H: Handler> Worker<H> {
         self.health_port
     }
 
-    /// Consumes until `shutdown`, then drains in-flight messages within the grace period;
-    /// `/health` stops last.
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> Result<(), BusError> {
+    /// Consumes until `stop` is cancelled, then drains in-flight messages within the
+    /// grace period; `/health` stops last.
+    pub async fn run_until_stopped(self, stop: CancellationToken) -> Result<(), BusError> {
         let Spec {
             name,
             bus,
@@ -86,10 +83,10 @@ impl<H: Handler> Worker<H> {
             retry,
             settings.concurrency,
             settings.shutdown_grace,
-            shutdown,
+            stop,
         )
         .await;
-        self.stop_health.trigger();
+        self.stop_health.cancel();
         result
     }
 }

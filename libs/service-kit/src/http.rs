@@ -248,12 +248,12 @@ impl IntoResponse for Health {
     }
 }
 
-/// Serves `router` on `addr` until `shutdown` resolves; returns the bound port. Workers
+/// Serves `router` on `addr` until `stop` is cancelled; returns the bound port. Workers
 /// use it for `/health`.
 pub async fn serve(
     addr: std::net::SocketAddr,
     router: axum::Router,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+    stop: crate::CancellationToken,
 ) -> std::io::Result<u16> {
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let port = listener.local_addr()?.port();
@@ -262,7 +262,7 @@ pub async fn serve(
             listener,
             router,
             crate::server::ServerLimits::default(),
-            shutdown,
+            stop,
         )
         .await
         {
@@ -273,10 +273,10 @@ pub async fn serve(
 }
 
 /// Serves `GET /health` answered by `check` on `addr` (`None`: not served) until `stop`
-/// is triggered; returns the bound port. The queue workers' health endpoint.
+/// is cancelled; returns the bound port. The queue workers' health endpoint.
 pub async fn serve_health<F, Fut>(
     addr: Option<std::net::SocketAddr>,
-    stop: crate::Shutdown,
+    stop: crate::CancellationToken,
     check: F,
 ) -> std::io::Result<Option<u16>>
 where
@@ -285,9 +285,7 @@ where
 {
     let Some(addr) = addr else { return Ok(None) };
     let router = axum::Router::new().route("/health", axum::routing::get(check));
-    serve(addr, router, async move { stop.wait().await })
-        .await
-        .map(Some)
+    serve(addr, router, stop).await.map(Some)
 }
 
 /// The error body's schema, its `code` enumerating [`ErrorCode::ALL`]: the document

@@ -3,7 +3,8 @@
 //! - `settings.rs`: read env vars into typed values, collecting every bad variable so
 //!   start-up fails once with a message naming each;
 //! - `telemetry.rs`: tracing init (text or JSON) with a writer tests can silence;
-//! - `shutdown.rs`: the SIGINT/SIGTERM future and a cloneable shutdown handle;
+//! - `shutdown.rs`: the one shutdown mechanism (a cancellation token from SIGINT/SIGTERM,
+//!   a task tracker for what must finish);
 //! - `http.rs`: the contract's error body and the `/health` response shape;
 //! - `server.rs`: the HTTP server with connection limits and timeouts, used by all;
 //! - `metrics.rs`: the Prometheus recorder, `GET /metrics` and the HTTP figures;
@@ -21,4 +22,4 @@ pub mod telemetry;
 
 pub use settings::Env;
 
-pub use shutdown::{shutdown_signal, Shutdown};
+pub use shutdown::{CancellationToken, TaskTracker};

@@ -6,9 +6,12 @@
 //! HTTP/1 with a header-read deadline that also closes idle keep-alive connections, a
 //! 16 KiB header cap (431) → the router under a whole-request timeout (408) and the
 //! JSON error body for every error that a layer, not a handler, produced (404, 405, 408,
-//! 413 …), and a bounded `X-Request-Id` echoed on every answer. On shutdown: stop accepting, let each connection finish its request.
+//! 413 …), and a bounded `X-Request-Id` echoed on every answer. On shutdown (the token
+//! cancelled): stop accepting, let each connection finish its request (a task tracker
+//! counts them), then return.
 
 use crate::http::{ErrorCode, ErrorResponse};
+use crate::shutdown::{CancellationToken, TaskTracker};
 use axum::{
     body::Body,
     extract::Request,
@@ -18,9 +21,9 @@ use axum::{
 };
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::service::TowerToHyperService;
-use std::{future::Future, sync::Arc, time::Duration};
+use std::{sync::Arc, time::Duration};
 use tokio::net::TcpListener;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::Semaphore;
 use tower::ServiceExt;
 
 /// Contract: request headers over 16 KiB → 431.
@@ -152,13 +155,13 @@ async fn json_error_body(response: Response) -> Response {
     out
 }
 
-/// Serves `router` with the layers of [`harden`] on `listener` until `shutdown`
-/// resolves, then waits for open requests to finish.
+/// Serves `router` with the layers of [`harden`] on `listener` until `stop` is
+/// cancelled, then waits for open requests to finish.
 pub async fn serve(
     listener: TcpListener,
     router: Router,
     limits: ServerLimits,
-    shutdown: impl Future<Output = ()> + Send + 'static,
+    stop: CancellationToken,
 ) -> std::io::Result<()> {
     let router = harden(router, &limits);
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -168,18 +171,14 @@ pub async fn serve(
         .header_read_timeout(limits.header_read_timeout)
         .max_header_size(MAX_HEADER_BYTES)
         .keep_alive(true);
-    // Connections watch `stop`; `closed` completes when the last one has dropped its
-    // receiver (the pattern of axum::serve's graceful shutdown).
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let (closed_tx, closed_rx) = watch::channel(());
-    tokio::pin!(shutdown);
+    let connections = TaskTracker::new();
     loop {
         let permit = tokio::select! {
             p = permits.clone().acquire_owned() => match p {
                 Ok(p) => p,
                 Err(_) => break, // never closed
             },
-            () = &mut shutdown => break,
+            () = stop.cancelled() => break,
         };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
@@ -191,7 +190,7 @@ pub async fn serve(
                     continue;
                 }
             },
-            () = &mut shutdown => break,
+            () = stop.cancelled() => break,
         };
         let _ = stream.set_nodelay(true);
         let service = TowerToHyperService::new(
@@ -202,13 +201,12 @@ pub async fn serve(
         let conn = builder
             .serve_connection(TokioIo::new(stream), service)
             .with_upgrades();
-        let mut stop = stop_rx.clone();
-        let closed = closed_rx.clone();
-        tokio::spawn(async move {
+        let stop = stop.clone();
+        connections.spawn(async move {
             tokio::pin!(conn);
             let result = tokio::select! {
                 result = conn.as_mut() => result,
-                _ = stop.changed() => {
+                () = stop.cancelled() => {
                     // Finish the request in flight, then close.
                     conn.as_mut().graceful_shutdown();
                     conn.as_mut().await
@@ -218,12 +216,10 @@ pub async fn serve(
                 tracing::debug!(error = %e, "connection ended with an error");
             }
             drop(permit);
-            drop(closed);
         });
     }
     drop(listener);
-    let _ = stop_tx.send(true);
-    drop(closed_rx);
-    closed_tx.closed().await;
+    connections.close();
+    connections.wait().await;
     Ok(())
 }

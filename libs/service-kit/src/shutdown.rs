@@ -1,6 +1,12 @@
-//! Shutdown as a value passed down: a cloneable handle whose `wait()` resolves once.
+//! Shutdown, one mechanism for every service: a [`CancellationToken`] made by `main`
+//! ([`on_signal`]: cancelled by SIGINT or SIGTERM; a test makes its own) and passed down
+//! to whatever must stop — the HTTP server's accept loop and connections, a consume loop,
+//! a socket, a background reader. Work that must end before the process does is spawned
+//! on a [`TaskTracker`] and awaited after the cancel (connections, in-flight deliveries,
+//! open sockets), each with its own deadline.
 
-use tokio::sync::watch;
+pub use tokio_util::sync::CancellationToken;
+pub use tokio_util::task::TaskTracker;
 
 /// Resolves on SIGINT or SIGTERM.
 pub async fn shutdown_signal() {
@@ -22,51 +28,14 @@ pub async fn shutdown_signal() {
     tracing::info!("shutdown signal received");
 }
 
-/// A shutdown trigger shared by every task of a service.
-#[derive(Clone, Debug)]
-pub struct Shutdown {
-    rx: watch::Receiver<bool>,
-    tx: std::sync::Arc<watch::Sender<bool>>,
-}
-
-impl Default for Shutdown {
-    fn default() -> Self {
-        Self::new()
-    }
-}
-
-impl Shutdown {
-    /// A handle not triggered yet.
-    pub fn new() -> Self {
-        let (tx, rx) = watch::channel(false);
-        Self {
-            rx,
-            tx: std::sync::Arc::new(tx),
-        }
-    }
-
-    /// Starts the shutdown: every clone's [`Shutdown::wait`] resolves. Idempotent.
-    pub fn trigger(&self) {
-        let _ = self.tx.send(true);
-    }
-
-    /// Whether shutdown has started.
-    pub fn is_triggered(&self) -> bool {
-        *self.rx.borrow()
-    }
-
-    /// Resolves once `trigger` was called (at once if it already was).
-    pub async fn wait(&self) {
-        let mut rx = self.rx.clone();
-        let _ = rx.wait_for(|stopped| *stopped).await;
-    }
-
-    /// Triggers this handle when `signal` resolves.
-    pub fn trigger_on(&self, signal: impl std::future::Future<Output = ()> + Send + 'static) {
-        let this = self.clone();
-        tokio::spawn(async move {
-            signal.await;
-            this.trigger();
-        });
-    }
+/// A token cancelled when SIGINT or SIGTERM arrives: what a service's `main` hands to
+/// its `run_until_stopped`.
+pub fn on_signal() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        cancel.cancel();
+    });
+    token
 }

@@ -35,12 +35,12 @@ pub use settings::Settings;
 use anyhow::Context;
 use axum::extract::FromRef;
 use domain::Timestamp;
-use futures_util::StreamExt;
+use futures_util::{FutureExt, StreamExt};
 use messaging::{feed::FeedStart, Bus, NatsSettings, StreamSummary, Topology};
 use serde::Serialize;
+use service_kit::{CancellationToken, TaskTracker};
 use std::{
     collections::BTreeMap,
-    future::Future,
     sync::{Arc, Mutex},
     time::Duration,
 };
@@ -115,7 +115,9 @@ pub struct App {
     listener: TcpListener,
     state: AppState,
     limits: service_kit::server::ServerLimits,
-    stop: service_kit::Shutdown,
+    /// Stops the background readers once the server has drained.
+    readers: CancellationToken,
+    reader_tasks: TaskTracker,
 }
 
 impl App {
@@ -142,17 +144,16 @@ impl App {
             alerts: Mutex::new(Vec::new()),
             pipeline: bus.watch_pipeline(infra.backlog_poll),
         });
-        let stop = service_kit::Shutdown::new();
-        spawn_until(
-            &stop,
-            read_events(bus.clone(), figures.clone(), settings.backfill_events),
-        );
-        spawn_until(&stop, read_streams(bus.clone(), figures.clone()));
-        spawn_until(
-            &stop,
-            read_states(store.clone(), figures.clone(), settings.states_every),
-        );
-        spawn_until(&stop, judge(figures.clone(), settings.thresholds));
+        let readers = CancellationToken::new();
+        let reader_tasks = TaskTracker::new();
+        for task in [
+            read_events(bus.clone(), figures.clone(), settings.backfill_events).boxed(),
+            read_streams(bus.clone(), figures.clone()).boxed(),
+            read_states(store.clone(), figures.clone(), settings.states_every).boxed(),
+            judge(figures.clone(), settings.thresholds).boxed(),
+        ] {
+            reader_tasks.spawn(readers.clone().run_until_cancelled_owned(task));
+        }
         let state = AppState {
             bus,
             store,
@@ -165,7 +166,8 @@ impl App {
             listener,
             state,
             limits: settings.http.clone(),
-            stop,
+            readers,
+            reader_tasks,
         })
     }
 
@@ -173,34 +175,16 @@ impl App {
         self.listener.local_addr().map_or(0, |a| a.port())
     }
 
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
+    /// Serves until `stop` is cancelled; the background readers stop after the server.
+    pub async fn run_until_stopped(self, stop: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.listener.local_addr()?, "console listening");
-        let stop = self.stop.clone();
-        stop.trigger_on(shutdown);
-        let wait = stop.clone();
-        service_kit::server::serve(
-            self.listener,
-            routes::router(self.state),
-            self.limits,
-            async move { wait.wait().await },
-        )
-        .await?;
+        service_kit::server::serve(self.listener, routes::router(self.state), self.limits, stop)
+            .await?;
+        self.readers.cancel();
+        self.reader_tasks.close();
+        self.reader_tasks.wait().await;
         Ok(())
     }
-}
-
-/// Runs `task` until `stop` is triggered.
-fn spawn_until(stop: &service_kit::Shutdown, task: impl Future<Output = ()> + Send + 'static) {
-    let stop = stop.clone();
-    tokio::spawn(async move {
-        tokio::select! {
-            () = task => {}
-            () = stop.wait() => {}
-        }
-    });
 }
 
 fn now_ms() -> i64 {

@@ -59,8 +59,9 @@ use anyhow::Context;
 use axum::extract::FromRef;
 use messaging::{Bus, NatsSettings, Topology};
 use metrics::Metrics;
-use std::{future::Future, sync::Arc, time::Duration};
-use tokio::{net::TcpListener, sync::mpsc};
+use service_kit::{CancellationToken, TaskTracker};
+use std::{sync::Arc, time::Duration};
+use tokio::net::TcpListener;
 
 /// Timeout of JetStream API requests (stream info, consumer creation).
 const NATS_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -75,11 +76,11 @@ pub struct AppState {
     verifier: auth::Verifier,
     policy: socket::SocketPolicy,
     metrics: Arc<Metrics>,
-    /// Triggered once on shutdown: every socket closes with 1001.
-    shutdown: service_kit::Shutdown,
-    /// Each socket holds a clone; when all are dropped the receiver in [`App`] wakes,
-    /// which is how shutdown knows the sockets are gone (mini-redis `shutdown_complete`).
-    sockets_done: mpsc::Sender<()>,
+    /// Cancelled on shutdown: every socket closes with 1001.
+    shutdown: CancellationToken,
+    /// Every upgraded socket, so shutdown can wait for their close frames (the HTTP
+    /// server's own drain does not see them: an upgraded connection is detached).
+    sockets: TaskTracker,
 }
 
 impl FromRef<AppState> for auth::Verifier {
@@ -91,7 +92,6 @@ impl FromRef<AppState> for auth::Verifier {
 pub struct App {
     listener: TcpListener,
     state: AppState,
-    sockets_done: mpsc::Receiver<()>,
     limits: service_kit::server::ServerLimits,
     /// Keeps the services-API registration alive.
     _service: messaging::Service,
@@ -149,7 +149,6 @@ impl App {
                 }
             });
         }
-        let (sockets_done_tx, sockets_done) = mpsc::channel(1);
         let state = AppState {
             bus,
             hub,
@@ -159,13 +158,13 @@ impl App {
                 idle_timeout: settings.idle_timeout,
             },
             metrics,
-            shutdown: service_kit::Shutdown::new(),
-            sockets_done: sockets_done_tx,
+            // Replaced by `run_until_stopped`'s token; nothing cancels this one.
+            shutdown: CancellationToken::new(),
+            sockets: TaskTracker::new(),
         };
         Ok(Self {
             listener,
             state,
-            sockets_done,
             limits: settings.http.clone(),
             _service: service,
         })
@@ -180,29 +179,26 @@ impl App {
         self.state.metrics.clone()
     }
 
-    /// Serves until `shutdown` resolves, then closes every socket with 1001 and waits
+    /// Serves until `stop` is cancelled, then closes every socket with 1001 and waits
     /// (at most [`SOCKET_DRAIN_TIMEOUT`]) for them to go.
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
+    pub async fn run_until_stopped(self, stop: CancellationToken) -> anyhow::Result<()> {
         let Self {
             listener,
             state,
-            mut sockets_done,
             limits,
             _service,
         } = self;
         tracing::info!(addr = %listener.local_addr()?, "fanout listening");
-        let stop = state.shutdown.clone();
-        stop.trigger_on(shutdown);
+        let sockets = state.sockets.clone();
+        let state = AppState {
+            shutdown: stop.clone(),
+            ..state
+        };
         // Upgraded sockets are detached from the HTTP server: its graceful shutdown does
         // not wait for them, the drain below does.
-        service_kit::server::serve(listener, routes::router(state), limits, async move {
-            stop.wait().await;
-        })
-        .await?;
-        if tokio::time::timeout(SOCKET_DRAIN_TIMEOUT, sockets_done.recv())
+        service_kit::server::serve(listener, routes::router(state), limits, stop).await?;
+        sockets.close();
+        if tokio::time::timeout(SOCKET_DRAIN_TIMEOUT, sockets.wait())
             .await
             .is_err()
         {

@@ -132,7 +132,9 @@ async fn upgrade(
         shutdown: app.shutdown.clone(),
         token_exp: claims.exp,
     };
-    let socket_done = app.sockets_done.clone();
+    // Counted from here, before the upgrade completes, so a shutdown that starts in
+    // between still waits for this socket.
+    let tracked = app.sockets.token();
     upgrade
         // tungstenite preallocates its read buffer (128 KiB by default) per socket;
         // clients send nothing but pongs and closes, so a small one is plenty.
@@ -142,7 +144,7 @@ async fn upgrade(
         .max_frame_size(MAX_INBOUND_BYTES)
         .on_upgrade(move |ws| async move {
             socket::run(ws, session).await;
-            drop(socket_done);
+            drop(tracked);
         })
 }
 

@@ -176,7 +176,7 @@ pub struct Session<L> {
     pub resume: Resume,
     pub policy: SocketPolicy,
     pub metrics: Arc<Metrics>,
-    pub shutdown: service_kit::Shutdown,
+    pub shutdown: service_kit::CancellationToken,
     /// The token's `exp` (Unix seconds): the socket is closed with 4001 then.
     pub token_exp: i64,
 }
@@ -239,7 +239,7 @@ pub async fn run<L: EventLog>(socket: WebSocket, session: Session<L>) {
     let expires = Instant::now() + until_unix(token_exp);
     let stop = async {
         tokio::select! {
-            () = shutdown.wait() => Closing::SHUTDOWN,
+            () = shutdown.cancelled() => Closing::SHUTDOWN,
             Ok(closing) = verdict_rx => closing,
             () = tokio::time::sleep_until(expires) => Closing::TOKEN_EXPIRED,
         }

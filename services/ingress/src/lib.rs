@@ -38,7 +38,7 @@ pub use settings::Settings;
 use anyhow::Context;
 use axum::extract::FromRef;
 use messaging::{Bus, NatsSettings, Topology};
-use std::future::Future;
+use service_kit::CancellationToken;
 use tokio::net::TcpListener;
 
 #[derive(Clone)]
@@ -135,13 +135,11 @@ impl App {
         routes::router(self.state.clone())
     }
 
-    pub async fn run_until_stopped(
-        self,
-        shutdown: impl Future<Output = ()> + Send + 'static,
-    ) -> anyhow::Result<()> {
+    /// Serves until `stop` is cancelled, then lets open requests finish.
+    pub async fn run_until_stopped(self, stop: CancellationToken) -> anyhow::Result<()> {
         tracing::info!(addr = %self.listener.local_addr()?, "ingress listening");
         let app = routes::router(self.state);
-        service_kit::server::serve(self.listener, app, self.limits, shutdown).await?;
+        service_kit::server::serve(self.listener, app, self.limits, stop).await?;
         Ok(())
     }
 }

@@ -13,5 +13,6 @@ async fn main() -> anyhow::Result<()> {
     service_kit::telemetry::init(std::io::stdout);
     let settings = Settings::from_env()?;
     let app = App::build(settings).await?;
-    app.run_until_stopped(service_kit::shutdown_signal()).await
+    app.run_until_stopped(service_kit::shutdown::on_signal())
+        .await
 }

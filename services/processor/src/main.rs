@@ -11,7 +11,7 @@ async fn main() -> anyhow::Result<()> {
     service_kit::telemetry::init(std::io::stdout);
     let settings = processor::Settings::from_env()?;
     let app = processor::build(settings).await?;
-    app.run_until_stopped(service_kit::shutdown_signal())
+    app.run_until_stopped(service_kit::shutdown::on_signal())
         .await?;
     Ok(())
 }
