@@ -55,15 +55,15 @@ async fn publishing_the_same_submission_or_event_twice_stores_it_once() {
         ),
         Err(e) => panic!("a second submission of a key: {e}"),
     }
-    let key = first.invoice.idempotency_key.as_ref().unwrap();
+    let key = first.invoice.idempotency_key().unwrap();
     assert_eq!(
-        bus.submission_of_key(&first.invoice.tenant_id, key)
+        bus.submission_of_key(first.invoice.tenant_id(), key)
             .await
             .unwrap()
             .unwrap()
             .invoice
-            .id,
-        first.invoice.id,
+            .id(),
+        first.invoice.id(),
         "the key's subject holds the first submission"
     );
 

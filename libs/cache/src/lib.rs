@@ -165,7 +165,7 @@ impl Cache {
     pub async fn put_job(&self, message: &Encoded<'_>) -> Result<(), CacheError> {
         let mut c = self.conn()?;
         let inv = &message.envelope.invoice;
-        let key = self.job_key(&inv.tenant_id, inv.id);
+        let key = self.job_key(inv.tenant_id(), inv.id());
         let script = Script::new(PUT_FORWARD);
         let mut inv_script = script.key(key);
         inv_script

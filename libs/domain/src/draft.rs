@@ -114,21 +114,21 @@ pub struct DraftLine {
 #[derive(Debug, Clone, PartialEq)]
 pub struct DraftInvoice {
     /// The client's key, scoped per tenant; `None` if it sent none.
-    pub idempotency_key: Option<IdempotencyKey>,
+    pub(crate) idempotency_key: Option<IdempotencyKey>,
     /// The terminal that issued the invoice.
-    pub terminal_id: TerminalId,
+    pub(crate) terminal_id: TerminalId,
     /// The invoice's currency; amounts round to its minor unit.
-    pub currency: Currency,
+    pub(crate) currency: Currency,
     /// The terminal's `issuedAt`, valid RFC 3339 and kept as given; `None`: time of receipt.
-    pub issued_at: Option<IssuedAt>,
+    pub(crate) issued_at: Option<IssuedAt>,
     /// Whether unit prices include tax.
-    pub tax_inclusive: bool,
+    pub(crate) tax_inclusive: bool,
     /// The buyer, if the invoice names one.
-    pub customer: Option<Customer>,
+    pub(crate) customer: Option<Customer>,
     /// The invoice lines, 1–500.
-    pub lines: Vec<DraftLine>,
+    pub(crate) lines: Vec<DraftLine>,
     /// The payments, at most 100; may be empty.
-    pub payments: Vec<Payment>,
+    pub(crate) payments: Vec<Payment>,
 }
 
 /// The line and payment counts, checked before any line is looked at: a request over

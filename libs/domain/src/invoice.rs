@@ -143,53 +143,53 @@ pub struct InvoiceError {
 #[serde(rename_all = "camelCase")]
 pub struct Invoice {
     /// The invoice's id, a UUIDv7.
-    pub id: InvoiceId,
+    pub(crate) id: InvoiceId,
     /// The shop the invoice belongs to; no other tenant ever sees it.
-    pub tenant_id: TenantId,
+    pub(crate) tenant_id: TenantId,
     /// The terminal that issued it.
-    pub terminal_id: TerminalId,
+    pub(crate) terminal_id: TerminalId,
     /// The client's idempotency key, if it sent one.
-    pub idempotency_key: Option<IdempotencyKey>,
+    pub(crate) idempotency_key: Option<IdempotencyKey>,
     /// Where the invoice is in its lifecycle.
-    pub state: InvoiceState,
+    pub(crate) state: InvoiceState,
     /// The invoice's currency; amounts are rounded to its minor unit.
-    pub currency: Currency,
+    pub(crate) currency: Currency,
     /// Whether unit prices include tax.
-    pub tax_inclusive: bool,
+    pub(crate) tax_inclusive: bool,
     /// The terminal's own clock, kept exactly as given (offline invoices keep their time).
-    pub issued_at: IssuedAt,
+    pub(crate) issued_at: IssuedAt,
     /// When the backend accepted the invoice.
-    pub created_at: Timestamp,
+    pub(crate) created_at: Timestamp,
     /// When the invoice last changed state.
-    pub updated_at: Timestamp,
+    pub(crate) updated_at: Timestamp,
     /// The buyer, if the invoice names one.
-    pub customer: Option<Customer>,
+    pub(crate) customer: Option<Customer>,
     /// The invoice lines, in the order sent.
-    pub items: Vec<Line>,
+    pub(crate) items: Vec<Line>,
     /// The payments, in the order sent.
-    pub payments: Vec<Payment>,
+    pub(crate) payments: Vec<Payment>,
     /// The computed money; `None` until COMPLETED.
-    pub totals: Option<Totals>,
+    pub(crate) totals: Option<Totals>,
     /// Processing attempts of the current generation; reset by a replay.
-    pub attempts: u32,
+    pub(crate) attempts: u32,
     /// Why the invoice FAILED; `None` in any other state.
-    pub error: Option<InvoiceError>,
+    pub(crate) error: Option<InvoiceError>,
     /// How many times an operator replayed this invoice out of the dead-letter stream.
     #[serde(default)]
-    pub replays: u32,
+    pub(crate) replays: u32,
     /// `invoice`, or `credit_note` (then `creditFor` names the invoice it corrects).
     #[serde(default)]
-    pub kind: InvoiceKind,
+    pub(crate) kind: InvoiceKind,
     /// The invoice a credit note corrects; `None` for an invoice.
     #[serde(default)]
-    pub credit_for: Option<InvoiceId>,
+    pub(crate) credit_for: Option<InvoiceId>,
     /// Why a credit note was issued (as the manager gave it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub credit_reason: Option<String>,
+    pub(crate) credit_reason: Option<String>,
     /// The invoice's record in its tenant's fiscal series: set with COMPLETED, never
     /// before, never on FAILED.
     #[serde(default)]
-    pub fiscal: Option<FiscalRecord>,
+    pub(crate) fiscal: Option<FiscalRecord>,
 }
 
 /// A lifecycle method was asked for a move the state machine forbids.
@@ -368,5 +368,112 @@ impl Invoice {
     /// Zero in this invoice's currency, in its minor-unit scale.
     pub fn zero(&self) -> Decimal {
         money::zero(self.currency)
+    }
+
+    // Read access only: every field changes through the lifecycle methods above, so
+    // no caller can move a state backwards or complete an invoice without its record.
+    /// The invoice's id, a UUIDv7.
+    pub fn id(&self) -> InvoiceId {
+        self.id
+    }
+
+    /// The shop the invoice belongs to.
+    pub fn tenant_id(&self) -> &TenantId {
+        &self.tenant_id
+    }
+
+    /// The terminal that issued it.
+    pub fn terminal_id(&self) -> &TerminalId {
+        &self.terminal_id
+    }
+
+    /// The client's idempotency key, if it sent one.
+    pub fn idempotency_key(&self) -> Option<&IdempotencyKey> {
+        self.idempotency_key.as_ref()
+    }
+
+    /// Where the invoice is in its lifecycle.
+    pub fn state(&self) -> InvoiceState {
+        self.state
+    }
+
+    /// The invoice's currency.
+    pub fn currency(&self) -> Currency {
+        self.currency
+    }
+
+    /// Whether unit prices include tax.
+    pub fn tax_inclusive(&self) -> bool {
+        self.tax_inclusive
+    }
+
+    /// The terminal's own clock, as given.
+    pub fn issued_at(&self) -> &IssuedAt {
+        &self.issued_at
+    }
+
+    /// When the backend accepted the invoice.
+    pub fn created_at(&self) -> Timestamp {
+        self.created_at
+    }
+
+    /// When the invoice last changed state.
+    pub fn updated_at(&self) -> Timestamp {
+        self.updated_at
+    }
+
+    /// The buyer, if the invoice names one.
+    pub fn customer(&self) -> Option<&Customer> {
+        self.customer.as_ref()
+    }
+
+    /// The invoice lines, in the order sent.
+    pub fn items(&self) -> &[Line] {
+        &self.items
+    }
+
+    /// The payments, in the order sent.
+    pub fn payments(&self) -> &[Payment] {
+        &self.payments
+    }
+
+    /// The computed money; `None` until COMPLETED.
+    pub fn totals(&self) -> Option<&Totals> {
+        self.totals.as_ref()
+    }
+
+    /// Processing attempts of the current generation.
+    pub fn attempts(&self) -> u32 {
+        self.attempts
+    }
+
+    /// Why the invoice FAILED; `None` in any other state.
+    pub fn error(&self) -> Option<&InvoiceError> {
+        self.error.as_ref()
+    }
+
+    /// How many times an operator replayed it out of the dead-letter stream.
+    pub fn replays(&self) -> u32 {
+        self.replays
+    }
+
+    /// An invoice or a credit note.
+    pub fn kind(&self) -> InvoiceKind {
+        self.kind
+    }
+
+    /// The invoice a credit note corrects.
+    pub fn credit_for(&self) -> Option<InvoiceId> {
+        self.credit_for
+    }
+
+    /// Why a credit note was issued.
+    pub fn credit_reason(&self) -> Option<&str> {
+        self.credit_reason.as_deref()
+    }
+
+    /// The fiscal record; set with COMPLETED, never before.
+    pub fn fiscal(&self) -> Option<&FiscalRecord> {
+        self.fiscal.as_ref()
     }
 }

@@ -418,9 +418,9 @@ impl Bus {
     /// no key can produce another key's id (`K:r1` at generation 0 is not `K` replayed).
     pub fn submission_id(envelope: &Envelope) -> String {
         let inv = &envelope.invoice;
-        match &inv.idempotency_key {
-            Some(k) => format!("{}:{}:k:{k}", inv.tenant_id, inv.replays),
-            None => format!("{}:{}:i:{}", inv.tenant_id, inv.replays, inv.id),
+        match &inv.idempotency_key() {
+            Some(k) => format!("{}:{}:k:{k}", inv.tenant_id(), inv.replays()),
+            None => format!("{}:{}:i:{}", inv.tenant_id(), inv.replays(), inv.id()),
         }
     }
 
@@ -437,9 +437,9 @@ impl Bus {
         request_id: Option<&str>,
     ) -> Result<Published, BusError> {
         let inv = &message.envelope.invoice;
-        let key = inv.idempotency_key.as_ref();
-        let subject = self.topology.submit_subject(&inv.tenant_id, key);
-        let first_of_key = key.is_some() && inv.replays == 0;
+        let key = inv.idempotency_key();
+        let subject = self.topology.submit_subject(inv.tenant_id(), key);
+        let first_of_key = key.is_some() && inv.replays() == 0;
         self.publish(
             subject,
             Self::submission_id(message.envelope),
@@ -524,8 +524,14 @@ impl Bus {
     fn event_target(&self, message: &Encoded<'_>) -> (String, String) {
         let inv = &message.envelope.invoice;
         (
-            self.topology.event_subject(&inv.tenant_id, inv.id),
-            format!("{}:{}:{}:{}", inv.id, inv.replays, inv.state, inv.attempts),
+            self.topology.event_subject(inv.tenant_id(), inv.id()),
+            format!(
+                "{}:{}:{}:{}",
+                inv.id(),
+                inv.replays(),
+                inv.state(),
+                inv.attempts()
+            ),
         )
     }
 
@@ -534,9 +540,9 @@ impl Bus {
     /// publish is stored once.
     pub async fn publish_dead_letter(&self, letter: &DeadLetter) -> Result<Published, BusError> {
         let inv = &letter.submission.invoice;
-        let id = format!("{}:{}", inv.id, inv.replays);
+        let id = format!("{}:{}", inv.id(), inv.replays());
         self.publish(
-            self.topology.dlq_subject(&inv.tenant_id),
+            self.topology.dlq_subject(inv.tenant_id()),
             id,
             letter.encode(),
             None,
@@ -625,7 +631,13 @@ mod tests {
             draft,
             Timestamp::now(),
         );
-        invoice.replays = replays;
+        for _ in 0..replays {
+            // The one way to a replay: attempted, failed, replayed by an operator.
+            let now = Timestamp::now();
+            invoice.start_attempt(1, now).unwrap();
+            invoice.fail("processing_failed", "test", now).unwrap();
+            invoice.replay(now).unwrap();
+        }
         Envelope {
             invoice,
             fingerprint,

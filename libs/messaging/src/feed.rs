@@ -232,7 +232,7 @@ async fn next_event(mut reader: Reader) -> Option<(LoggedEvent, Reader)> {
         reader.floor = seq;
         match Envelope::decode(&message.payload) {
             Ok(envelope) => {
-                let at = envelope.invoice.updated_at;
+                let at = envelope.invoice.updated_at();
                 let request_id = message
                     .headers
                     .as_ref()

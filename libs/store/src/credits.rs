@@ -75,7 +75,7 @@ impl Store {
         fingerprint: &str,
         items: Option<&[CreditItem]>,
     ) -> Result<Reserved, CreditRefused> {
-        let id = format!("{}:{}", original.tenant_id, original.id);
+        let id = format!("{}:{}", original.tenant_id(), original.id());
         let credits = self.db().collection::<CreditsDoc>(CREDITS);
         for _ in 0..TRIES {
             let found = self
@@ -118,7 +118,7 @@ impl Store {
                 None => {
                     let doc = CreditsDoc {
                         id: id.clone(),
-                        tenant_id: original.tenant_id.to_string(),
+                        tenant_id: original.tenant_id().to_string(),
                         credited: after,
                         notes: vec![note],
                         version: 1,

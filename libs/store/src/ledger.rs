@@ -444,13 +444,13 @@ impl Store {
                 .find_many(tenant, &ids)
                 .await?
                 .into_iter()
-                .map(|i| (i.id, i))
+                .map(|i| (i.id(), i))
                 .collect();
             for record in &chunk {
                 // An invoice stored before its COMPLETED event arrived is checked later.
                 let stored = invoices
                     .get(&record.invoice_id)
-                    .filter(|i| i.state == domain::InvoiceState::Completed);
+                    .filter(|i| i.state() == domain::InvoiceState::Completed);
                 if let Err(b) = verifier.check(record, stored) {
                     first_broken = Some(b);
                     break 'walk;

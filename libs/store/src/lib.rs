@@ -430,7 +430,7 @@ impl Store {
                 .find_one(filter)
                 .sort(doc! { "fiscal.number": -1 })
                 .await?;
-            Ok(top.and_then(|s| s.invoice.fiscal).map(|f| f.number))
+            Ok(top.and_then(|s| s.invoice.fiscal().map(|f| f.number)))
         })
         .await
     }
@@ -605,7 +605,7 @@ impl Statement {
 
 fn replacement(envelope: &Envelope) -> Result<Statement, StoreError> {
     let invoice = &envelope.invoice;
-    let id = invoice.id.to_string();
+    let id = invoice.id().to_string();
     let version = invoice.version().as_i64();
     let doc = bson::to_raw_document_buf(&StoredRef {
         id: &id,
@@ -616,7 +616,7 @@ fn replacement(envelope: &Envelope) -> Result<Statement, StoreError> {
     .map_err(|e| StoreError::Corrupt(e.to_string()))?;
     Ok(Statement {
         id,
-        tenant: invoice.tenant_id.to_string(),
+        tenant: invoice.tenant_id().to_string(),
         version,
         doc,
     })

@@ -206,11 +206,11 @@ async fn read_events(bus: Bus, figures: Arc<Figures>, backfill: u64) {
     while let Some(event) = feed.next().await {
         let invoice = &event.envelope.invoice;
         let observed = window::Observed {
-            state: invoice.state,
-            tenant: invoice.tenant_id.to_string(),
-            terminal: invoice.terminal_id.to_string(),
+            state: invoice.state(),
+            tenant: invoice.tenant_id().to_string(),
+            terminal: invoice.terminal_id().to_string(),
             at_ms: event.at.as_datetime().timestamp_millis(),
-            accepted_ms: invoice.created_at.as_datetime().timestamp_millis(),
+            accepted_ms: invoice.created_at().as_datetime().timestamp_millis(),
         };
         let mut w = figures
             .window

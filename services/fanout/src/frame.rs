@@ -44,16 +44,16 @@ impl EventFrame {
         let frame = InvoiceStateFrame {
             kind: "invoice.state",
             seq,
-            tenant_id: &invoice.tenant_id,
-            invoice_id: &invoice.id,
-            terminal_id: &invoice.terminal_id,
-            state: invoice.state,
+            tenant_id: invoice.tenant_id(),
+            invoice_id: &invoice.id(),
+            terminal_id: invoice.terminal_id(),
+            state: invoice.state(),
             at,
             invoice,
         };
         Self {
             seq,
-            terminal_id: invoice.terminal_id.clone(),
+            terminal_id: invoice.terminal_id().clone(),
             text: to_text(&frame),
         }
     }
@@ -108,7 +108,7 @@ pub(crate) mod tests {
     #[test]
     fn an_invoice_state_frame_has_exactly_the_contract_fields() {
         let invoice = invoice("acme", "T7", InvoiceState::Completed);
-        let frame = EventFrame::invoice_state(4711, invoice.updated_at, &invoice);
+        let frame = EventFrame::invoice_state(4711, invoice.updated_at(), &invoice);
         assert_eq!(frame.seq, 4711);
         assert_eq!(frame.terminal_id.as_str(), "T7");
         let json: serde_json::Value = serde_json::from_str(&frame.text).unwrap();
@@ -135,7 +135,7 @@ pub(crate) mod tests {
         assert_eq!(json["type"], "invoice.state");
         assert_eq!(json["seq"], 4711);
         assert_eq!(json["tenantId"], "acme");
-        assert_eq!(json["invoiceId"], invoice.id.to_string());
+        assert_eq!(json["invoiceId"], invoice.id().to_string());
         assert_eq!(json["terminalId"], "T7");
         assert_eq!(json["state"], "COMPLETED");
         assert_eq!(json["at"], "2026-11-25T10:00:00.123Z");

@@ -287,7 +287,7 @@ async fn read_live_events(
         // until the hub stops it.
         tracing::debug!(
             request_id = event.request_id.as_deref().unwrap_or(""),
-            invoice_id = %event.envelope.invoice.id,
+            invoice_id = %event.envelope.invoice.id(),
             seq = event.seq,
             "event to the tenant's sockets"
         );
@@ -408,7 +408,7 @@ pub(crate) mod tests {
         let mut a2 = hub.join(&tenant("acme")).unwrap();
         let mut b1 = hub.join(&tenant("bolt")).unwrap();
         let invoice = crate::frame::tests::invoice("acme", "T1", domain::InvoiceState::Queued);
-        let frame = Arc::new(EventFrame::invoice_state(7, invoice.updated_at, &invoice));
+        let frame = Arc::new(EventFrame::invoice_state(7, invoice.updated_at(), &invoice));
         {
             let senders = fakes.senders.lock().unwrap();
             let (t, acme, _, _) = &senders[0];

@@ -199,7 +199,7 @@ async fn replay_round<L: EventLog>(
                 )))
             }
         };
-        if gate.admit(event.seq) && resume.wants(&event.envelope.invoice.terminal_id) {
+        if gate.admit(event.seq) && resume.wants(event.envelope.invoice.terminal_id()) {
             let frame = EventFrame::from_event(&event);
             out.send(Outbound::Event {
                 seq: frame.seq,
@@ -230,7 +230,7 @@ mod tests {
         LoggedEvent {
             seq,
             pending,
-            at: invoice.updated_at,
+            at: invoice.updated_at(),
             envelope: Envelope {
                 invoice,
                 fingerprint: "f".into(),

@@ -73,8 +73,8 @@ impl Acceptor {
         envelope: Envelope,
         request_id: Option<&str>,
     ) -> Result<Accepted, AcceptError> {
-        let tenant = envelope.invoice.tenant_id.clone();
-        if let Some(key) = envelope.invoice.idempotency_key.clone() {
+        let tenant = envelope.invoice.tenant_id().clone();
+        if let Some(key) = envelope.invoice.idempotency_key() {
             match self.keys.find(tenant.clone(), key.clone()).await {
                 Ok(Some(existing)) => return self.replay(&envelope, existing).await,
                 Ok(None) => {}
@@ -92,8 +92,8 @@ impl Acceptor {
         envelope: Envelope,
         request_id: Option<&str>,
     ) -> Result<Accepted, AcceptError> {
-        let tenant = envelope.invoice.tenant_id.clone();
-        let id = envelope.invoice.id;
+        let tenant = envelope.invoice.tenant_id().clone();
+        let id = envelope.invoice.id();
         // The job state goes to Redis before the publish: the processor reads it on the
         // first delivery, which can come before our ack. Written alongside it (as it
         // was), the delivery sometimes won the race, found no job, and — with MongoDB
@@ -103,13 +103,13 @@ impl Acceptor {
         let message = envelope.encoded();
         let cached = self.cache.put_job(&message).await;
         let published = self.bus.publish_submission(&message, request_id).await;
-        match after_publish(published, envelope.invoice.idempotency_key.is_some()) {
+        match after_publish(published, envelope.invoice.idempotency_key().is_some()) {
             AfterPublish::Stored(seq) => {
                 info!(invoice_id = %id, tenant_id = %tenant, seq, "invoice accepted");
                 self.queued(&message, cached.is_ok(), request_id).await;
                 Ok(Accepted::New(envelope.invoice))
             }
-            AfterPublish::AskTheKey => match &envelope.invoice.idempotency_key {
+            AfterPublish::AskTheKey => match envelope.invoice.idempotency_key() {
                 Some(key) => {
                     self.taken(&envelope, &tenant, key, &message, request_id)
                         .await
@@ -149,11 +149,11 @@ impl Acceptor {
                 Ok(Accepted::New(mine.invoice.clone()))
             }
             Holder::SameBody => {
-                let _ = self.cache.forget_job(tenant, mine.invoice.id).await;
+                let _ = self.cache.forget_job(tenant, mine.invoice.id()).await;
                 Ok(Accepted::Replayed(self.freshest(original).await))
             }
             Holder::OtherBody => {
-                let _ = self.cache.forget_job(tenant, mine.invoice.id).await;
+                let _ = self.cache.forget_job(tenant, mine.invoice.id()).await;
                 Err(AcceptError::KeyReused)
             }
         }
@@ -172,9 +172,9 @@ impl Acceptor {
 
     /// `known`, or a later state of it if Redis, MongoDB or the event log has one.
     async fn freshest(&self, known: Envelope) -> Invoice {
-        let tenant = &known.invoice.tenant_id;
+        let tenant = known.invoice.tenant_id();
         self.reader
-            .current(tenant, known.invoice.id)
+            .current(tenant, known.invoice.id())
             .await
             .ok()
             .flatten()
@@ -231,7 +231,7 @@ enum Holder {
 }
 
 fn judge(mine: &Envelope, holder: &Envelope) -> Holder {
-    if holder.invoice.id == mine.invoice.id {
+    if holder.invoice.id() == mine.invoice.id() {
         Holder::Mine
     } else if holder.fingerprint == mine.fingerprint {
         Holder::SameBody

@@ -79,7 +79,12 @@ async fn answer(store: &store::Store, batch: Vec<(TenantId, IdempotencyKey, Repl
             Ok(found) => {
                 let found: HashMap<&str, &Envelope> = found
                     .iter()
-                    .filter_map(|e| e.invoice.idempotency_key.as_ref().map(|k| (k.as_str(), e)))
+                    .filter_map(|e| {
+                        e.invoice
+                            .idempotency_key()
+                            .as_ref()
+                            .map(|k| (k.as_str(), e))
+                    })
                     .collect();
                 for (key, reply) in waiting {
                     let _ = reply.send(Ok(found.get(key.as_str()).map(|e| (*e).clone())));

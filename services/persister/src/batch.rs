@@ -95,7 +95,7 @@ impl Batcher {
                         let now = Instant::now();
                         let due = pending
                             .extract_if(|_, p| {
-                                p.newest.invoice.state.is_final() || now - p.since >= how.hold
+                                p.newest.invoice.state().is_final() || now - p.since >= how.hold
                             })
                             .map(|(_, p)| p)
                             .collect();
@@ -121,7 +121,7 @@ impl Batcher {
 }
 
 fn add(pending: &mut HashMap<InvoiceId, Pending>, envelope: Envelope, reply: Reply) {
-    match pending.get_mut(&envelope.invoice.id) {
+    match pending.get_mut(&envelope.invoice.id()) {
         Some(p) => {
             if envelope.invoice.version() > p.newest.invoice.version() {
                 p.newest = envelope;
@@ -130,7 +130,7 @@ fn add(pending: &mut HashMap<InvoiceId, Pending>, envelope: Envelope, reply: Rep
         }
         None => {
             pending.insert(
-                envelope.invoice.id,
+                envelope.invoice.id(),
                 Pending {
                     newest: envelope,
                     waiters: vec![reply],
@@ -177,12 +177,12 @@ impl Writer {
         let mut settled = Vec::with_capacity(newest.len());
         for ((envelope, outcome), waiters) in newest.iter().zip(outcomes).zip(waiters) {
             if let (Ok(Written::Applied | Written::Stale), true) =
-                (&outcome, envelope.invoice.state.is_final())
+                (&outcome, envelope.invoice.state().is_final())
             {
                 // MongoDB holds this final state (or a later version).
                 settled.push(cache::Stored {
-                    tenant: &envelope.invoice.tenant_id,
-                    id: envelope.invoice.id,
+                    tenant: envelope.invoice.tenant_id(),
+                    id: envelope.invoice.id(),
                 });
             }
             let outcome = outcome.map_err(|e| e.to_string());

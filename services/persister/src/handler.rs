@@ -26,8 +26,8 @@ impl Handler for Persister {
             Ok(e) => e,
             Err(e) => return Outcome::Poison(e.to_string()),
         };
-        let invoice_id = envelope.invoice.id;
-        let (state, created_at) = (envelope.invoice.state, envelope.invoice.created_at);
+        let invoice_id = envelope.invoice.id();
+        let (state, created_at) = (envelope.invoice.state(), envelope.invoice.created_at());
         match self.writer.write(envelope).await {
             Ok(Written::Applied | Written::Stale) => {
                 debug!(%invoice_id, %state, "event stored");

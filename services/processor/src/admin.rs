@@ -49,11 +49,11 @@ impl Selector {
         let inv = &l.submission.invoice;
         self.invoice_id
             .as_deref()
-            .is_none_or(|id| inv.id.to_string() == id)
+            .is_none_or(|id| inv.id().to_string() == id)
             && self
                 .tenant_id
                 .as_deref()
-                .is_none_or(|t| inv.tenant_id.as_str() == t)
+                .is_none_or(|t| inv.tenant_id().as_str() == t)
     }
 }
 
@@ -112,7 +112,7 @@ async fn list(bus: &Bus, selector: &Selector) -> Result<Value, String> {
             entries.push(match &l.letter {
                 Some(d) => json!({
                     "seq": l.sequence, "subject": l.subject,
-                    "invoiceId": d.submission.invoice.id, "tenantId": d.submission.invoice.tenant_id,
+                    "invoiceId": d.submission.invoice.id(), "tenantId": d.submission.invoice.tenant_id(),
                     "attempts": d.attempts, "lastError": d.last_error, "deadAt": d.dead_at,
                 }),
                 None => json!({ "seq": l.sequence, "subject": l.subject, "undecodable": true }),
@@ -148,7 +148,7 @@ async fn replay(bus: &Bus, store: &store::Store, selector: &Selector) -> Result<
             let Some(letter) = stored.letter else {
                 continue;
             };
-            let id = letter.submission.invoice.id;
+            let id = letter.submission.invoice.id();
             match replay_one(bus, store, stored.sequence, letter).await {
                 Ok(None) => {
                     replayed_count += 1;
@@ -184,24 +184,26 @@ async fn replay_one(
     letter: messaging::DeadLetter,
 ) -> Result<Option<String>, String> {
     let submission = letter.submission;
-    let (tenant, id): (TenantId, InvoiceId) =
-        (submission.invoice.tenant_id.clone(), submission.invoice.id);
+    let (tenant, id): (TenantId, InvoiceId) = (
+        submission.invoice.tenant_id().clone(),
+        submission.invoice.id(),
+    );
     let stored = store.find(&tenant, id).await.map_err(|e| e.to_string())?;
     let mut invoice = match stored {
-        Some(s) if s.invoice.replays > submission.invoice.replays => {
+        Some(s) if s.invoice.replays() > submission.invoice.replays() => {
             bus.delete_dead_letter(seq)
                 .await
                 .map_err(|e| e.to_string())?;
             return Ok(Some("already replayed".into()));
         }
-        Some(s) if s.invoice.state == InvoiceState::Failed => s.invoice,
+        Some(s) if s.invoice.state() == InvoiceState::Failed => s.invoice,
         Some(s)
-            if s.invoice.replays == submission.invoice.replays
-                && s.invoice.state != InvoiceState::Failed =>
+            if s.invoice.replays() == submission.invoice.replays()
+                && s.invoice.state() != InvoiceState::Failed =>
         {
             return Ok(Some(format!(
                 "invoice is {} in the system of record; not replayed yet (persister lagging?)",
-                s.invoice.state
+                s.invoice.state()
             )));
         }
         // Not in the system of record (yet): rebuild the failure from the letter.
@@ -235,6 +237,6 @@ async fn replay_one(
     bus.delete_dead_letter(seq)
         .await
         .map_err(|e| e.to_string())?;
-    tracing::info!(invoice_id = %id, replays = envelope.invoice.replays, "dead letter replayed");
+    tracing::info!(invoice_id = %id, replays = envelope.invoice.replays(), "dead letter replayed");
     Ok(None)
 }

@@ -55,7 +55,7 @@ pub(crate) async fn already_done(
         }
         Ok(None) => true,
         Err(e) => {
-            tracing::debug!(invoice_id = %invoice.id, error = %e, "event log unreadable; asking MongoDB");
+            tracing::debug!(invoice_id = %invoice.id(), error = %e, "event log unreadable; asking MongoDB");
             false
         }
     };
@@ -73,9 +73,9 @@ pub(crate) async fn already_done(
 /// `latest`'s state if it ends `invoice`'s generation: final in it, or a later
 /// generation exists (a replay started after it).
 pub(crate) fn finished(invoice: &Invoice, latest: &Invoice) -> Option<InvoiceState> {
-    (latest.replays > invoice.replays
-        || (latest.replays == invoice.replays && latest.state.is_final()))
-    .then_some(latest.state)
+    (latest.replays() > invoice.replays()
+        || (latest.replays() == invoice.replays() && latest.state().is_final()))
+    .then_some(latest.state())
 }
 
 #[cfg(test)]

@@ -86,7 +86,7 @@ impl Processor {
         loop {
             match self
                 .ledger
-                .number(invoice.entry(computed), invoice.replays)
+                .number(invoice.entry(computed), invoice.replays())
                 .await
             {
                 Ok(Numbered::Record(r)) => {
@@ -96,7 +96,7 @@ impl Processor {
                 }
                 Ok(Numbered::Void) => return Err(NotNumbered::Void),
                 Err(e) if started.elapsed() + delay < self.ledger_wait => {
-                    warn!(error = %e, invoice_id = %invoice.id, "not numbered yet; waiting for MongoDB");
+                    warn!(error = %e, invoice_id = %invoice.id(), "not numbered yet; waiting for MongoDB");
                     tokio::time::sleep(delay).await;
                     delivery.in_progress().await;
                     delay = (delay * 2).min(Duration::from_secs(2));
@@ -117,16 +117,16 @@ impl Processor {
             .publish_event(&message, request_id)
             .await
             .map_err(|source| ProcessError::Publish {
-                state: envelope.invoice.state,
+                state: envelope.invoice.state(),
                 source,
             })?;
-        let state = envelope.invoice.state;
-        debug!(invoice_id = %envelope.invoice.id, %state, "event published");
+        let state = envelope.invoice.state();
+        debug!(invoice_id = %envelope.invoice.id(), %state, "event published");
         if state.is_final() {
             metrics::counter!("pos_invoices_finished_total", "state" => state.as_str())
                 .increment(1);
             metrics::histogram!("pos_final_after_acceptance_seconds", "state" => state.as_str())
-                .record(envelope.invoice.created_at.elapsed().as_secs_f64());
+                .record(envelope.invoice.created_at().elapsed().as_secs_f64());
         }
         if let Err(e) = self.cache.put_job(&message).await {
             warn!(error = %e, "job state not cached");
@@ -139,13 +139,13 @@ impl Processor {
         submission: Envelope,
         failed: &Invoice,
     ) -> Result<(), ProcessError> {
-        let last_error = failed.error.clone().unwrap_or(InvoiceError {
+        let last_error = failed.error().cloned().unwrap_or(InvoiceError {
             code: "unknown".into(),
             message: String::new(),
         });
         let letter = DeadLetter {
             submission,
-            attempts: failed.attempts,
+            attempts: failed.attempts(),
             last_error,
             dead_at: Timestamp::now(),
         };
@@ -173,26 +173,29 @@ impl Processor {
         };
         self.emit(&failed, request_id).await?;
         self.dead_letter(submission, &failed.invoice).await?;
-        warn!(invoice_id = %failed.invoice.id, code, message, "invoice FAILED and dead-lettered");
+        warn!(invoice_id = %failed.invoice.id(), code, message, "invoice FAILED and dead-lettered");
         Ok(())
     }
 }
 
 impl JobSources for Processor {
     async fn cached(&self, invoice: &Invoice) -> Option<Invoice> {
-        let cached = self.cache.job(&invoice.tenant_id, invoice.id).await;
+        let cached = self.cache.job(invoice.tenant_id(), invoice.id()).await;
         cached.ok().flatten().map(|c| c.invoice)
     }
 
     async fn logged(&self, invoice: &Invoice) -> Result<Option<Invoice>, String> {
-        let latest = self.bus.latest_event(&invoice.tenant_id, invoice.id).await;
+        let latest = self
+            .bus
+            .latest_event(invoice.tenant_id(), invoice.id())
+            .await;
         latest
             .map(|l| l.map(|e| e.invoice))
             .map_err(|e| e.to_string())
     }
 
     async fn stored(&self, invoice: &Invoice) -> Result<Option<Invoice>, String> {
-        let stored = self.store.find(&invoice.tenant_id, invoice.id).await;
+        let stored = self.store.find(invoice.tenant_id(), invoice.id()).await;
         stored
             .map(|s| s.map(|e| e.invoice))
             .map_err(|e| e.to_string())
@@ -211,7 +214,7 @@ impl Handler for Processor {
         match already_done(self, &invoice, delivery.attempt).await {
             Err(e) => return Outcome::Retry(e),
             Ok(Some(state)) => {
-                info!(invoice_id = %invoice.id, %state, "already final; nothing to do");
+                info!(invoice_id = %invoice.id(), %state, "already final; nothing to do");
                 return Outcome::Done;
             }
             Ok(None) => {}
@@ -292,7 +295,7 @@ impl Handler for Processor {
         // already, it completes with that record instead.
         let voided = self
             .store
-            .void(&invoice.tenant_id, invoice.id, invoice.replays)
+            .void(invoice.tenant_id(), invoice.id(), invoice.replays())
             .await
             .map_err(ProcessError::Void)?;
         if let Voided::HasRecord(record) = voided {
@@ -302,7 +305,7 @@ impl Handler for Processor {
                 invoice,
                 fingerprint: submission.fingerprint,
             };
-            info!(invoice_id = %completed.invoice.id, "numbered by an earlier attempt; COMPLETED instead of FAILED");
+            info!(invoice_id = %completed.invoice.id(), "numbered by an earlier attempt; COMPLETED instead of FAILED");
             return self.emit(&completed, delivery.request_id()).await;
         }
         let message = format!("gave up after {attempts} attempts: {last_error}");

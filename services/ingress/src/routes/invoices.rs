@@ -265,7 +265,7 @@ impl InvoiceRequest {
 
 fn accepted(invoice: &Invoice) -> Response {
     let mut r = (StatusCode::ACCEPTED, Json(invoice)).into_response();
-    if let Ok(loc) = HeaderValue::from_str(&format!("/invoices/{}", invoice.id)) {
+    if let Ok(loc) = HeaderValue::from_str(&format!("/invoices/{}", invoice.id())) {
         r.headers_mut().insert(header::LOCATION, loc);
     }
     r
@@ -275,7 +275,7 @@ fn replayed(invoice: &Invoice) -> Response {
     let mut r = (StatusCode::OK, Json(invoice)).into_response();
     r.headers_mut()
         .insert("Idempotent-Replayed", HeaderValue::from_static("true"));
-    if let Ok(loc) = HeaderValue::from_str(&format!("/invoices/{}", invoice.id)) {
+    if let Ok(loc) = HeaderValue::from_str(&format!("/invoices/{}", invoice.id())) {
         r.headers_mut().insert(header::LOCATION, loc);
     }
     r
