@@ -31,6 +31,29 @@ async fn run(service: &str, env: &[(&str, &str)]) -> (Option<i32>, String) {
 }
 
 #[tokio::test]
+async fn a_port_already_taken_stops_the_service_with_a_message_naming_its_variable() {
+    let infra = Infra::from_env();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap().to_string();
+    let namespace = crate::support::unique("taken");
+    let mut env: Vec<(String, String)> = vec![
+        ("NATS_URL".into(), infra.nats_url.clone()),
+        ("JWT_SECRET".into(), SECRET.into()),
+        ("POS_NAMESPACE".into(), namespace),
+        ("FANOUT_ADDR".into(), addr.clone()),
+    ];
+    env.extend(infra.nats_env("fanout"));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    let (code, out) = run("fanout", &env).await;
+    assert_ne!(code, Some(0), "{out}");
+    assert!(
+        out.contains(&format!("binding FANOUT_ADDR {addr}")) && out.contains("another process"),
+        "the variable, the address and a hint: {out}"
+    );
+    drop(taken);
+}
+
+#[tokio::test]
 async fn a_bad_or_missing_setting_stops_the_service_with_a_message_naming_it() {
     let infra = Infra::from_env();
     let (code, out) = run(

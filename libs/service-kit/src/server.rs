@@ -155,6 +155,55 @@ async fn json_error_body(response: Response) -> Response {
     out
 }
 
+/// A service's bound port and the limits it will be served with. `build` binds early,
+/// so a taken port fails start-up with a message naming the variable; `run` serves.
+pub struct Listening {
+    name: &'static str,
+    listener: TcpListener,
+    limits: ServerLimits,
+}
+
+/// The port a service was told to use cannot be bound.
+#[derive(Debug, thiserror::Error)]
+#[error("binding {variable} {addr}: {source} (is another process on that port?)")]
+pub struct BindError {
+    variable: &'static str,
+    addr: std::net::SocketAddr,
+    source: std::io::Error,
+}
+
+impl Listening {
+    /// Binds `addr` (port 0: any free port), which the setting `variable` named.
+    pub async fn bind(
+        name: &'static str,
+        variable: &'static str,
+        addr: std::net::SocketAddr,
+        limits: ServerLimits,
+    ) -> Result<Self, BindError> {
+        let listener = TcpListener::bind(addr).await.map_err(|source| BindError {
+            variable,
+            addr,
+            source,
+        })?;
+        Ok(Self {
+            name,
+            listener,
+            limits,
+        })
+    }
+
+    /// The bound port.
+    pub fn port(&self) -> u16 {
+        self.listener.local_addr().map_or(0, |a| a.port())
+    }
+
+    /// [`serve`]s `router` here until `stop` is cancelled.
+    pub async fn serve(self, router: Router, stop: CancellationToken) -> std::io::Result<()> {
+        tracing::info!(addr = %self.listener.local_addr()?, "{} listening", self.name);
+        serve(self.listener, router, self.limits, stop).await
+    }
+}
+
 /// Serves `router` with the layers of [`harden`] on `listener` until `stop` is
 /// cancelled, then waits for open requests to finish.
 pub async fn serve(

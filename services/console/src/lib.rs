@@ -32,19 +32,18 @@ pub mod window;
 
 pub use settings::Settings;
 
-use anyhow::Context;
 use axum::extract::FromRef;
 use domain::Timestamp;
 use futures_util::{FutureExt, StreamExt};
 use messaging::{feed::FeedStart, Bus, NatsSettings, StreamSummary, Topology};
 use serde::Serialize;
+use service_kit::server::Listening;
 use service_kit::{CancellationToken, TaskTracker};
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex},
     time::Duration,
 };
-use tokio::net::TcpListener;
 
 /// Timeout of JetStream API requests (stream and consumer info).
 const NATS_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -95,7 +94,8 @@ pub(crate) struct Figures {
     pipeline: tokio::sync::watch::Receiver<Option<messaging::backlog::Pipeline>>,
 }
 
-#[derive(Clone)]
+// FromRef: the auth extractor takes the verifier out of the state.
+#[derive(Clone, FromRef)]
 pub(crate) struct AppState {
     bus: Bus,
     store: store::Store,
@@ -105,16 +105,9 @@ pub(crate) struct AppState {
     figures: Arc<Figures>,
 }
 
-impl FromRef<AppState> for auth::Verifier {
-    fn from_ref(state: &AppState) -> Self {
-        state.verifier.clone()
-    }
-}
-
 pub struct App {
-    listener: TcpListener,
+    http: Listening,
     state: AppState,
-    limits: service_kit::server::ServerLimits,
     /// Stops the background readers once the server has drained.
     readers: CancellationToken,
     reader_tasks: TaskTracker,
@@ -134,9 +127,13 @@ impl App {
         let store =
             store::Store::connect(&infra.mongodb_uri, &infra.mongodb_db, infra.mongodb_timeout)
                 .await?;
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .with_context(|| format!("binding CONSOLE_ADDR {}", settings.listen))?;
+        let http = Listening::bind(
+            "console",
+            "CONSOLE_ADDR",
+            settings.listen,
+            settings.http.clone(),
+        )
+        .await?;
         let figures = Arc::new(Figures {
             window: Mutex::new(window::Window::new(MAX_TERMINALS)),
             streams: Mutex::default(),
@@ -163,23 +160,20 @@ impl App {
             figures,
         };
         Ok(Self {
-            listener,
+            http,
             state,
-            limits: settings.http.clone(),
             readers,
             reader_tasks,
         })
     }
 
     pub fn port(&self) -> u16 {
-        self.listener.local_addr().map_or(0, |a| a.port())
+        self.http.port()
     }
 
     /// Serves until `stop` is cancelled; the background readers stop after the server.
     pub async fn run_until_stopped(self, stop: CancellationToken) -> anyhow::Result<()> {
-        tracing::info!(addr = %self.listener.local_addr()?, "console listening");
-        service_kit::server::serve(self.listener, routes::router(self.state), self.limits, stop)
-            .await?;
+        self.http.serve(routes::router(self.state), stop).await?;
         self.readers.cancel();
         self.reader_tasks.close();
         self.reader_tasks.wait().await;

@@ -1,8 +1,6 @@
 //! The operator console binary: settings → telemetry → build → serve until SIGINT/SIGTERM.
 
-/// mimalloc instead of glibc's malloc: a profile of the benchmark put ~7 % of all CPU
-/// in glibc's allocator (many small short-lived buffers per message). Declared per
-/// binary, so the libraries, tests and tools keep the system allocator.
+/// mimalloc, declared per binary (why: ARCHITECTURE.md § Allocator).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 

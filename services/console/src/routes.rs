@@ -15,7 +15,7 @@ use auth::{Authorized, Claims};
 use axum::{
     extract::{
         rejection::{JsonRejection, QueryRejection},
-        FromRequestParts, Query, State,
+        FromRequest, FromRequestParts, Query, State,
     },
     http::{header, request::Parts, HeaderMap},
     response::{IntoResponse, Response},
@@ -79,6 +79,28 @@ impl From<AdminError> for ConsoleError {
         }
     }
 }
+
+impl From<QueryRejection> for ConsoleError {
+    fn from(e: QueryRejection) -> Self {
+        ConsoleError::BadRequest(e.body_text())
+    }
+}
+
+impl From<JsonRejection> for ConsoleError {
+    fn from(e: JsonRejection) -> Self {
+        ConsoleError::BadRequest(e.body_text())
+    }
+}
+
+/// A query string, refused with the console's own 400 body.
+#[derive(FromRequestParts)]
+#[from_request(via(Query), rejection(ConsoleError))]
+struct ConsoleQuery<T>(T);
+
+/// A JSON body, refused with the console's own 400 body.
+#[derive(FromRequest)]
+#[from_request(via(Json), rejection(ConsoleError))]
+struct ConsoleJson<T>(T);
 
 impl IntoResponse for ConsoleError {
     fn into_response(self) -> Response {
@@ -227,9 +249,8 @@ struct DlqQuery {
 async fn dlq(
     _: Operator,
     State(app): State<AppState>,
-    query: Result<Query<DlqQuery>, QueryRejection>,
+    ConsoleQuery(q): ConsoleQuery<DlqQuery>,
 ) -> Result<Json<Value>, ConsoleError> {
-    let Query(q) = query.map_err(|e| ConsoleError::BadRequest(e.body_text()))?;
     if let Some(t) = &q.tenant_id {
         check_name("tenantId", t)?;
     }
@@ -301,9 +322,8 @@ async fn replay(
     Operator(claims): Operator,
     State(app): State<AppState>,
     headers: HeaderMap,
-    body: Result<Json<Selector>, JsonRejection>,
+    ConsoleJson(selector): ConsoleJson<Selector>,
 ) -> Result<Json<Value>, ConsoleError> {
-    let Json(selector) = body.map_err(|e| ConsoleError::BadRequest(e.body_text()))?;
     selector.check()?;
     let target = serde_json::to_value(&selector).unwrap_or(Value::Null);
     let entry = store::AuditEntry {
@@ -371,9 +391,8 @@ struct AuditQuery {
 async fn audit(
     _: Operator,
     State(app): State<AppState>,
-    query: Result<Query<AuditQuery>, QueryRejection>,
+    ConsoleQuery(q): ConsoleQuery<AuditQuery>,
 ) -> Result<Json<Value>, ConsoleError> {
-    let Query(q) = query.map_err(|e| ConsoleError::BadRequest(e.body_text()))?;
     let limit = q.limit.unwrap_or(50);
     if !(1..=500).contains(&limit) {
         return Err(ConsoleError::BadRequest(

@@ -59,9 +59,9 @@ use anyhow::Context;
 use axum::extract::FromRef;
 use messaging::{Bus, NatsSettings, Topology};
 use metrics::Metrics;
+use service_kit::server::Listening;
 use service_kit::{CancellationToken, TaskTracker};
 use std::{sync::Arc, time::Duration};
-use tokio::net::TcpListener;
 
 /// Timeout of JetStream API requests (stream info, consumer creation).
 const NATS_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -69,7 +69,8 @@ const NATS_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long shutdown waits for open sockets to send their close frames.
 const SOCKET_DRAIN_TIMEOUT: Duration = Duration::from_secs(5);
 
-#[derive(Clone)]
+// FromRef: the auth extractor takes the verifier out of the state.
+#[derive(Clone, FromRef)]
 pub struct AppState {
     bus: Bus,
     hub: hub::Hub,
@@ -83,16 +84,9 @@ pub struct AppState {
     sockets: TaskTracker,
 }
 
-impl FromRef<AppState> for auth::Verifier {
-    fn from_ref(state: &AppState) -> Self {
-        state.verifier.clone()
-    }
-}
-
 pub struct App {
-    listener: TcpListener,
+    http: Listening,
     state: AppState,
-    limits: service_kit::server::ServerLimits,
     /// Keeps the services-API registration alive.
     _service: messaging::Service,
 }
@@ -123,9 +117,13 @@ impl App {
                 "WebSocket gateway: invoice state changes to terminals",
             )
             .await?;
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .with_context(|| format!("binding FANOUT_ADDR {}", settings.listen))?;
+        let http = Listening::bind(
+            "fanout",
+            "FANOUT_ADDR",
+            settings.listen,
+            settings.http.clone(),
+        )
+        .await?;
         let metrics = Arc::new(Metrics::default());
         let hub = hub::Hub::new(
             bus.clone(),
@@ -163,15 +161,14 @@ impl App {
             sockets: TaskTracker::new(),
         };
         Ok(Self {
-            listener,
+            http,
             state,
-            limits: settings.http.clone(),
             _service: service,
         })
     }
 
     pub fn port(&self) -> u16 {
-        self.listener.local_addr().map_or(0, |a| a.port())
+        self.http.port()
     }
 
     /// This instance's counters (the same figures `/metrics` shows).
@@ -183,12 +180,10 @@ impl App {
     /// (at most [`SOCKET_DRAIN_TIMEOUT`]) for them to go.
     pub async fn run_until_stopped(self, stop: CancellationToken) -> anyhow::Result<()> {
         let Self {
-            listener,
+            http,
             state,
-            limits,
             _service,
         } = self;
-        tracing::info!(addr = %listener.local_addr()?, "fanout listening");
         let sockets = state.sockets.clone();
         let state = AppState {
             shutdown: stop.clone(),
@@ -196,7 +191,7 @@ impl App {
         };
         // Upgraded sockets are detached from the HTTP server: its graceful shutdown does
         // not wait for them, the drain below does.
-        service_kit::server::serve(listener, routes::router(state), limits, stop).await?;
+        http.serve(routes::router(state), stop).await?;
         sockets.close();
         if tokio::time::timeout(SOCKET_DRAIN_TIMEOUT, sockets.wait())
             .await

@@ -38,10 +38,11 @@ pub use settings::Settings;
 use anyhow::Context;
 use axum::extract::FromRef;
 use messaging::{Bus, NatsSettings, Topology};
+use service_kit::server::Listening;
 use service_kit::CancellationToken;
-use tokio::net::TcpListener;
 
-#[derive(Clone)]
+// FromRef: the auth extractor takes the verifier out of the state.
+#[derive(Clone, FromRef)]
 pub struct AppState {
     bus: Bus,
     store: store::Store,
@@ -54,16 +55,9 @@ pub struct AppState {
     backpressure: backpressure::Backpressure,
 }
 
-impl FromRef<AppState> for auth::Verifier {
-    fn from_ref(state: &AppState) -> Self {
-        state.verifier.clone()
-    }
-}
-
 pub struct App {
-    listener: TcpListener,
+    http: Listening,
     state: AppState,
-    limits: service_kit::server::ServerLimits,
     /// Keeps the services-API registration alive.
     _service: messaging::Service,
 }
@@ -87,9 +81,13 @@ impl App {
         let store =
             store::Store::connect(&infra.mongodb_uri, &infra.mongodb_db, infra.mongodb_timeout)
                 .await?;
-        let listener = TcpListener::bind(settings.listen)
-            .await
-            .with_context(|| format!("binding INGRESS_ADDR {}", settings.listen))?;
+        let http = Listening::bind(
+            "ingress",
+            "INGRESS_ADDR",
+            settings.listen,
+            settings.http.clone(),
+        )
+        .await?;
         let verifier = auth::Verifier::new(settings.jwt_secret.expose());
         let reader = read::Reader::new(bus.clone(), cache.clone(), store.clone());
         let catalog = catalog::Catalog::new(store.clone());
@@ -105,7 +103,7 @@ impl App {
             reader.clone(),
         );
         Ok(Self {
-            listener,
+            http,
             state: AppState {
                 bus,
                 store,
@@ -120,13 +118,12 @@ impl App {
                     pipeline,
                 ),
             },
-            limits: settings.http.clone(),
             _service: service,
         })
     }
 
     pub fn port(&self) -> u16 {
-        self.listener.local_addr().map_or(0, |a| a.port())
+        self.http.port()
     }
 
     /// The routes alone, without the HTTP server's layers (limits, timeouts, request id,
@@ -137,9 +134,7 @@ impl App {
 
     /// Serves until `stop` is cancelled, then lets open requests finish.
     pub async fn run_until_stopped(self, stop: CancellationToken) -> anyhow::Result<()> {
-        tracing::info!(addr = %self.listener.local_addr()?, "ingress listening");
-        let app = routes::router(self.state);
-        service_kit::server::serve(self.listener, app, self.limits, stop).await?;
+        self.http.serve(routes::router(self.state), stop).await?;
         Ok(())
     }
 }

@@ -5,8 +5,9 @@
 //! document entry, or the reverse, cannot be written. Served at `/openapi.json`, read
 //! with Redoc at `/docs`.
 
+use service_kit::http::ErrorBody;
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi};
+use utoipa::{IntoResponses, Modify, OpenApi};
 
 #[derive(OpenApi)]
 #[openapi(
@@ -23,6 +24,37 @@ use utoipa::{Modify, OpenApi};
     tags((name = "invoices"), (name = "catalog"), (name = "fiscal"), (name = "operations"))
 )]
 pub struct ApiDoc;
+
+/// The errors every authenticated route can answer, whatever it does: listed once and
+/// named in each route's `responses(…)`.
+#[derive(IntoResponses)]
+#[allow(dead_code)] // a document, never built
+pub enum Guarded {
+    /// No valid bearer token.
+    #[response(status = 401, description = "unauthorized")]
+    Unauthorized(ErrorBody),
+    /// The whole request took longer than the server's deadline.
+    #[response(status = 408, description = "request_timeout")]
+    Timeout(ErrorBody),
+    /// Over the tenant's or the terminal's rate (with `Retry-After`).
+    #[response(status = 429, description = "rate_limited")]
+    RateLimited(ErrorBody),
+    /// A dependency is down (with `Retry-After`).
+    #[response(status = 503, description = "unavailable")]
+    Unavailable(ErrorBody),
+}
+
+/// The errors of a route that reads a JSON body, besides [`Guarded`]'s.
+#[derive(IntoResponses)]
+#[allow(dead_code)] // a document, never built
+pub enum WithBody {
+    /// Over the 256 KiB body limit.
+    #[response(status = 413, description = "payload_too_large")]
+    TooLarge(ErrorBody),
+    /// Not `application/json`.
+    #[response(status = 415, description = "unsupported_media_type")]
+    NotJson(ErrorBody),
+}
 
 struct Bearer;
 

@@ -68,13 +68,9 @@ async fn announce(state: &AppState, tenant: &TenantId, product: &Product, writte
         (status = 201, description = "created", body = Product),
         (status = 200, description = "updated, or unchanged (same values: no new version)", body = Product),
         (status = 400, description = "validation_failed", body = ErrorBody),
-        (status = 401, description = "unauthorized", body = ErrorBody),
         (status = 403, description = "forbidden: needs manager", body = ErrorBody),
-        (status = 408, description = "request_timeout", body = ErrorBody),
-        (status = 413, description = "payload_too_large", body = ErrorBody),
-        (status = 415, description = "unsupported_media_type", body = ErrorBody),
-        (status = 429, description = "rate_limited", body = ErrorBody),
-        (status = 503, description = "unavailable", body = ErrorBody),
+        crate::openapi::Guarded,
+        crate::openapi::WithBody,
     ))]
 pub async fn put(
     State(state): State<AppState>,
@@ -111,11 +107,8 @@ pub async fn put(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "the product (also when deactivated)", body = Product),
-        (status = 401, description = "unauthorized", body = ErrorBody),
         (status = 404, description = "not_found", body = ErrorBody),
-        (status = 408, description = "request_timeout", body = ErrorBody),
-        (status = 429, description = "rate_limited", body = ErrorBody),
-        (status = 503, description = "unavailable", body = ErrorBody),
+        crate::openapi::Guarded,
     ))]
 pub async fn get(
     State(state): State<AppState>,
@@ -140,12 +133,9 @@ pub async fn get(
     security(("bearer" = [])),
     responses(
         (status = 200, description = "deactivated", body = Product),
-        (status = 401, description = "unauthorized", body = ErrorBody),
         (status = 403, description = "forbidden: needs manager", body = ErrorBody),
         (status = 404, description = "not_found", body = ErrorBody),
-        (status = 408, description = "request_timeout", body = ErrorBody),
-        (status = 429, description = "rate_limited", body = ErrorBody),
-        (status = 503, description = "unavailable", body = ErrorBody),
+        crate::openapi::Guarded,
     ))]
 pub async fn delete(
     State(state): State<AppState>,
@@ -175,10 +165,7 @@ pub async fn delete(
     responses(
         (status = 200, description = "every product changed after since, oldest change first", body = ProductPage),
         (status = 400, description = "validation_failed", body = ErrorBody),
-        (status = 401, description = "unauthorized", body = ErrorBody),
-        (status = 408, description = "request_timeout", body = ErrorBody),
-        (status = 429, description = "rate_limited", body = ErrorBody),
-        (status = 503, description = "unavailable", body = ErrorBody),
+        crate::openapi::Guarded,
     ))]
 pub async fn list(
     State(state): State<AppState>,
@@ -217,10 +204,7 @@ pub struct TenantRequest {
     security(("bearer" = [])),
     responses(
         (status = 200, description = "the settings, or the defaults if never set", body = TenantSettings),
-        (status = 401, description = "unauthorized", body = ErrorBody),
-        (status = 408, description = "request_timeout", body = ErrorBody),
-        (status = 429, description = "rate_limited", body = ErrorBody),
-        (status = 503, description = "unavailable", body = ErrorBody),
+        crate::openapi::Guarded,
     ))]
 pub async fn get_tenant(
     State(state): State<AppState>,
@@ -238,13 +222,9 @@ pub async fn get_tenant(
     responses(
         (status = 200, description = "stored", body = TenantSettings),
         (status = 400, description = "validation_failed", body = ErrorBody),
-        (status = 401, description = "unauthorized", body = ErrorBody),
         (status = 403, description = "forbidden: needs admin", body = ErrorBody),
-        (status = 408, description = "request_timeout", body = ErrorBody),
-        (status = 413, description = "payload_too_large", body = ErrorBody),
-        (status = 415, description = "unsupported_media_type", body = ErrorBody),
-        (status = 429, description = "rate_limited", body = ErrorBody),
-        (status = 503, description = "unavailable", body = ErrorBody),
+        crate::openapi::Guarded,
+        crate::openapi::WithBody,
     ))]
 pub async fn put_tenant(
     State(state): State<AppState>,

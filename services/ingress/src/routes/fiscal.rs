@@ -191,15 +191,11 @@ fn refused(e: CreditRefused, items: Option<&[CreditItem]>) -> ApiError {
         (status = 202, description = "accepted; the credit note is QUEUED", body = Invoice),
         (status = 200, description = "a replay of the key's credit note", body = Invoice),
         (status = 400, description = "validation_failed", body = ErrorBody),
-        (status = 401, description = "unauthorized", body = ErrorBody),
         (status = 403, description = "forbidden: managers and admins only", body = ErrorBody),
         (status = 404, description = "not_found", body = ErrorBody),
-        (status = 408, description = "request_timeout", body = ErrorBody),
-        (status = 413, description = "payload_too_large", body = ErrorBody),
-        (status = 415, description = "unsupported_media_type", body = ErrorBody),
         (status = 422, description = "credit_exceeds_invoice, not_creditable or idempotency_key_reused", body = ErrorBody),
-        (status = 429, description = "rate_limited", body = ErrorBody),
-        (status = 503, description = "unavailable", body = ErrorBody),
+        crate::openapi::Guarded,
+        crate::openapi::WithBody,
     ))]
 pub async fn credit(
     State(state): State<AppState>,
@@ -309,11 +305,8 @@ pub struct BrokenRecord {
     responses(
         (status = 200, description = "the verdict", body = VerifyReport),
         (status = 400, description = "validation_failed", body = ErrorBody),
-        (status = 401, description = "unauthorized", body = ErrorBody),
         (status = 403, description = "forbidden: managers and admins only", body = ErrorBody),
-        (status = 408, description = "request_timeout", body = ErrorBody),
-        (status = 429, description = "rate_limited", body = ErrorBody),
-        (status = 503, description = "unavailable", body = ErrorBody),
+        crate::openapi::Guarded,
     ))]
 pub async fn verify(
     State(state): State<AppState>,
@@ -368,11 +361,8 @@ struct ExportLine<'a> {
     responses(
         (status = 200, description = "NDJSON, one record per line", content_type = "application/x-ndjson", body = String),
         (status = 400, description = "validation_failed", body = ErrorBody),
-        (status = 401, description = "unauthorized", body = ErrorBody),
         (status = 403, description = "forbidden: managers and admins only", body = ErrorBody),
-        (status = 408, description = "request_timeout", body = ErrorBody),
-        (status = 429, description = "rate_limited", body = ErrorBody),
-        (status = 503, description = "unavailable", body = ErrorBody),
+        crate::openapi::Guarded,
     ))]
 pub async fn export(
     State(state): State<AppState>,

@@ -412,11 +412,8 @@ pub(crate) fn header_key(headers: &HeaderMap) -> Result<Option<String>, ApiError
     security(("bearer" = [])),
     responses(
         (status = 200, description = "the freshest state", body = Invoice),
-        (status = 401, description = "unauthorized", body = ErrorBody),
         (status = 404, description = "not_found", body = ErrorBody),
-        (status = 408, description = "request_timeout", body = ErrorBody),
-        (status = 429, description = "rate_limited", body = ErrorBody),
-        (status = 503, description = "unavailable", body = ErrorBody),
+        crate::openapi::Guarded,
     ))]
 pub async fn get(
     State(state): State<AppState>,
@@ -451,10 +448,7 @@ pub async fn get(
     responses(
         (status = 200, description = "newest first", body = InvoicePage),
         (status = 400, description = "validation_failed", body = ErrorBody),
-        (status = 401, description = "unauthorized", body = ErrorBody),
-        (status = 408, description = "request_timeout", body = ErrorBody),
-        (status = 429, description = "rate_limited", body = ErrorBody),
-        (status = 503, description = "unavailable", body = ErrorBody),
+        crate::openapi::Guarded,
     ))]
 pub async fn list(
     State(state): State<AppState>,
