@@ -13,7 +13,8 @@
 //! 5. everything stopped, the stack's data removed (also on Ctrl-C or failure).
 //!
 //! With `--sockets N`: one instance of each and `loadgen sockets --sockets N` instead of
-//! step 4. Other arguments go to loadgen (`--concurrency 100`, `--rate 800`, …).
+//! step 4. Options are parsed with clap ([`Args`]); from the first option bench does not
+//! know, the rest goes to loadgen as it is (`--concurrency 100`, `--rate 800`, …).
 //! Results: tables on the terminal, one JSON object per run appended to
 //! `.stack/bench/results-<UTC time>.jsonl`; service logs stay in `.stack/bench/logs-*`.
 //! Environment: `JWT_SECRET`, `RUST_LOG` (default `warn`: `info` writes a line per
@@ -32,24 +33,66 @@ const SERVICES: [&str; 4] = ["ingress", "processor", "persister", "fanout"];
 /// `/proc/<pid>/stat` counts CPU time in USER_HZ, 100 per second on Linux.
 const USER_HZ: f64 = 100.0;
 
-const HELP: &str = "\
-./x bench [--instances \"1 2\"] [--duration 60] [--warmup 5] [--mode closed|open]
-          [--ceilings-duration 10] [--no-ceilings] [--no-build] [--sockets N]
-          [--rss-every 15] [loadgen args...]
-(module docs: tools/xtask/src/bench.rs; loadgen's own: target/release/loadgen --help)";
-
-#[derive(Debug)]
-struct Args {
-    instances: Vec<u16>,
+/// `./x bench`'s own options; everything from the first option it does not know on goes
+/// to loadgen as it is (`--concurrency 100`, `--rate 800`, …: `loadgen pipeline --help`).
+#[derive(Debug, clap::Args)]
+#[command(after_help = "Module docs: tools/xtask/src/bench.rs; loadgen's options: \
+    target/release/loadgen pipeline --help. Put bench's options first, loadgen's after them.")]
+pub struct Args {
+    /// Instance counts to measure in turn, each on a fresh stack: "1 2".
+    #[arg(long, default_value = "1", value_parser = instance_counts)]
+    instances: InstanceCounts,
+    /// Measured time of each run (60, 60s, 2m, 500ms).
+    #[arg(long, default_value = "60", value_parser = duration)]
     duration: String,
+    /// Load before the measured window, not counted.
+    #[arg(long, default_value = "5", value_parser = duration)]
     warmup: String,
+    /// closed: N clients each waiting for its answer; open: a fixed rate (`--rate`).
+    #[arg(long, default_value = "closed", value_parser = ["closed", "open"])]
     mode: String,
+    /// Length of each ceiling measurement (raw JetStream and MongoDB rates).
+    #[arg(long, default_value = "10", value_parser = duration)]
     ceilings_duration: String,
+    /// Skip the ceilings.
+    #[arg(long = "no-ceilings", action = clap::ArgAction::SetFalse)]
     ceilings: bool,
+    /// Use the binaries in `POS_BIN_DIR` as they are.
+    #[arg(long = "no-build", action = clap::ArgAction::SetFalse)]
     build: bool,
+    /// Instead of the pipeline: N WebSocket clients on one instance of each service.
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
     sockets: Option<u32>,
+    /// Seconds between RSS samples of every process.
+    #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
     rss_every: u64,
+    /// Passed to loadgen.
+    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "LOADGEN ARGS")]
     pass: Vec<String>,
+}
+
+/// `--instances "1 2"`: one or more counts ≥ 1.
+#[derive(Debug, Clone)]
+struct InstanceCounts(Vec<u16>);
+
+fn instance_counts(text: &str) -> Result<InstanceCounts, String> {
+    let counts = text
+        .split_whitespace()
+        .map(|n| match n.parse::<u16>() {
+            Ok(n) if n >= 1 => Ok(n),
+            _ => Err(format!("bad instance count {n:?}")),
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    if counts.is_empty() {
+        return Err("no instance count".into());
+    }
+    Ok(InstanceCounts(counts))
+}
+
+/// A loadgen duration, checked here so a typo fails before the build.
+fn duration(text: &str) -> Result<String, String> {
+    secs(text).map_err(|e| e.to_string())?;
+    Ok(text.to_owned())
 }
 
 /// Seconds in a loadgen duration: `15`, `15s`, `500ms`, `2m`.
@@ -71,75 +114,15 @@ fn secs(d: &str) -> Result<f64> {
     })
 }
 
-fn parse(argv: &[String]) -> Result<Option<Args>> {
-    let mut a = Args {
-        instances: vec![1],
-        duration: "60".into(),
-        warmup: "5".into(),
-        mode: "closed".into(),
-        ceilings_duration: "10".into(),
-        ceilings: true,
-        build: true,
-        sockets: None,
-        rss_every: 15,
-        pass: Vec::new(),
-    };
-    let mut it = argv.iter().cloned();
-    while let Some(arg) = it.next() {
-        let (name, inline) = match arg.split_once('=') {
-            Some((n, v)) if n.starts_with("--") => (n.to_owned(), Some(v.to_owned())),
-            _ => (arg.clone(), None),
-        };
-        let value = |it: &mut dyn Iterator<Item = String>| {
-            inline
-                .clone()
-                .or_else(|| it.next())
-                .with_context(|| format!("{name} needs a value"))
-        };
-        match name.as_str() {
-            "-h" | "--help" => return Ok(None),
-            "--instances" => {
-                a.instances = value(&mut it)?
-                    .split_whitespace()
-                    .map(|n| match n.parse::<u16>() {
-                        Ok(n) if n >= 1 => Ok(n),
-                        _ => bail!("bad instance count {n:?} in --instances"),
-                    })
-                    .collect::<Result<_>>()?;
-            }
-            "--duration" => a.duration = value(&mut it)?,
-            "--warmup" => a.warmup = value(&mut it)?,
-            "--mode" => a.mode = value(&mut it)?,
-            "--ceilings-duration" => a.ceilings_duration = value(&mut it)?,
-            "--no-ceilings" => a.ceilings = false,
-            "--no-build" => a.build = false,
-            "--rss-every" => {
-                a.rss_every = value(&mut it)?
-                    .parse()
-                    .ok()
-                    .filter(|s| *s >= 1)
-                    .context("bad --rss-every (whole seconds ≥ 1)")?;
-            }
-            "--sockets" => {
-                a.sockets = Some(
-                    value(&mut it)?
-                        .parse()
-                        .ok()
-                        .filter(|s| *s >= 1)
-                        .context("bad --sockets")?,
-                );
-            }
-            _ => a.pass.push(arg),
+impl Args {
+    /// The instance counts to run; one with `--sockets`.
+    fn instances(&self) -> Vec<u16> {
+        if self.sockets.is_some() {
+            vec![1]
+        } else {
+            self.instances.0.clone()
         }
     }
-    for d in [&a.duration, &a.warmup, &a.ceilings_duration] {
-        secs(d)?;
-    }
-    anyhow::ensure!(!a.instances.is_empty(), "--instances is empty");
-    if a.sockets.is_some() {
-        a.instances = vec![1];
-    }
-    Ok(Some(a))
 }
 
 /// User + system CPU ticks of `pid` so far.
@@ -602,11 +585,7 @@ fn summary(results: &Path) {
     println!();
 }
 
-pub async fn run(argv: Vec<String>) -> Result<bool> {
-    let Some(args) = parse(&argv)? else {
-        println!("{HELP}");
-        return Ok(true);
-    };
+pub async fn run(args: Args) -> Result<bool> {
     let bin_dir =
         std::env::var("POS_BIN_DIR").map_or_else(|_| root().join("target/release"), PathBuf::from);
     if args.build {
@@ -656,7 +635,7 @@ pub async fn run(argv: Vec<String>) -> Result<bool> {
     };
     std::fs::create_dir_all(&bench.logs)?;
     let mut first = true;
-    for &n in &bench.args.instances {
+    for n in bench.args.instances() {
         eprintln!("bench: ================ {n} instance(s) of each service ================");
         let stack_dir = dir.join(format!("n{n}"));
         Stack::down(&stack_dir, true).await?;
@@ -684,4 +663,59 @@ pub async fn run(argv: Vec<String>) -> Result<bool> {
         bench.logs.display()
     );
     Ok(true)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: Args,
+    }
+
+    fn parse(argv: &[&str]) -> Result<Args, clap::Error> {
+        Cli::try_parse_from(std::iter::once("bench").chain(argv.iter().copied())).map(|c| c.args)
+    }
+
+    #[test]
+    fn bench_options_then_loadgen_options() {
+        let a = parse(&[
+            "--instances",
+            "1 2",
+            "--duration",
+            "10",
+            "--no-build",
+            "--concurrency",
+            "50",
+            "--rate=800",
+        ])
+        .unwrap();
+        assert_eq!(a.instances(), vec![1, 2]);
+        assert_eq!(a.duration, "10");
+        assert!(!a.build && a.ceilings);
+        assert_eq!(a.pass, ["--concurrency", "50", "--rate=800"]);
+    }
+
+    #[test]
+    fn sockets_runs_one_instance_of_each() {
+        let a = parse(&["--instances", "1 3", "--sockets", "5000"]).unwrap();
+        assert_eq!(a.instances(), vec![1]);
+    }
+
+    #[test]
+    fn bad_values_are_refused_before_anything_runs() {
+        for argv in [
+            &["--instances", "0"][..],
+            &["--instances", ""],
+            &["--duration", "ten"],
+            &["--mode", "half-open"],
+            &["--rss-every", "0"],
+            &["--sockets", "0"],
+        ] {
+            assert!(parse(argv).is_err(), "{argv:?} accepted");
+        }
+    }
 }

@@ -74,8 +74,8 @@ enum Command {
     },
     /// The whole test suite against a private stack (arguments go to `cargo test`).
     Test,
-    /// Benchmark through the public API on a private stack (`xtask bench --help`).
-    Bench,
+    /// Benchmark through the public API on a private stack.
+    Bench(bench::Args),
     /// One NATS, one Redis, a one-member MongoDB replica set on loopback.
     Stack {
         #[command(subcommand)]
@@ -224,8 +224,9 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             })
             .await
         }
+        Command::Bench(args) => return bench::run(args).await,
         // Parsed by hand in `main`: its arguments go to cargo verbatim.
-        Command::Test | Command::Bench => unreachable!("handled in main"),
+        Command::Test => unreachable!("handled in main"),
         Command::Stack { action } => {
             match action {
                 StackAction::Up { dir, free_ports } => {
@@ -303,9 +304,6 @@ fn main() -> ExitCode {
     let outcome = if argv.get(1).is_some_and(|a| a == "test") {
         // `./x test -- --nocapture` must reach cargo as it was typed: no clap here.
         runtime.block_on(test::run_suite(argv[2..].to_vec()))
-    } else if argv.get(1).is_some_and(|a| a == "bench") {
-        // Arguments it does not know go to loadgen as they are.
-        runtime.block_on(bench::run(argv[2..].to_vec()))
     } else {
         runtime.block_on(run(Cli::parse()))
     };
