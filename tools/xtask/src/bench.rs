@@ -36,8 +36,10 @@ const USER_HZ: f64 = 100.0;
 /// `./x bench`'s own options; everything from the first option it does not know on goes
 /// to loadgen as it is (`--concurrency 100`, `--rate 800`, …: `loadgen pipeline --help`).
 #[derive(Debug, clap::Args)]
-#[command(after_help = "Module docs: tools/xtask/src/bench.rs; loadgen's options: \
-    target/release/loadgen pipeline --help. Put bench's options first, loadgen's after them.")]
+#[command(
+    after_help = "Module docs: tools/xtask/src/bench.rs; loadgen's options: \
+    target/release/loadgen pipeline --help. Put bench's options first, loadgen's after them."
+)]
 pub struct Args {
     /// Instance counts to measure in turn, each on a fresh stack: "1 2".
     #[arg(long, default_value = "1", value_parser = instance_counts)]
@@ -67,7 +69,11 @@ pub struct Args {
     #[arg(long, default_value_t = 15, value_parser = clap::value_parser!(u64).range(1..))]
     rss_every: u64,
     /// Passed to loadgen.
-    #[arg(trailing_var_arg = true, allow_hyphen_values = true, value_name = "LOADGEN ARGS")]
+    #[arg(
+        trailing_var_arg = true,
+        allow_hyphen_values = true,
+        value_name = "LOADGEN ARGS"
+    )]
     pass: Vec<String>,
 }
 

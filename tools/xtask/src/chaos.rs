@@ -10,12 +10,13 @@
 //! state change in `seq` order without a gap. Exit status 1 if any of that fails.
 
 use crate::procs::free_ports;
+use crate::services::{Launch, Services};
 use crate::stack::{Ports, Stack, Sync, CLUSTER_NODES};
 use anyhow::{bail, Context, Result};
 use serde_json::Value;
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
-use tokio::process::{Child, Command};
+use tokio::process::Command;
 
 pub struct Args {
     pub dir: PathBuf,
@@ -27,38 +28,42 @@ pub struct Args {
 
 use crate::services::DEV_SECRET as SECRET;
 
-fn service(args: &Args, cluster: &Stack, name: &str, n: usize, port: u16) -> Result<Child> {
-    let log = std::fs::File::create(args.dir.join(format!("{name}-{n}.log")))?;
-    let mut cmd = Command::new(args.bin_dir.join(name));
-    cmd.envs(cluster.env())
-        .env("NATS_USER", name)
-        .env("NATS_PASSWORD", cluster.password(name))
-        .env("JWT_SECRET", SECRET)
-        .env("MONGODB_DB", "pos")
-        .env("POS_NAMESPACE", "pos")
-        .env("RUST_LOG", "info")
-        .env("RATE_LIMIT_TENANT", "0")
-        .env("RATE_LIMIT_TERMINAL", "0")
-        .env("INSTANCE_NAME", format!("{name}-{n}"))
-        .env("INGRESS_ADDR", format!("127.0.0.1:{port}"))
-        .env("FANOUT_ADDR", format!("127.0.0.1:{port}"))
-        .env("HEALTH_ADDR", format!("127.0.0.1:{port}"))
-        .stdin(std::process::Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .kill_on_drop(true);
-    cmd.spawn().with_context(|| {
-        format!(
-            "starting {} (build it: cargo build --release)",
-            args.bin_dir.join(name).display()
-        )
-    })
-}
-
-async fn healthy(port: u16) -> bool {
-    reqwest::get(format!("http://127.0.0.1:{port}/health"))
-        .await
-        .is_ok_and(|r| r.status().is_success())
+/// Starts instance `n` of `name` with the drill's settings, serving on `port` (its API,
+/// or a worker's `/health`), through the same launcher as `./x up` and `./x bench`.
+fn service(
+    services: &mut Services,
+    args: &Args,
+    cluster: &Stack,
+    name: &str,
+    n: usize,
+    port: u16,
+) -> Result<()> {
+    let address = format!("127.0.0.1:{port}");
+    let env: Vec<(String, String)> = [
+        ("JWT_SECRET", SECRET),
+        ("MONGODB_DB", "pos"),
+        ("POS_NAMESPACE", "pos"),
+        ("RUST_LOG", "info"),
+        ("RATE_LIMIT_TENANT", "0"),
+        ("RATE_LIMIT_TERMINAL", "0"),
+        ("INGRESS_ADDR", &address),
+        ("FANOUT_ADDR", &address),
+        ("HEALTH_ADDR", &address),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v.to_owned()))
+    .collect();
+    services.start_with(
+        Launch {
+            name: format!("{name}-{n}"),
+            bin: args.bin_dir.join(name),
+            service: name,
+            log: args.dir.join(format!("{name}-{n}.log")),
+            health: Some(format!("http://{address}/health")),
+        },
+        cluster,
+        &env,
+    )
 }
 
 /// The server name leading `stream`, as the cluster reports it (`pos-n1` → 1).
@@ -94,25 +99,15 @@ pub async fn run(args: Args) -> Result<bool> {
 
     let ports = free_ports(6)?;
     let (ingress_port, fanout_port) = (ports[0], ports[1]);
-    let mut services = vec![service(&args, &cluster, "ingress", 0, ingress_port)?];
+    let mut services = Services::default();
+    service(&mut services, &args, &cluster, "ingress", 0, ingress_port)?;
     // Created by the first service: let ingress make the streams R3 before the others race.
-    crate::procs::wait_until("ingress /health", None, Duration::from_secs(60), || {
-        healthy(ingress_port)
-    })
-    .await?;
-    services.push(service(&args, &cluster, "processor", 0, ports[2])?);
-    services.push(service(&args, &cluster, "processor", 1, ports[3])?);
-    services.push(service(&args, &cluster, "persister", 0, ports[4])?);
-    services.push(service(&args, &cluster, "fanout", 0, fanout_port)?);
-    for p in [fanout_port, ports[2], ports[4]] {
-        crate::procs::wait_until(
-            &format!("service on :{p} healthy"),
-            None,
-            Duration::from_secs(60),
-            || healthy(p),
-        )
-        .await?;
-    }
+    services.wait_healthy(Duration::from_secs(60)).await?;
+    service(&mut services, &args, &cluster, "processor", 0, ports[2])?;
+    service(&mut services, &args, &cluster, "processor", 1, ports[3])?;
+    service(&mut services, &args, &cluster, "persister", 0, ports[4])?;
+    service(&mut services, &args, &cluster, "fanout", 0, fanout_port)?;
+    services.wait_healthy(Duration::from_secs(60)).await?;
 
     let operator = async_nats::ConnectOptions::with_user_and_password(
         "operator".into(),

@@ -1,6 +1,6 @@
-//! The services as child processes of xtask, for `./x up`: each instance started with
-//! the stack's variables, its own NATS user and address, its output appended to
-//! `DIR/<instance>.log`; waited for until healthy; stopped with SIGTERM (their graceful
+//! The services as child processes of xtask, for `./x up`, `./x bench` and the chaos
+//! drill: each instance started with the stack's variables, its own NATS user and
+//! address, its output appended to `DIR/<instance>.log`; waited for until healthy; stopped with SIGTERM (their graceful
 //! drain), SIGKILL after a grace period.
 //!
 //! Addresses (instance i, 0-based): ingress `0.0.0.0:3000+10i`, fanout `0.0.0.0:3001+10i`,
