@@ -7,6 +7,7 @@
 
 mod support;
 
+mod cache;
 mod catalog;
 mod config;
 mod console;

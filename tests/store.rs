@@ -6,7 +6,8 @@ use domain::{Invoice, InvoiceId, TenantId, Timestamp};
 use messaging::Envelope;
 use store::{Store, Written};
 
-fn lifecycle(tenant: &TenantId) -> Vec<Envelope> {
+/// One invoice's QUEUED, PROCESSING and COMPLETED events (also used by `cache.rs`).
+pub(crate) fn lifecycle(tenant: &TenantId) -> Vec<Envelope> {
     lifecycle_keyed(tenant, None)
 }
 

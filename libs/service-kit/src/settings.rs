@@ -7,6 +7,8 @@ use std::{fmt::Display, str::FromStr, time::Duration};
 #[derive(Debug, Default)]
 pub struct Env {
     problems: Vec<String>,
+    /// `None`: the process environment; `Some`: these variables only (tests).
+    vars: Option<std::collections::HashMap<String, String>>,
 }
 
 /// Every problem with the configuration, one line each: the service refuses to start.
@@ -20,13 +22,33 @@ impl Env {
         Self::default()
     }
 
-    fn raw(name: &str) -> Option<String> {
-        std::env::var(name).ok().filter(|v| !v.trim().is_empty())
+    /// A reader of `vars` instead of the process environment: the same rules, no
+    /// global state to set.
+    pub fn from_vars<K: Into<String>, V: Into<String>>(
+        vars: impl IntoIterator<Item = (K, V)>,
+    ) -> Self {
+        Self {
+            problems: Vec::new(),
+            vars: Some(
+                vars.into_iter()
+                    .map(|(k, v)| (k.into(), v.into()))
+                    .collect(),
+            ),
+        }
+    }
+
+    /// The variable's value; blank counts as unset.
+    fn raw(&self, name: &str) -> Option<String> {
+        match &self.vars {
+            None => std::env::var(name).ok(),
+            Some(vars) => vars.get(name).cloned(),
+        }
+        .filter(|v| !v.trim().is_empty())
     }
 
     /// A required string, e.g. `NATS_URL`.
     pub fn required(&mut self, name: &str, expected: &str) -> String {
-        Self::raw(name).unwrap_or_else(|| {
+        self.raw(name).unwrap_or_else(|| {
             self.problems
                 .push(format!("{name} is not set (expected {expected})"));
             String::new()
@@ -35,7 +57,7 @@ impl Env {
 
     /// An optional string, or `default` when unset or blank.
     pub fn string(&mut self, name: &str, default: &str) -> String {
-        Self::raw(name).unwrap_or_else(|| default.to_owned())
+        self.raw(name).unwrap_or_else(|| default.to_owned())
     }
 
     /// A value parsed with `FromStr`, or `default` when unset.
@@ -43,7 +65,7 @@ impl Env {
     where
         T::Err: Display,
     {
-        match Self::raw(name) {
+        match self.raw(name) {
             None => default,
             Some(v) => v.trim().parse().unwrap_or_else(|e| {
                 self.problems.push(format!(
@@ -138,8 +160,8 @@ impl NatsAuth {
 
     /// `NATS_USER` and `NATS_PASSWORD`; one without the other is a problem.
     fn from_env(env: &mut Env) -> Self {
-        let user = Env::raw("NATS_USER").filter(|v| !v.is_empty());
-        let password = Env::raw("NATS_PASSWORD").filter(|v| !v.is_empty());
+        let user = env.raw("NATS_USER");
+        let password = env.raw("NATS_PASSWORD");
         match (user, password) {
             (None, None) => NatsAuth::Anonymous,
             (Some(user), Some(password)) => NatsAuth::UserPassword {
@@ -203,7 +225,7 @@ impl Infra {
             if needs.contains(&name) {
                 env.required(name, expected)
             } else {
-                Env::raw(name).unwrap_or_default()
+                env.raw(name).unwrap_or_default()
             }
         };
         let nats_url = take("NATS_URL", "a NATS URL such as nats://127.0.0.1:4222");
@@ -299,5 +321,94 @@ impl Worker {
             concurrency: concurrency.max(1),
             shutdown_grace: env.millis("SHUTDOWN_GRACE_MS", Duration::from_secs(10)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn problems(env: Env) -> Vec<String> {
+        env.finish().err().map(|e| e.0).unwrap_or_default()
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once_naming_its_variable() {
+        let mut env = Env::from_vars([
+            ("NATS_URL", "nats://127.0.0.1:4222"),
+            ("MONGODB_TIMEOUT_MS", "soon"),
+            ("NATS_REPLICAS", "2"),
+            ("POS_NAMESPACE", "Pos-1"),
+            ("NATS_USER", "ingress"),
+            ("JWT_SECRET", "short"),
+        ]);
+        Infra::from_env(
+            &mut env,
+            "ingress",
+            &["NATS_URL", "REDIS_URL", "MONGODB_URI"],
+        );
+        env.jwt_secret();
+        let found = problems(env);
+        for variable in [
+            "REDIS_URL is not set",
+            "MONGODB_URI is not set",
+            "MONGODB_TIMEOUT_MS=\"soon\" is invalid",
+            "NATS_REPLICAS=2 is invalid",
+            "POS_NAMESPACE=\"Pos-1\" is invalid",
+            "NATS_USER and NATS_PASSWORD must be set together",
+            "JWT_SECRET is too short",
+        ] {
+            assert!(
+                found.iter().any(|p| p.starts_with(variable)),
+                "{variable:?} not in {found:#?}"
+            );
+        }
+        assert_eq!(found.len(), 7, "{found:#?}");
+    }
+
+    #[test]
+    fn unset_and_blank_take_the_defaults_and_urls_not_needed_may_be_missing() {
+        let mut env = Env::from_vars([
+            ("NATS_URL", "nats://a:4222"),
+            ("MONGODB_DB", "  "),
+            ("NATS_USER", "persister"),
+            ("NATS_PASSWORD", "pw"),
+        ]);
+        let infra = Infra::from_env(&mut env, "persister", &["NATS_URL"]);
+        assert!(problems(env).is_empty());
+        assert_eq!(infra.mongodb_db, "pos", "blank counts as unset");
+        assert_eq!(
+            infra.mongodb_timeout,
+            Duration::from_secs(10),
+            "the persister's own"
+        );
+        assert_eq!(infra.redis_url, "");
+        assert_eq!(infra.stream_replicas, 1);
+        assert_eq!(infra.nats_auth, NatsAuth::user_password("persister", "pw"));
+    }
+
+    #[test]
+    fn worker_settings_refuse_a_bad_health_address_and_turn_off() {
+        let mut env = Env::from_vars([("HEALTH_ADDR", "off"), ("CONCURRENCY", "64")]);
+        let w = Worker::from_env(&mut env, 3002, 256);
+        assert!(problems(env).is_empty());
+        assert_eq!((w.health_addr, w.concurrency), (None, 64));
+
+        let mut env = Env::from_vars([("HEALTH_ADDR", "localhost")]);
+        Worker::from_env(&mut env, 3002, 256);
+        let found = problems(env);
+        assert!(
+            found.iter().any(|p| p.contains("HEALTH_ADDR")),
+            "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn a_secret_never_shows_in_debug_output() {
+        let mut env = Env::from_vars([("JWT_SECRET", "0123456789abcdef-very-secret")]);
+        let secret = env.jwt_secret();
+        assert!(problems(env).is_empty());
+        assert_eq!(format!("{secret:?}"), "Secret(***)");
+        assert_eq!(secret.expose(), "0123456789abcdef-very-secret");
     }
 }

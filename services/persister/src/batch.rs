@@ -70,36 +70,30 @@ impl Batcher {
             max_batch: how.max_batch.max(1),
         };
         tokio::spawn(async move {
-            let mut pending: HashMap<InvoiceId, Pending> = HashMap::new();
+            let mut held = Held::default();
             let timer = tokio::time::sleep(how.linger);
             tokio::pin!(timer);
             loop {
-                if pending.is_empty() {
+                if held.is_empty() {
                     // Idle: no timer until there is something to write.
                     let Some((envelope, reply)) = rx.recv().await else {
                         break;
                     };
-                    add(&mut pending, envelope, reply);
+                    held.add(envelope, reply, Instant::now());
                     timer.as_mut().reset(Instant::now() + how.linger);
                 }
                 tokio::select! {
                     next = rx.recv() => match next {
-                        Some((envelope, reply)) => add(&mut pending, envelope, reply),
+                        Some((envelope, reply)) => held.add(envelope, reply, Instant::now()),
                         None => {
                             // Shutting down: write everything still held.
-                            writer.send(pending.drain().map(|(_, p)| p).collect()).await;
+                            writer.send(held.drain()).await;
                             break;
                         }
                     },
                     () = &mut timer => {
                         let now = Instant::now();
-                        let due = pending
-                            .extract_if(|_, p| {
-                                p.newest.invoice.state().is_final() || now - p.since >= how.hold
-                            })
-                            .map(|(_, p)| p)
-                            .collect();
-                        writer.send(due).await;
+                        writer.send(held.due(now, how.hold)).await;
                         timer.as_mut().reset(now + how.linger);
                     }
                 }
@@ -120,24 +114,53 @@ impl Batcher {
     }
 }
 
-fn add(pending: &mut HashMap<InvoiceId, Pending>, envelope: Envelope, reply: Reply) {
-    match pending.get_mut(&envelope.invoice.id()) {
-        Some(p) => {
-            if envelope.invoice.version() > p.newest.invoice.version() {
-                p.newest = envelope;
+/// The states not written yet, newest per invoice: the batcher's decision of what to
+/// write and when, kept apart from the channel, the timer and MongoDB.
+#[derive(Default)]
+struct Held {
+    pending: HashMap<InvoiceId, Pending>,
+}
+
+impl Held {
+    fn is_empty(&self) -> bool {
+        self.pending.is_empty()
+    }
+
+    /// Holds `envelope` (arrived `now`) unless a newer version of its invoice is held
+    /// already; its waiter is answered by whichever version gets written.
+    fn add(&mut self, envelope: Envelope, reply: Reply, now: Instant) {
+        match self.pending.get_mut(&envelope.invoice.id()) {
+            Some(p) => {
+                if envelope.invoice.version() > p.newest.invoice.version() {
+                    p.newest = envelope;
+                }
+                p.waiters.push(reply);
             }
-            p.waiters.push(reply);
+            None => {
+                self.pending.insert(
+                    envelope.invoice.id(),
+                    Pending {
+                        newest: envelope,
+                        waiters: vec![reply],
+                        since: now,
+                    },
+                );
+            }
         }
-        None => {
-            pending.insert(
-                envelope.invoice.id(),
-                Pending {
-                    newest: envelope,
-                    waiters: vec![reply],
-                    since: Instant::now(),
-                },
-            );
-        }
+    }
+
+    /// What is due at `now`: final states at once, others once held for `hold` (their
+    /// successor did not come: a retry in progress, a stopped processor).
+    fn due(&mut self, now: Instant, hold: Duration) -> Vec<Pending> {
+        self.pending
+            .extract_if(|_, p| p.newest.invoice.state().is_final() || now - p.since >= hold)
+            .map(|(_, p)| p)
+            .collect()
+    }
+
+    /// Everything held (shutdown).
+    fn drain(&mut self) -> Vec<Pending> {
+        self.pending.drain().map(|(_, p)| p).collect()
     }
 }
 
@@ -208,5 +231,112 @@ impl Writer {
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use domain::draft::{RawDraft, RawLine};
+    use domain::{DraftInvoice, Invoice, InvoiceState, TenantId, Timestamp};
+
+    const HOLD: Duration = Duration::from_millis(250);
+
+    /// An invoice's QUEUED, PROCESSING and FAILED states, then its replay (QUEUED of the
+    /// next generation).
+    fn states() -> [Envelope; 4] {
+        let draft = DraftInvoice::parse(RawDraft {
+            terminal_id: Some("T1".into()),
+            currency: Some("EUR".into()),
+            items: vec![RawLine {
+                sku: Some("A".into()),
+                name: Some("a".into()),
+                quantity: Some("1".into()),
+                unit_price: Some("1.00".into()),
+                tax_rate: Some("0.10".into()),
+                discount: None,
+                priced_by_catalog: false,
+            }],
+            ..Default::default()
+        })
+        .unwrap();
+        let now = Timestamp::now();
+        let queued = Invoice::queued(
+            InvoiceId::generate(),
+            TenantId::parse("acme").unwrap(),
+            draft,
+            now,
+        );
+        let mut processing = queued.clone();
+        processing.start_attempt(1, now).unwrap();
+        let mut failed = processing.clone();
+        failed.fail("processing_failed", "x", now).unwrap();
+        let mut replayed = failed.clone();
+        replayed.replay(now).unwrap();
+        [queued, processing, failed, replayed].map(|invoice| Envelope {
+            invoice,
+            fingerprint: "f".into(),
+        })
+    }
+
+    fn waiter() -> (Reply, oneshot::Receiver<Result<Written, String>>) {
+        oneshot::channel()
+    }
+
+    #[test]
+    fn one_write_per_invoice_with_its_newest_state_whatever_the_arrival_order() {
+        let [queued, processing, failed, _] = states();
+        let mut held = Held::default();
+        let t0 = Instant::now();
+        for e in [processing, failed.clone(), queued] {
+            held.add(e, waiter().0, t0);
+        }
+        let due = held.due(t0, HOLD);
+        assert_eq!(due.len(), 1, "one invoice, one write");
+        assert_eq!(
+            due[0].newest.invoice, failed.invoice,
+            "the newest state wins"
+        );
+        assert_eq!(due[0].waiters.len(), 3, "every event waits on that write");
+        assert!(held.is_empty());
+    }
+
+    #[test]
+    fn a_final_state_is_due_at_once_and_others_after_the_hold() {
+        let [queued, processing, failed, _] = states();
+        let [other_queued, ..] = states();
+        let mut held = Held::default();
+        let t0 = Instant::now();
+        held.add(queued, waiter().0, t0);
+        held.add(processing, waiter().0, t0);
+        held.add(other_queued, waiter().0, t0);
+        assert!(
+            held.due(t0 + HOLD / 2, HOLD).is_empty(),
+            "waiting for successors"
+        );
+        held.add(failed, waiter().0, t0 + HOLD / 2);
+        let due = held.due(t0 + HOLD / 2, HOLD);
+        assert_eq!(due.len(), 1);
+        assert_eq!(due[0].newest.invoice.state(), InvoiceState::Failed);
+        let due = held.due(t0 + HOLD, HOLD);
+        assert_eq!(due.len(), 1, "the other invoice's QUEUED, held long enough");
+        assert_eq!(due[0].newest.invoice.state(), InvoiceState::Queued);
+        assert!(held.is_empty());
+    }
+
+    #[test]
+    fn a_replay_outranks_the_failure_it_replays() {
+        let [_, _, failed, replayed] = states();
+        let mut held = Held::default();
+        let t0 = Instant::now();
+        held.add(replayed.clone(), waiter().0, t0);
+        held.add(failed, waiter().0, t0);
+        let all = held.drain();
+        assert_eq!(all.len(), 1);
+        assert_eq!(
+            all[0].newest.invoice, replayed.invoice,
+            "QUEUED of the next generation"
+        );
+        assert_eq!(all[0].newest.invoice.replays(), 1);
     }
 }
