@@ -116,3 +116,33 @@ async fn the_services_api_lists_every_instance_with_its_endpoints_and_stats() {
         .sum();
     assert_eq!(served, 1, "endpoint statistics count the admin request");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_admin_request_to_fix_is_answered_400_with_what_is_wrong() {
+    let mut stack = ProcessStack::new();
+    stack.spawn("processor").await;
+    let nats = stack.infra.operator_nats().await;
+    let ns = stack.namespace.clone();
+    let subject = format!("{ns}.admin.dlq.replay");
+    // The processor registers its endpoints once it is connected.
+    let first = crate::support::eventually(
+        "the processor's dlq.replay endpoint to answer",
+        Duration::from_secs(30),
+        || {
+            let (nats, subject) = (nats.clone(), subject.clone());
+            async move { nats.request(subject, "{}".into()).await.ok() }
+        },
+    )
+    .await;
+    let second = nats.request(subject, "not json".into()).await.unwrap();
+    for (reply, says) in [
+        (first, "name an invoiceId, a tenantId"),
+        (second, "bad request body"),
+    ] {
+        let headers = reply.headers.expect("an error is reported in headers");
+        let code = headers.get(async_nats::service::NATS_SERVICE_ERROR_CODE);
+        let text = headers.get(async_nats::service::NATS_SERVICE_ERROR);
+        assert_eq!(code.map(|c| c.as_str()), Some("400"), "{text:?}");
+        assert!(text.is_some_and(|t| t.as_str().contains(says)), "{text:?}");
+    }
+}

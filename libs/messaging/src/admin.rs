@@ -22,6 +22,35 @@ pub struct StoredDeadLetter {
     pub subject: String,
 }
 
+/// Why an admin endpoint did not carry a request out. The services API hands its code
+/// and text to the caller ([`crate::AdminError`] on the console's side), so an operator
+/// can tell a request to fix from one to try again.
+#[derive(Debug, thiserror::Error)]
+pub enum AdminFailure {
+    /// The request is wrong (code 400): sent again unchanged, it fails again.
+    #[error("{0}")]
+    BadRequest(String),
+    /// A dependency failed (code 503): the same request may succeed later.
+    #[error("{0}")]
+    Unavailable(String),
+}
+
+impl AdminFailure {
+    /// The services API error code: 400 or 503.
+    pub fn code(&self) -> usize {
+        match self {
+            AdminFailure::BadRequest(_) => 400,
+            AdminFailure::Unavailable(_) => 503,
+        }
+    }
+}
+
+impl From<BusError> for AdminFailure {
+    fn from(e: BusError) -> Self {
+        AdminFailure::Unavailable(e.to_string())
+    }
+}
+
 impl Bus {
     /// Registers this process with the services API as `name` (one entry per instance).
     pub async fn register_service(
@@ -49,7 +78,7 @@ impl Bus {
     ) -> Result<(), BusError>
     where
         F: Fn(bytes::Bytes) -> Fut + Send + Sync + 'static,
-        Fut: Future<Output = Result<serde_json::Value, String>> + Send,
+        Fut: Future<Output = Result<serde_json::Value, AdminFailure>> + Send,
     {
         let full = format!("{}.{subject}", self.topology().admin_prefix());
         let mut endpoint = service
@@ -62,11 +91,11 @@ impl Bus {
             while let Some(request) = endpoint.next().await {
                 let answer = match handler(request.message.payload.clone()).await {
                     Ok(v) => Ok(serde_json::to_vec(&v).unwrap_or_default().into()),
-                    Err(message) => {
-                        warn!(subject = %full, %message, "admin request failed");
+                    Err(failure) => {
+                        warn!(subject = %full, %failure, "admin request failed");
                         Err(async_nats::service::error::Error {
-                            status: message,
-                            code: 400,
+                            code: failure.code(),
+                            status: failure.to_string(),
                         })
                     }
                 };

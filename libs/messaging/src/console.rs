@@ -56,9 +56,13 @@ pub struct PeerSummary {
 /// Why an admin request got no answer it can use.
 #[derive(Debug, thiserror::Error)]
 pub enum AdminError {
-    /// The endpoint answered with an error (a bad selector): the caller's fault.
+    /// The endpoint refused the request (code 400, a bad selector): the caller's fault.
     #[error("{0}")]
     Refused(String),
+    /// The endpoint answered that a dependency of its own failed (code 503): try again
+    /// later.
+    #[error("the processor could not do it now: {0}")]
+    Failed(String),
     /// No instance answered in time, or NATS is unreachable: try again later.
     #[error("no answer from the processor: {0}")]
     Unavailable(String),
@@ -95,12 +99,16 @@ impl Bus {
             .await
             .map_err(|e| AdminError::Unavailable(e.to_string()))?;
         // The services API reports a handler's error in headers, with an empty body.
-        if let Some(error) = reply
-            .headers
-            .as_ref()
-            .and_then(|h| h.get(async_nats::service::NATS_SERVICE_ERROR))
-        {
-            return Err(AdminError::Refused(error.as_str().to_owned()));
+        if let Some(headers) = reply.headers.as_ref() {
+            if let Some(error) = headers.get(async_nats::service::NATS_SERVICE_ERROR) {
+                let text = error.as_str().to_owned();
+                // 503 (a dependency of the processor failed) is worth retrying; 400 is not.
+                let code = headers.get(async_nats::service::NATS_SERVICE_ERROR_CODE);
+                return Err(match code.map(async_nats::HeaderValue::as_str) {
+                    Some("503") => AdminError::Failed(text),
+                    _ => AdminError::Refused(text),
+                });
+            }
         }
         serde_json::from_slice(&reply.payload)
             .map_err(|e| AdminError::Unavailable(format!("unreadable answer: {e}")))

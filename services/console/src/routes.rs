@@ -73,6 +73,7 @@ impl From<AdminError> for ConsoleError {
     fn from(e: AdminError) -> Self {
         match e {
             AdminError::Refused(m) => ConsoleError::BadRequest(m),
+            failed @ AdminError::Failed(_) => ConsoleError::Unavailable(failed.to_string()),
             AdminError::Unavailable(m) => {
                 ConsoleError::Unavailable(format!("no processor answered ({m}); is one running?"))
             }

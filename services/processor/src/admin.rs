@@ -10,8 +10,11 @@
 //! submission and a QUEUED event, and removes the letter. The system of record decides
 //! what may be replayed, so a letter replayed twice is replayed once.
 
-use domain::{InvoiceId, InvoiceState, TenantId, Timestamp};
-use messaging::{admin::StoredDeadLetter, Bus, Envelope};
+use domain::{invoice::IllegalTransition, InvoiceId, InvoiceState, TenantId, Timestamp};
+use messaging::{
+    admin::{AdminFailure, StoredDeadLetter},
+    Bus, BusError, Envelope,
+};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
@@ -35,11 +38,12 @@ const DEFAULT_PAGE: usize = 100;
 const LISTED_IDS: usize = 100;
 
 impl Selector {
-    fn parse(body: &[u8]) -> Result<Self, String> {
+    fn parse(body: &[u8]) -> Result<Self, AdminFailure> {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(Self::default());
         }
-        serde_json::from_slice(body).map_err(|e| format!("bad request body: {e}"))
+        serde_json::from_slice(body)
+            .map_err(|e| AdminFailure::BadRequest(format!("bad request body: {e}")))
     }
 
     fn matches(&self, letter: &StoredDeadLetter) -> bool {
@@ -82,18 +86,13 @@ pub async fn register(
     let b = bus.clone();
     bus.serve_admin(&service, "stats", "stats", move |_| {
         let bus = b.clone();
-        async move {
-            bus.queue_stats()
-                .await
-                .map(|q| json!(q))
-                .map_err(|e| e.to_string())
-        }
+        async move { Ok(json!(bus.queue_stats().await?)) }
     })
     .await?;
     Ok(service)
 }
 
-async fn list(bus: &Bus, selector: &Selector) -> Result<Value, String> {
+async fn list(bus: &Bus, selector: &Selector) -> Result<Value, AdminFailure> {
     let limit = selector.limit.unwrap_or(DEFAULT_PAGE).clamp(1, MAX_PAGE);
     // Scans at most a few pages' worth of sequences for a filtered list, so one
     // request stays bounded; `next` lets the operator go on.
@@ -101,10 +100,7 @@ async fn list(bus: &Bus, selector: &Selector) -> Result<Value, String> {
     let mut entries = Vec::new();
     let mut next = None;
     'pages: for _ in 0..4 {
-        let (letters, after) = bus
-            .dead_letters_page(from, limit)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (letters, after) = bus.dead_letters_page(from, limit).await?;
         for l in letters {
             if l.letter.is_some() && !selector.matches(&l) {
                 continue;
@@ -131,18 +127,21 @@ async fn list(bus: &Bus, selector: &Selector) -> Result<Value, String> {
     Ok(json!({ "count": entries.len(), "deadLetters": entries, "next": next }))
 }
 
-async fn replay(bus: &Bus, store: &store::Store, selector: &Selector) -> Result<Value, String> {
+async fn replay(
+    bus: &Bus,
+    store: &store::Store,
+    selector: &Selector,
+) -> Result<Value, AdminFailure> {
     if selector.invoice_id.is_none() && selector.tenant_id.is_none() && !selector.all {
-        return Err("name an invoiceId, a tenantId, or set \"all\": true".into());
+        return Err(AdminFailure::BadRequest(
+            "name an invoiceId, a tenantId, or set \"all\": true".into(),
+        ));
     }
     let (mut replayed, mut skipped) = (Vec::new(), Vec::new());
     let (mut replayed_count, mut skipped_count) = (0usize, 0usize);
     let mut from = Some(0);
     while let Some(start) = from {
-        let (letters, after) = bus
-            .dead_letters_page(start, DEFAULT_PAGE)
-            .await
-            .map_err(|e| e.to_string())?;
+        let (letters, after) = bus.dead_letters_page(start, DEFAULT_PAGE).await?;
         from = after;
         for stored in letters.into_iter().filter(|l| selector.matches(l)) {
             let Some(letter) = stored.letter else {
@@ -163,9 +162,15 @@ async fn replay(bus: &Bus, store: &store::Store, selector: &Selector) -> Result<
                     }
                 }
                 Err(e) => {
-                    return Err(format!(
-                        "replaying {id}: {e} (replayed so far: {replayed_count})"
-                    ))
+                    let text = format!("replaying {id}: {e} (replayed so far: {replayed_count})");
+                    return Err(match e {
+                        // The letter and the system of record disagree: trying again
+                        // changes nothing.
+                        ReplayError::Transition(_) => AdminFailure::BadRequest(text),
+                        ReplayError::Store(_) | ReplayError::Bus(_) => {
+                            AdminFailure::Unavailable(text)
+                        }
+                    });
                 }
             }
         }
@@ -176,24 +181,33 @@ async fn replay(bus: &Bus, store: &store::Store, selector: &Selector) -> Result<
     }))
 }
 
+/// Why one letter could not be replayed.
+#[derive(Debug, thiserror::Error)]
+enum ReplayError {
+    #[error("the system of record: {0}")]
+    Store(#[from] store::StoreError),
+    #[error("the broker: {0}")]
+    Bus(#[from] BusError),
+    #[error(transparent)]
+    Transition(#[from] IllegalTransition),
+}
+
 /// `Ok(None)` when replayed, `Ok(Some(reason))` when there was nothing to replay.
 async fn replay_one(
     bus: &Bus,
     store: &store::Store,
     seq: u64,
     letter: messaging::DeadLetter,
-) -> Result<Option<String>, String> {
+) -> Result<Option<String>, ReplayError> {
     let submission = letter.submission;
     let (tenant, id): (TenantId, InvoiceId) = (
         submission.invoice.tenant_id().clone(),
         submission.invoice.id(),
     );
-    let stored = store.find(&tenant, id).await.map_err(|e| e.to_string())?;
+    let stored = store.find(&tenant, id).await?;
     let mut invoice = match stored {
         Some(s) if s.invoice.replays() > submission.invoice.replays() => {
-            bus.delete_dead_letter(seq)
-                .await
-                .map_err(|e| e.to_string())?;
+            bus.delete_dead_letter(seq).await?;
             return Ok(Some("already replayed".into()));
         }
         Some(s) if s.invoice.state() == InvoiceState::Failed => s.invoice,
@@ -209,34 +223,24 @@ async fn replay_one(
         // Not in the system of record (yet): rebuild the failure from the letter.
         _ => {
             let mut inv = submission.invoice.clone();
-            inv.start_attempt(letter.attempts.max(1), Timestamp::now())
-                .map_err(|e| e.to_string())?;
+            inv.start_attempt(letter.attempts.max(1), Timestamp::now())?;
             inv.fail(
                 &letter.last_error.code,
                 &letter.last_error.message,
                 Timestamp::now(),
-            )
-            .map_err(|e| e.to_string())?;
+            )?;
             inv
         }
     };
-    invoice
-        .replay(Timestamp::now())
-        .map_err(|e| e.to_string())?;
+    invoice.replay(Timestamp::now())?;
     let envelope = Envelope {
         invoice,
         fingerprint: submission.fingerprint,
     };
     let message = envelope.encoded();
-    bus.publish_submission(&message, None)
-        .await
-        .map_err(|e| e.to_string())?;
-    bus.publish_event(&message, None)
-        .await
-        .map_err(|e| e.to_string())?;
-    bus.delete_dead_letter(seq)
-        .await
-        .map_err(|e| e.to_string())?;
+    bus.publish_submission(&message, None).await?;
+    bus.publish_event(&message, None).await?;
+    bus.delete_dead_letter(seq).await?;
     tracing::info!(invoice_id = %id, replays = envelope.invoice.replays(), "dead letter replayed");
     Ok(None)
 }
