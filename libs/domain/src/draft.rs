@@ -61,6 +61,27 @@ pub struct RawDraft {
     pub payments: Vec<RawPayment>,
 }
 
+impl RawDraft {
+    /// A valid one-line request (terminal `T1`, EUR, one unit of `A` at 1.00, 10 % tax):
+    /// the starting point of tests and examples, which change what they are about.
+    pub fn example() -> Self {
+        Self {
+            terminal_id: Some("T1".into()),
+            currency: Some("EUR".into()),
+            items: vec![RawLine {
+                sku: Some("A".into()),
+                name: Some("a".into()),
+                quantity: Some("1".into()),
+                unit_price: Some("1.00".into()),
+                tax_rate: Some("0.10".into()),
+                discount: None,
+                priced_by_catalog: false,
+            }],
+            ..Self::default()
+        }
+    }
+}
+
 /// One invoice line of a [`RawDraft`], every field as the client's text.
 #[derive(Debug, Clone, Default)]
 pub struct RawLine {

@@ -605,23 +605,12 @@ fn as_json(config: &impl serde::Serialize) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use domain::{draft::RawDraft, draft::RawLine, DraftInvoice, Invoice, Timestamp};
+    use domain::{draft::RawDraft, DraftInvoice, Invoice, Timestamp};
 
     fn submission(key: &str, replays: u32) -> Envelope {
         let draft = DraftInvoice::parse(RawDraft {
             idempotency_key: Some(key.into()),
-            terminal_id: Some("T1".into()),
-            currency: Some("EUR".into()),
-            items: vec![RawLine {
-                sku: Some("A".into()),
-                name: Some("a".into()),
-                quantity: Some("1".into()),
-                unit_price: Some("1.00".into()),
-                tax_rate: Some("0.10".into()),
-                discount: None,
-                priced_by_catalog: false,
-            }],
-            ..Default::default()
+            ..RawDraft::example()
         })
         .unwrap();
         let fingerprint = draft.fingerprint();

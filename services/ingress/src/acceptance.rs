@@ -243,25 +243,15 @@ fn judge(mine: &Envelope, holder: &Envelope) -> Holder {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use domain::{draft::RawDraft, draft::RawLine, DraftInvoice, InvoiceId, Timestamp};
+    use domain::{draft::RawDraft, DraftInvoice, InvoiceId, Timestamp};
 
     fn submission(quantity: &str) -> Envelope {
-        let draft = DraftInvoice::parse(RawDraft {
+        let mut raw = RawDraft {
             idempotency_key: Some("K".into()),
-            terminal_id: Some("T1".into()),
-            currency: Some("EUR".into()),
-            items: vec![RawLine {
-                sku: Some("A".into()),
-                name: Some("a".into()),
-                quantity: Some(quantity.into()),
-                unit_price: Some("1.00".into()),
-                tax_rate: Some("0.10".into()),
-                discount: None,
-                priced_by_catalog: false,
-            }],
-            ..Default::default()
-        })
-        .unwrap();
+            ..RawDraft::example()
+        };
+        raw.items[0].quantity = Some(quantity.into());
+        let draft = DraftInvoice::parse(raw).unwrap();
         let fingerprint = draft.fingerprint();
         Envelope {
             invoice: Invoice::queued(

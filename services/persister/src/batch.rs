@@ -237,7 +237,7 @@ impl Writer {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use domain::draft::{RawDraft, RawLine};
+    use domain::draft::RawDraft;
     use domain::{DraftInvoice, Invoice, InvoiceState, TenantId, Timestamp};
 
     const HOLD: Duration = Duration::from_millis(250);
@@ -245,21 +245,7 @@ mod tests {
     /// An invoice's QUEUED, PROCESSING and FAILED states, then its replay (QUEUED of the
     /// next generation).
     fn states() -> [Envelope; 4] {
-        let draft = DraftInvoice::parse(RawDraft {
-            terminal_id: Some("T1".into()),
-            currency: Some("EUR".into()),
-            items: vec![RawLine {
-                sku: Some("A".into()),
-                name: Some("a".into()),
-                quantity: Some("1".into()),
-                unit_price: Some("1.00".into()),
-                tax_rate: Some("0.10".into()),
-                discount: None,
-                priced_by_catalog: false,
-            }],
-            ..Default::default()
-        })
-        .unwrap();
+        let draft = DraftInvoice::parse(RawDraft::example()).unwrap();
         let now = Timestamp::now();
         let queued = Invoice::queued(
             InvoiceId::generate(),
