@@ -410,7 +410,7 @@ async fn upgrades_without_a_valid_token_get_401_and_a_tenant_never_receives_anot
         "another-secret-0123456789abcdef",
         &auth::Claims {
             sub: "T1".into(),
-            tenant: a.tenant.clone(),
+            tenant: domain::TenantId::parse(a.tenant.as_str()).unwrap(),
             role: auth::Role::Terminal,
             exp: chrono::Utc::now().timestamp() + 3600,
         },

@@ -356,14 +356,21 @@ async fn forged_tokens_get_401_and_nothing_reaches_nats() {
             "another-secret-0123456789",
             &auth::Claims {
                 sub: "T1".into(),
-                tenant: stack.tenant.clone(),
+                tenant: domain::TenantId::parse(stack.tenant.as_str()).unwrap(),
                 role: auth::Role::Admin,
                 exp: chrono::Utc::now().timestamp() + 600,
             },
         ),
         format!("{valid}{}", "A".repeat(10 * 1024)),
-        token_of("shop.*", "T1"),
-        token_of("a b", "T1"),
+        // Signed with the real secret, but naming tenants that would break a subject.
+        auth::sign(
+            crate::support::stack::SECRET,
+            &serde_json::json!({"sub": "T1", "tenant": "shop.*", "role": "terminal", "exp": chrono::Utc::now().timestamp() + 600}),
+        ),
+        auth::sign(
+            crate::support::stack::SECRET,
+            &serde_json::json!({"sub": "T1", "tenant": "a b", "role": "terminal", "exp": chrono::Utc::now().timestamp() + 600}),
+        ),
     ];
     for token in &forged {
         let a = stack

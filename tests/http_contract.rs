@@ -118,7 +118,7 @@ async fn requests_without_a_valid_token_get_401() {
         "another-secret-0123456789",
         &auth::Claims {
             sub: "T1".into(),
-            tenant: "x".into(),
+            tenant: domain::TenantId::parse("x").unwrap(),
             role: auth::Role::Terminal,
             exp: chrono::Utc::now().timestamp() + 60,
         },

@@ -142,7 +142,11 @@ async fn an_admin_request_to_fix_is_answered_400_with_what_is_wrong() {
         let headers = reply.headers.expect("an error is reported in headers");
         let code = headers.get(async_nats::service::NATS_SERVICE_ERROR_CODE);
         let text = headers.get(async_nats::service::NATS_SERVICE_ERROR);
-        assert_eq!(code.map(async_nats::HeaderValue::as_str), Some("400"), "{text:?}");
+        assert_eq!(
+            code.map(async_nats::HeaderValue::as_str),
+            Some("400"),
+            "{text:?}"
+        );
         assert!(text.is_some_and(|t| t.as_str().contains(says)), "{text:?}");
     }
 }

@@ -32,7 +32,7 @@ impl Terminal {
             SECRET,
             &auth::Claims {
                 sub: id.into(),
-                tenant: tenant.into(),
+                tenant: domain::TenantId::parse(tenant).unwrap(),
                 role: auth::Role::Terminal,
                 exp: chrono::Utc::now().timestamp() + 3600,
             },

@@ -274,7 +274,7 @@ pub fn signed(tenant: &str, sub: &str, role: auth::Role, exp_in: i64) -> String 
         SECRET,
         &auth::Claims {
             sub: sub.into(),
-            tenant: tenant.into(),
+            tenant: domain::TenantId::parse(tenant).unwrap(),
             role,
             exp: chrono::Utc::now().timestamp() + exp_in,
         },

@@ -135,7 +135,7 @@ impl FromRequestParts<AppState> for Operator {
             .await
             .map_err(IntoResponse::into_response)?;
         let claims = admin.into_claims();
-        if claims.tenant != *state.operator_tenant {
+        if claims.tenant.as_str() != &*state.operator_tenant {
             return Err(
                 ConsoleError::NotOperator(state.operator_tenant.to_string()).into_response()
             );
@@ -331,7 +331,7 @@ async fn replay(
         id: uuid::Uuid::now_v7().to_string(),
         at: Timestamp::now(),
         actor: claims.sub,
-        actor_tenant: claims.tenant,
+        actor_tenant: claims.tenant.into(),
         action: "dlq.replay".into(),
         target: target.clone(),
         request_id: headers

@@ -8,7 +8,7 @@ use crate::{
     socket::{self, Session},
     AppState,
 };
-use auth::{AuthError, Authenticated};
+use auth::Authenticated;
 use axum::{
     extract::{
         rejection::QueryRejection,
@@ -20,7 +20,7 @@ use axum::{
     routing::get,
     Json, Router,
 };
-use domain::{TenantId, TerminalId};
+use domain::TerminalId;
 use serde::{Deserialize, Serialize};
 use service_kit::http::{Detail, ErrorCode, ErrorResponse, Health};
 
@@ -69,10 +69,7 @@ async fn upgrade(
     upgrade: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
     let claims = caller.into_claims();
-    let tenant = match TenantId::parse(claims.tenant) {
-        Ok(tenant) => tenant,
-        Err(e) => return AuthError::Invalid(format!("tenant claim: {e}")).into_response(),
-    };
+    let tenant = claims.tenant;
     let resume = match query.map_err(|e| {
         vec![Detail {
             path: "query".into(),

@@ -151,7 +151,7 @@ pub async fn gate(State(state): State<AppState>, mut request: Request, next: Nex
         Ok(c) => c,
         Err(e) => return ApiError::from(e).into_response(),
     };
-    if let Err(e) = state.guard.charge(&claims.tenant, &claims.sub) {
+    if let Err(e) = state.guard.charge(claims.tenant.as_str(), &claims.sub) {
         return e.into_response();
     }
     parts.extensions.insert(claims);

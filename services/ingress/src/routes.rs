@@ -33,13 +33,6 @@ pub fn routes(state: AppState) -> (Router<AppState>, utoipa::openapi::OpenApi) {
         .split_for_parts()
 }
 
-/// The caller's tenant (the verifier already checked the claim is subject-safe).
-pub(crate) fn tenant_of(claims: &auth::Claims) -> Result<domain::TenantId, crate::error::ApiError> {
-    domain::TenantId::parse(claims.tenant.as_str()).map_err(|e| {
-        crate::error::ApiError::Auth(auth::AuthError::Invalid(format!("tenant claim {e}")))
-    })
-}
-
 pub fn router(state: AppState) -> Router {
     let (routes, document) = routes(state.clone());
     let document = std::sync::Arc::new(

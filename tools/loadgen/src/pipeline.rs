@@ -229,13 +229,19 @@ impl Run {
     }
 }
 
+/// `tenant` as the id a token carries; loadgen makes its tenant names, so a bad one is
+/// a bug here.
+fn tenant_id(tenant: &str) -> domain::TenantId {
+    domain::TenantId::parse(tenant).unwrap_or_else(|e| panic!("tenant name {tenant:?}: {e}"))
+}
+
 /// A terminal's JWT for `tenant`, valid until `exp` (Unix seconds).
 pub(crate) fn terminal_token(secret: &str, tenant: &str, exp: i64) -> String {
     auth::sign(
         secret,
         &auth::Claims {
             sub: "loadgen".into(),
-            tenant: tenant.to_owned(),
+            tenant: tenant_id(tenant),
             role: auth::Role::Terminal,
             exp,
         },
@@ -267,7 +273,7 @@ async fn write_catalogs(args: &PipelineArgs, tenants: &[Tenant]) -> Result<(), S
             &args.secret,
             &auth::Claims {
                 sub: "loadgen-manager".into(),
-                tenant: tenant.name.clone(),
+                tenant: tenant_id(&tenant.name),
                 role: auth::Role::Manager,
                 exp,
             },

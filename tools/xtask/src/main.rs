@@ -205,7 +205,10 @@ async fn run(cli: Cli) -> anyhow::Result<bool> {
             let secret = secret
                 .or_else(|| std::env::var("JWT_SECRET").ok().filter(|s| !s.is_empty()))
                 .unwrap_or_else(|| services::DEV_SECRET.to_owned());
-            println!("{}", services::dev_token(&secret, &tenant, &sub, role, ttl));
+            println!(
+                "{}",
+                services::dev_token(&secret, &tenant, &sub, role, ttl)?
+            );
             return Ok(true);
         }
         Command::Install { browser } => {

@@ -19,20 +19,28 @@ pub const SERVICES: [&str; 5] = ["ingress", "processor", "persister", "fanout", 
 /// The JWT secret `./x up` starts the services with unless `JWT_SECRET` is set.
 pub const DEV_SECRET: &str = "dev-secret-change-me-0123456789abcdef";
 
-/// A dev token signed by `auth`'s own code (what the services verify), valid `ttl` s.
-pub fn dev_token(secret: &str, tenant: &str, sub: &str, role: auth::Role, ttl: i64) -> String {
+/// A dev token signed by `auth`'s own code (what the services verify), valid `ttl` s;
+/// refused if `tenant` is not a valid tenant id (the services would refuse the token).
+pub fn dev_token(
+    secret: &str,
+    tenant: &str,
+    sub: &str,
+    role: auth::Role,
+    ttl: i64,
+) -> Result<String> {
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
-    auth::sign(
+    let tenant = domain::TenantId::parse(tenant).with_context(|| format!("tenant {tenant:?}"))?;
+    Ok(auth::sign(
         secret,
         &auth::Claims {
             sub: sub.into(),
-            tenant: tenant.into(),
+            tenant,
             role,
             exp: now.saturating_add(ttl),
         },
-    )
+    ))
 }
 
 /// How to start one instance.

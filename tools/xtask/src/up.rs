@@ -92,8 +92,8 @@ pub async fn run(args: Args) -> Result<bool> {
         stack.stop().await?;
         return Err(e);
     }
-    let terminal = dev_token(&secret, "demo", "T1", auth::Role::Terminal, 86_400);
-    let operator = dev_token(&secret, "ops", "operator", auth::Role::Admin, 43_200);
+    let terminal = dev_token(&secret, "demo", "T1", auth::Role::Terminal, 86_400)?;
+    let operator = dev_token(&secret, "ops", "operator", auth::Role::Admin, 43_200)?;
     let names: Vec<&str> = services.instances.iter().map(|i| i.name.as_str()).collect();
     println!(
         r#"

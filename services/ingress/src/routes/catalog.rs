@@ -3,7 +3,6 @@
 //! (tenant), declared by the extractor; each change is announced on
 //! `<ns>.catalog.<tenant>` so every ingress drops its cached copy at once.
 
-use super::tenant_of;
 use crate::{
     error::ApiError,
     extract::{DecimalText, JsonBody, Params, QueryParams},
@@ -78,7 +77,7 @@ pub async fn put(
     Path(sku): Path<String>,
     JsonBody(request): JsonBody<ProductRequest>,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant_of(caller.claims())?;
+    let tenant = caller.claims().tenant.clone();
     let draft = ProductDraft::parse(
         &sku,
         request.name.as_deref(),
@@ -115,7 +114,7 @@ pub async fn get(
     caller: Authenticated,
     Path(sku): Path<String>,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant_of(caller.claims())?;
+    let tenant = caller.claims().tenant.clone();
     match state
         .store
         .product(&tenant, &sku)
@@ -142,7 +141,7 @@ pub async fn delete(
     caller: Authorized<Manager>,
     Path(sku): Path<String>,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant_of(caller.claims())?;
+    let tenant = caller.claims().tenant.clone();
     let Some((product, written)) = state
         .store
         .deactivate_product(&tenant, &sku)
@@ -172,7 +171,7 @@ pub async fn list(
     caller: Authenticated,
     QueryParams(params): QueryParams<BTreeMap<String, String>>,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant_of(caller.claims())?;
+    let tenant = caller.claims().tenant.clone();
     let mut q = Params::new(params);
     let since = q.number("since", 0, 0, i64::MAX as u64);
     let limit = q.number("limit", 100, 1, 500);
@@ -210,7 +209,7 @@ pub async fn get_tenant(
     State(state): State<AppState>,
     caller: Authenticated,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant_of(caller.claims())?;
+    let tenant = caller.claims().tenant.clone();
     let settings = state.store.tenant(&tenant).await.map_err(unavailable)?;
     Ok(Json(settings).into_response())
 }
@@ -231,7 +230,7 @@ pub async fn put_tenant(
     caller: Authorized<Admin>,
     JsonBody(request): JsonBody<TenantRequest>,
 ) -> Result<Response, ApiError> {
-    let tenant = tenant_of(caller.claims())?;
+    let tenant = caller.claims().tenant.clone();
     let settings = TenantSettings::parse(
         tenant.clone(),
         request.name.as_deref(),

@@ -10,7 +10,6 @@ mod request;
 pub use request::InvoiceRequest;
 use request::Supplied;
 
-use super::tenant_of;
 use crate::acceptance::{AcceptError, Accepted};
 use crate::{
     error::ApiError,
@@ -92,7 +91,7 @@ pub async fn create(
     JsonBody(request): JsonBody<InvoiceRequest>,
 ) -> Result<Response, ApiError> {
     let claims = caller.into_claims();
-    let tenant = tenant_of(&claims)?;
+    let tenant = claims.tenant.clone();
     let header_key = header_key(&headers)?;
     // Counts first (constant time), then what the catalog and settings supply.
     request.check_counts()?;
@@ -186,7 +185,7 @@ pub async fn get(
     Path(id): Path<String>,
 ) -> Result<Response, ApiError> {
     let claims = caller.into_claims();
-    let tenant = tenant_of(&claims)?;
+    let tenant = claims.tenant.clone();
     let id = InvoiceId::parse(&id).map_err(|_| ApiError::NotFound)?;
     let found = state
         .reader
@@ -221,7 +220,7 @@ pub async fn list(
     QueryParams(params): QueryParams<BTreeMap<String, String>>,
 ) -> Result<Response, ApiError> {
     let claims = caller.into_claims();
-    let tenant = tenant_of(&claims)?;
+    let tenant = claims.tenant.clone();
     let mut q = Params::new(params);
     let page = q.number("page", 1, 1, 1_000_000);
     let limit = q.number("limit", 20, 1, 100);
