@@ -377,24 +377,35 @@ impl Bench {
             "http://127.0.0.1:{}/jsz?consumers=true&config=true",
             stack.nats[0].monitor_port
         );
+        let counters = Counters {
+            jsz: monitor.clone(),
+            mongodb_uri: stack.mongodb_uri(),
+            redis_port: stack.redis.0,
+        };
         let observe = {
             let procs = procs.clone();
             async move {
                 tokio::time::sleep(warmup).await;
                 let before: Vec<Option<u64>> = procs.iter().map(|(_, p)| cpu_ticks(*p)).collect();
+                let start = counters.read().await;
                 let t0 = Instant::now();
                 tokio::time::sleep(measured / 2).await;
                 let consumers = consumers(&monitor).await;
                 tokio::time::sleep(measured.saturating_sub(t0.elapsed())).await;
                 let wall = t0.elapsed().as_secs_f64();
+                let end = counters.read().await;
                 let mut cpu = Map::new();
+                let mut cpu_secs = Vec::new();
                 for ((name, pid), b) in procs.iter().zip(before) {
                     if let (Some(b), Some(a)) = (b, cpu_ticks(*pid)) {
-                        let pct = 100.0 * (a - b) as f64 / USER_HZ / wall;
+                        let secs = (a - b) as f64 / USER_HZ;
+                        let pct = 100.0 * secs / wall;
                         cpu.insert(name.clone(), json!((pct * 10.0).round() / 10.0));
+                        cpu_secs.push((name.clone(), secs));
                     }
                 }
-                (Value::Object(cpu), consumers)
+                let budget = budget(&start, &end, &cpu_secs);
+                (Value::Object(cpu), consumers, budget)
             }
         };
         let rss_every = Duration::from_secs(a.rss_every);
@@ -443,7 +454,7 @@ impl Bench {
                 }
             })
         };
-        let ((cpu, consumers), _) = tokio::join!(observe, self.loadgen(&args, &out));
+        let ((cpu, consumers, budget), _) = tokio::join!(observe, self.loadgen(&args, &out));
         sampler.abort();
         let rss: Map<String, Value> = rss
             .lock()
@@ -489,6 +500,7 @@ impl Bench {
         extra.insert("log_warnings".into(), Value::Object(warnings));
         extra.insert("consumers_mid_run".into(), consumers);
         extra.insert("rss_mib".into(), Value::Object(rss));
+        extra.insert("budget_per_invoice".into(), budget);
         self.record("pipeline", n, loadgen_result(&out), extra)
     }
 }
@@ -504,6 +516,179 @@ fn utc(format: &str) -> String {
 }
 
 /// Each durable consumer's backlog, from the NATS monitoring endpoint.
+/// Where the per-invoice budget's counters are read: NATS monitoring (`/jsz`), MongoDB's
+/// `serverStatus` and Redis' `INFO stats`.
+struct Counters {
+    jsz: String,
+    mongodb_uri: String,
+    redis_port: u16,
+}
+
+/// The counters at one instant (missing ones stay empty: the budget says n/a).
+#[derive(Debug, Default)]
+struct Snapshot {
+    /// Per stream: messages stored so far (`last_seq`): acked publishes.
+    stored: BTreeMap<String, u64>,
+    /// Per stream: deliveries to all its consumers (`delivered.consumer_seq`).
+    delivered: BTreeMap<String, u64>,
+    /// Per stream: acks of its durable consumers (`ack_floor.consumer_seq`).
+    acked: BTreeMap<String, u64>,
+    /// MongoDB `opcounters` (insert, query, update, delete, getmore, command).
+    mongo: BTreeMap<String, u64>,
+    /// Redis `total_commands_processed`.
+    redis: Option<u64>,
+}
+
+impl Counters {
+    async fn read(&self) -> Snapshot {
+        let mut s = Snapshot::default();
+        if let Ok(jsz) = async { reqwest::get(&self.jsz).await?.json::<Value>().await }.await {
+            for account in jsz["account_details"].as_array().into_iter().flatten() {
+                for stream in account["stream_detail"].as_array().into_iter().flatten() {
+                    let name = stream["name"].as_str().unwrap_or("?").to_owned();
+                    let seq = stream["state"]["last_seq"].as_u64().unwrap_or(0);
+                    let (mut delivered, mut acked) = (0, 0);
+                    for c in stream["consumer_detail"].as_array().into_iter().flatten() {
+                        delivered += c["delivered"]["consumer_seq"].as_u64().unwrap_or(0);
+                        if c["config"]["durable_name"].is_string() {
+                            acked += c["ack_floor"]["consumer_seq"].as_u64().unwrap_or(0);
+                        }
+                    }
+                    s.stored.insert(name.clone(), seq);
+                    s.delivered.insert(name.clone(), delivered);
+                    s.acked.insert(name, acked);
+                }
+            }
+        }
+        if let Ok(client) = mongodb::Client::with_uri_str(&self.mongodb_uri).await {
+            let status = client
+                .database("admin")
+                .run_command(mongodb::bson::doc! { "serverStatus": 1 })
+                .await;
+            if let Ok(status) = status {
+                if let Ok(ops) = status.get_document("opcounters") {
+                    for (k, v) in ops {
+                        let n = v.as_i64().or_else(|| v.as_i32().map(i64::from));
+                        s.mongo.insert(
+                            k.clone(),
+                            n.and_then(|n| u64::try_from(n).ok()).unwrap_or(0),
+                        );
+                    }
+                }
+            }
+        }
+        s.redis = redis_commands(self.redis_port).await;
+        s
+    }
+}
+
+/// Redis' `total_commands_processed`, over a plain connection (`INFO stats`).
+async fn redis_commands(port: u16) -> Option<u64> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut c = tokio::net::TcpStream::connect(("127.0.0.1", port))
+        .await
+        .ok()?;
+    c.write_all(b"INFO stats\r\n").await.ok()?;
+    let mut text = Vec::new();
+    let mut buf = [0u8; 8192];
+    // A bulk reply: read until the counter's line has arrived.
+    while !String::from_utf8_lossy(&text).contains("total_commands_processed:")
+        || !text.ends_with(b"\r\n")
+    {
+        let n = tokio::time::timeout(Duration::from_secs(2), c.read(&mut buf))
+            .await
+            .ok()?
+            .ok()?;
+        if n == 0 {
+            break;
+        }
+        text.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&text)
+        .lines()
+        .find_map(|l| l.strip_prefix("total_commands_processed:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// What one accepted invoice cost over the measured window: CPU per process (ms), broker
+/// operations, MongoDB statements and Redis commands, each divided by the submissions the
+/// invoices stream stored in the window (in a steady run, the invoices completed).
+fn budget(start: &Snapshot, end: &Snapshot, cpu_secs: &[(String, f64)]) -> Value {
+    let delta = |a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>, k: &str| {
+        b.get(k)
+            .unwrap_or(&0)
+            .saturating_sub(*a.get(k).unwrap_or(&0))
+    };
+    let invoices_stream = end
+        .stored
+        .keys()
+        .find(|k| k.ends_with("INVOICES"))
+        .cloned()
+        .unwrap_or_default();
+    let invoices = delta(&start.stored, &end.stored, &invoices_stream);
+    if invoices == 0 {
+        return Value::Null;
+    }
+    let per = |n: u64| ((n as f64 / invoices as f64) * 100.0).round() / 100.0;
+    let mut cpu = Map::new();
+    let mut total = 0.0;
+    for (name, secs) in cpu_secs {
+        total += secs;
+        cpu.insert(
+            name.clone(),
+            json!(((secs * 1000.0 / invoices as f64) * 1000.0).round() / 1000.0),
+        );
+    }
+    cpu.insert(
+        "total".into(),
+        json!(((total * 1000.0 / invoices as f64) * 1000.0).round() / 1000.0),
+    );
+    let mut broker = Map::new();
+    let (mut publishes, mut deliveries, mut acks) = (0, 0, 0);
+    for stream in end.stored.keys() {
+        let (p, d, a) = (
+            delta(&start.stored, &end.stored, stream),
+            delta(&start.delivered, &end.delivered, stream),
+            delta(&start.acked, &end.acked, stream),
+        );
+        publishes += p;
+        deliveries += d;
+        acks += a;
+        broker.insert(
+            stream.clone(),
+            json!({ "publishes": per(p), "deliveries": per(d), "acks": per(a) }),
+        );
+    }
+    broker.insert(
+        "total".into(),
+        json!({ "publishes": per(publishes), "deliveries": per(deliveries), "acks": per(acks) }),
+    );
+    let mut mongo = Map::new();
+    let mut statements = 0;
+    for k in end.mongo.keys() {
+        let d = delta(&start.mongo, &end.mongo, k);
+        if k != "command" {
+            statements += d;
+        }
+        mongo.insert(k.clone(), json!(per(d)));
+    }
+    mongo.insert(
+        "statements (all but command)".into(),
+        json!(per(statements)),
+    );
+    let redis = match (start.redis, end.redis) {
+        (Some(a), Some(b)) => json!(per(b.saturating_sub(a))),
+        _ => Value::Null,
+    };
+    json!({
+        "invoices": invoices,
+        "cpu_ms": cpu,
+        "broker": broker,
+        "mongodb": mongo,
+        "redis_commands": redis,
+    })
+}
+
 async fn consumers(url: &str) -> Value {
     let Ok(r) = reqwest::get(url).await else {
         return Value::Null;
@@ -525,6 +710,30 @@ async fn consumers(url: &str) -> Value {
         }
     }
     Value::Object(out)
+}
+
+/// The per-invoice budget of one pipeline run, as a table (issue 16's step 1).
+fn print_budget(r: &Value) {
+    let b = &r["budget_per_invoice"];
+    println!(
+        "\nbudget per invoice (N={}, {} invoices in the measured window):",
+        r["instances"], b["invoices"]
+    );
+    let row = |what: &str, m: &Value| {
+        let cells: Vec<String> = m
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect();
+        println!("  {what:<18} {}", cells.join(" · "));
+    };
+    row("CPU ms", &b["cpu_ms"]);
+    for (stream, ops) in b["broker"].as_object().into_iter().flatten() {
+        row(&format!("broker {stream}"), ops);
+    }
+    row("MongoDB ops", &b["mongodb"]);
+    println!("  {:<18} {}", "Redis commands", b["redis_commands"]);
 }
 
 fn summary(results: &Path) {
@@ -574,7 +783,7 @@ fn summary(results: &Path) {
             "dups",
             "SoR lag s"
         );
-        for r in pipes {
+        for r in &pipes {
             let (a, e) = (&r["accept_ms"], &r["e2e_ms"]);
             let lag = r["persisted"]["caught_up_s"]
                 .as_f64()
@@ -587,6 +796,9 @@ fn summary(results: &Path) {
             );
         }
         println!("(SoR lag: seconds after the load stopped until GET /invoices?state=COMPLETED listed every completed invoice)");
+        for r in pipes.iter().filter(|r| r["budget_per_invoice"].is_object()) {
+            print_budget(r);
+        }
     }
     println!();
 }
