@@ -109,22 +109,40 @@ async fn a_key_whose_ingress_died_mid_request_is_accepted_by_the_next_ingress() 
     // `interruptInUseConnections`). Should it recur, the assertion prints ingress's log.
     let warm = api.post(&invoice_body(Some(&unique("k-")), "T1")).await;
     assert_eq!(warm.status, 202, "{}", warm.body);
-    let body = invoice_body(Some(&unique("k-")), "T1");
-    // The first request is inside ingress (waiting on the stalled mongod) when it dies.
-    mongo.stall();
-    let pending = tokio::spawn({
-        let (api, body) = (api.clone(), body.clone());
-        async move { post_with_timeout(&api, &body, Duration::from_secs(30)).await }
-    });
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let answered_before_the_kill = pending.is_finished();
-    stack.kill(ingress).await;
-    assert_eq!(
-        (answered_before_the_kill, pending.await.unwrap()),
-        (false, None),
-        "the request died with ingress; its log:\n{}",
-        stack.log_of(ingress)
-    );
+    // The request must be inside ingress (waiting on the stalled mongod) when it dies.
+    // Twice in about ten full runs (CI once, locally once) ingress answered 202 within
+    // 500 ms of the stall, without a warning in its log: not understood. That run proves
+    // nothing about a death mid-request, so the case is set up again with a new key
+    // (at most three times) rather than passed or failed on it.
+    let mut tries = 0;
+    let body = loop {
+        tries += 1;
+        let body = invoice_body(Some(&unique("k-")), "T1");
+        mongo.stall();
+        let pending = tokio::spawn({
+            let (api, body) = (api.clone(), body.clone());
+            async move { post_with_timeout(&api, &body, Duration::from_secs(30)).await }
+        });
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if !pending.is_finished() {
+            stack.kill(ingress).await;
+            assert_eq!(
+                pending.await.unwrap(),
+                None,
+                "the request died with ingress; its log:\n{}",
+                stack.log_of(ingress)
+            );
+            break body;
+        }
+        mongo.resume();
+        let early = pending.await.unwrap();
+        println!("try {tries}: answered {early:?} within 500 ms of the stall; setting it up again");
+        assert!(
+            tries < 3,
+            "three times ingress answered while MongoDB was stalled; its log:\n{}",
+            stack.log_of(ingress)
+        );
+    };
     mongo.resume();
     let next = stack.spawn("ingress").await;
     let api = stack.api(&tenant, next);
