@@ -94,92 +94,118 @@ pub struct PrivateServer {
 
 impl PrivateServer {
     pub async fn nats() -> Self {
-        let dir = tempdir("nats");
-        let port = free_port();
-        let args = vec![
-            "-a".into(),
-            "127.0.0.1".into(),
-            "-p".into(),
-            port.to_string(),
-            "-js".into(),
-            "-sd".into(),
-            dir.display().to_string(),
-        ];
-        let mut s = Self {
-            port,
-            url: format!("nats://127.0.0.1:{port}"),
-            child: None,
-            program: env("POS_NATS_SERVER_BIN"),
-            args,
-            dir,
-        };
-        s.start().await;
-        s
+        Self::launch(|port| {
+            let dir = tempdir("nats");
+            let args = vec![
+                "-a".into(),
+                "127.0.0.1".into(),
+                "-p".into(),
+                port.to_string(),
+                "-js".into(),
+                "-sd".into(),
+                dir.display().to_string(),
+            ];
+            Self {
+                port,
+                url: format!("nats://127.0.0.1:{port}"),
+                child: None,
+                program: env("POS_NATS_SERVER_BIN"),
+                args,
+                dir,
+            }
+        })
+        .await
     }
 
     /// A redis-server without persistence: a restart comes back empty, as a flushed or
     /// replaced Redis would.
     pub async fn redis() -> Self {
-        let dir = tempdir("redis");
-        let port = free_port();
-        let args = [
-            "--bind",
-            "127.0.0.1",
-            "--port",
-            &port.to_string(),
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-            "--dir",
-            &dir.display().to_string(),
-        ]
-        .map(str::to_owned)
-        .to_vec();
-        let mut s = Self {
-            port,
-            url: format!("redis://127.0.0.1:{port}"),
-            child: None,
-            program: env("POS_REDIS_SERVER_BIN"),
-            args,
-            dir,
-        };
-        s.start().await;
-        s
+        Self::launch(|port| {
+            let dir = tempdir("redis");
+            let args = [
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                &port.to_string(),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                &dir.display().to_string(),
+            ]
+            .map(str::to_owned)
+            .to_vec();
+            Self {
+                port,
+                url: format!("redis://127.0.0.1:{port}"),
+                child: None,
+                program: env("POS_REDIS_SERVER_BIN"),
+                args,
+                dir,
+            }
+        })
+        .await
     }
 
     /// A standalone mongod (no replica set: enough for health and outage tests).
     pub async fn mongod() -> Self {
-        let dir = tempdir("mongo");
-        let port = free_port();
-        let args = vec![
-            "--bind_ip".into(),
-            "127.0.0.1".into(),
-            "--port".into(),
-            port.to_string(),
-            "--dbpath".into(),
-            dir.display().to_string(),
-            "--wiredTigerCacheSizeGB".into(),
-            "0.25".into(),
-            "--quiet".into(),
-        ];
-        let url = format!("mongodb://127.0.0.1:{port}/?directConnection=true");
-        let mut s = Self {
-            port,
-            url,
-            child: None,
-            program: env("POS_MONGOD_BIN"),
-            args,
-            dir,
-        };
-        s.start().await;
-        s
+        Self::launch(|port| {
+            let dir = tempdir("mongo");
+            let args = vec![
+                "--bind_ip".into(),
+                "127.0.0.1".into(),
+                "--port".into(),
+                port.to_string(),
+                "--dbpath".into(),
+                dir.display().to_string(),
+                "--wiredTigerCacheSizeGB".into(),
+                "0.25".into(),
+                "--quiet".into(),
+            ];
+            let url = format!("mongodb://127.0.0.1:{port}/?directConnection=true");
+            Self {
+                port,
+                url,
+                child: None,
+                program: env("POS_MONGOD_BIN"),
+                args,
+                dir,
+            }
+        })
+        .await
+    }
+
+    /// Starts the server `make(port)` describes on a free port, and on another one if it
+    /// cannot listen there: `free_port` only saw the port free, and a parallel test's
+    /// server can take it in between. The port then answers, but not ours — under a full
+    /// suite a stall or kill of "our" mongod once hit a process that had already exited,
+    /// while the test talked to another test's server.
+    async fn launch(make: impl Fn(u16) -> Self) -> Self {
+        let mut last = String::new();
+        for _ in 0..5 {
+            let mut s = make(free_port());
+            match s.try_start().await {
+                Ok(()) => return s,
+                Err(e) => last = e,
+            }
+        }
+        panic!("no private server could start on any of 5 free ports: {last}");
     }
 
     /// Starts the server again after [`PrivateServer::kill`]. Panics if it is running:
     /// a second process on the same port and data dir would fail, and replacing the
     /// handle would kill the first (`kill_on_drop`), a race a test could pass by.
     pub async fn start(&mut self) {
+        if let Err(e) = self.try_start().await {
+            panic!("{e}");
+        }
+    }
+
+    /// Starts the server and waits until it says it is listening (its own log line, not
+    /// just an answer on the port, which another process could give); an error if it
+    /// exits first.
+    async fn try_start(&mut self) -> Result<(), String> {
         if let Some(child) = self.child.as_mut() {
             assert!(
                 child.try_wait().ok().flatten().is_some(),
@@ -196,18 +222,37 @@ impl PrivateServer {
             .spawn()
             .unwrap_or_else(|e| panic!("starting {}: {e}", self.program));
         self.child = Some(child);
-        let port = self.port;
-        super::eventually(
-            "private server to listen",
-            Duration::from_secs(30),
-            || async move {
-                tokio::net::TcpStream::connect(("127.0.0.1", port))
-                    .await
-                    .ok()
-                    .map(|_| ())
-            },
-        )
-        .await;
+        // What each server logs once it listens on its port.
+        let ready = if self.program.contains("mongod") {
+            "Waiting for connections"
+        } else if self.program.contains("redis") {
+            "Ready to accept connections"
+        } else {
+            "Server is ready"
+        };
+        let log = self.dir.join("server.log");
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            if std::fs::read_to_string(&log).is_ok_and(|l| l.contains(ready)) {
+                return Ok(());
+            }
+            let child = self.child.as_mut().expect("just started");
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!(
+                    "{} on port {} exited ({status}) before listening; its log:\n{}",
+                    self.program,
+                    self.port,
+                    std::fs::read_to_string(&log).unwrap_or_default()
+                ));
+            }
+            if std::time::Instant::now() > deadline {
+                return Err(format!(
+                    "{} on port {} did not say it listens within 30 s",
+                    self.program, self.port
+                ));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     /// SIGSTOP: the process stays, holds its connections and answers nothing — a stalled
