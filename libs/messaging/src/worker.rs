@@ -74,7 +74,15 @@ impl<H: Handler> Worker<H> {
             settings,
             service: _service,
         } = self.spec;
-        let consumer = bus.bind_durable(&stream, consumer).await;
+        // Binding retries while the broker cannot; a shutdown meanwhile ends the worker
+        // (the signal handlers are installed by now, so nothing else would).
+        let consumer = tokio::select! {
+            c = bus.bind_durable(&stream, consumer) => c,
+            () = stop.cancelled() => {
+                self.stop_health.cancel();
+                return Ok(());
+            }
+        };
         tracing::info!(concurrency = settings.concurrency, "{name} consuming");
         let result = crate::consume::run_until_stopped(
             bus,

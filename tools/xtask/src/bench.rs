@@ -120,7 +120,35 @@ fn secs(d: &str) -> Result<f64> {
     })
 }
 
+/// Bench's own option names: after a loadgen option they would reach loadgen instead.
+const OWN_OPTIONS: [&str; 9] = [
+    "--instances",
+    "--duration",
+    "--warmup",
+    "--mode",
+    "--ceilings-duration",
+    "--no-ceilings",
+    "--no-build",
+    "--sockets",
+    "--rss-every",
+];
+
 impl Args {
+    /// Refuses one of bench's own options among loadgen's: clap hands everything after
+    /// the first option it does not know to loadgen, which would then get a second
+    /// `--duration` (and fail) or an option it does not have.
+    fn check_order(&self) -> Result<()> {
+        if let Some(own) = self.pass.iter().find(|a| {
+            OWN_OPTIONS
+                .iter()
+                .any(|o| a.as_str() == *o || a.starts_with(&format!("{o}=")))
+        }) {
+            let first = self.pass.first().map_or("", String::as_str);
+            bail!("bench's own options come before loadgen's: put {own} before {first}");
+        }
+        Ok(())
+    }
+
     /// The instance counts to run; one with `--sockets`.
     fn instances(&self) -> Vec<u16> {
         if self.sockets.is_some() {
@@ -804,6 +832,7 @@ fn summary(results: &Path) {
 }
 
 pub async fn run(args: Args) -> Result<bool> {
+    args.check_order()?;
     let bin_dir =
         std::env::var("POS_BIN_DIR").map_or_else(|_| root().join("target/release"), PathBuf::from);
     if args.build {
@@ -915,6 +944,17 @@ mod tests {
         assert_eq!(a.duration, "10");
         assert!(!a.build && a.ceilings);
         assert_eq!(a.pass, ["--concurrency", "50", "--rate=800"]);
+    }
+
+    #[test]
+    fn a_bench_option_after_a_loadgen_option_is_refused_not_passed_on() {
+        let a = parse(&["--rate", "800", "--duration", "30"]).unwrap();
+        let e = a.check_order().unwrap_err().to_string();
+        assert!(e.contains("put --duration before --rate"), "{e}");
+        let a = parse(&["--rate", "800", "--no-build=true"]).unwrap();
+        assert!(a.check_order().is_err());
+        let a = parse(&["--duration", "30", "--rate", "800"]).unwrap();
+        assert!(a.check_order().is_ok());
     }
 
     #[test]
