@@ -17,26 +17,16 @@ async fn connected(namespace: &str) -> Cache {
         Duration::from_secs(600),
     )
     .unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while !cache.ping().await {
-        assert!(
-            Instant::now() < deadline,
-            "Redis did not answer within 20 s"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    crate::support::eventually("Redis to answer", Duration::from_secs(20), || async {
+        cache.ping().await.then_some(())
+    })
+    .await;
     cache
 }
 
-/// The remaining time to live of a key, in milliseconds (`PTTL`).
+/// The remaining time to live of a key, in milliseconds.
 async fn pttl(key: &str) -> i64 {
-    let client = redis::Client::open(Infra::from_env().redis_url).unwrap();
-    let mut c = client.get_multiplexed_async_connection().await.unwrap();
-    redis::cmd("PTTL")
-        .arg(key)
-        .query_async(&mut c)
-        .await
-        .unwrap()
+    crate::support::pttl(&Infra::from_env(), key).await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -68,6 +58,10 @@ async fn settling_shortens_a_job_state_and_a_later_write_keeps_it_short() {
     let events = crate::store::lifecycle(&tenant);
     let id = events[0].invoice.id();
     let key = format!("{namespace}:job:{tenant}:{id}");
+    let settled_now = [Stored {
+        tenant: &tenant,
+        id,
+    }];
 
     cache.put_job(&events[1].encoded()).await.unwrap();
     let fresh = pttl(&key).await;
@@ -76,13 +70,7 @@ async fn settling_shortens_a_job_state_and_a_later_write_keeps_it_short() {
         "JOB_TTL applies to a new state: {fresh} ms"
     );
 
-    cache
-        .settle(&[Stored {
-            tenant: &tenant,
-            id,
-        }])
-        .await
-        .unwrap();
+    cache.settle(&settled_now).await.unwrap();
     let settled = pttl(&key).await;
     assert!(
         (1..=5_000).contains(&settled),
@@ -93,13 +81,7 @@ async fn settling_shortens_a_job_state_and_a_later_write_keeps_it_short() {
     let after = pttl(&key).await;
     assert!((1..=5_000).contains(&after), "still short: {after} ms");
     // Settling never lengthens a key either.
-    cache
-        .settle(&[Stored {
-            tenant: &tenant,
-            id,
-        }])
-        .await
-        .unwrap();
+    cache.settle(&settled_now).await.unwrap();
     assert!(pttl(&key).await <= after);
 }
 

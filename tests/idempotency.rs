@@ -151,12 +151,7 @@ async fn keys_are_scoped_per_tenant_and_header_keys_count_too() {
 }
 
 async fn pttl(stack: &TestStack, key: &str) -> i64 {
-    let mut c = stack.redis().await;
-    redis::cmd("PTTL")
-        .arg(key)
-        .query_async(&mut c)
-        .await
-        .unwrap()
+    crate::support::pttl(&stack.infra, key).await
 }
 
 /// Redis holds what is in flight, not the day's volume: once MongoDB stores an invoice's

@@ -177,22 +177,28 @@ pub fn unique(prefix: &str) -> String {
     )
 }
 
-/// A valid one-line draft (for tests below the HTTP layer).
+/// A valid one-line draft (for tests below the HTTP layer): `RawDraft::example` at
+/// 2.00 with 21 % tax.
 pub fn sample_draft(key: Option<&str>) -> domain::DraftInvoice {
-    domain::DraftInvoice::parse(domain::draft::RawDraft {
+    let mut raw = domain::draft::RawDraft {
         idempotency_key: key.map(str::to_owned),
-        terminal_id: Some("T1".into()),
-        currency: Some("EUR".into()),
-        items: vec![domain::draft::RawLine {
-            sku: Some("A".into()),
-            name: Some("a".into()),
-            quantity: Some("1".into()),
-            unit_price: Some("2.00".into()),
-            tax_rate: Some("0.21".into()),
-            discount: None,
-            priced_by_catalog: false,
-        }],
-        ..Default::default()
-    })
-    .expect("a valid sample draft")
+        ..domain::draft::RawDraft::example()
+    };
+    raw.items[0].unit_price = Some("2.00".into());
+    raw.items[0].tax_rate = Some("0.21".into());
+    domain::DraftInvoice::parse(raw).expect("a valid sample draft")
+}
+
+/// The remaining time to live of a Redis key in milliseconds (`PTTL`).
+pub async fn pttl(infra: &Infra, key: &str) -> i64 {
+    let mut c = redis::Client::open(infra.redis_url.as_str())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    redis::cmd("PTTL")
+        .arg(key)
+        .query_async(&mut c)
+        .await
+        .unwrap()
 }
