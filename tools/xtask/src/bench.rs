@@ -407,7 +407,10 @@ impl Bench {
         );
         let counters = Counters {
             jsz: monitor.clone(),
-            mongodb_uri: stack.mongodb_uri(),
+            // One client for both reads: connecting is not part of what is measured.
+            mongo: mongodb::Client::with_uri_str(&stack.mongodb_uri())
+                .await
+                .ok(),
             redis_port: stack.redis.0,
         };
         let observe = {
@@ -548,7 +551,7 @@ fn utc(format: &str) -> String {
 /// `serverStatus` and Redis' `INFO stats`.
 struct Counters {
     jsz: String,
-    mongodb_uri: String,
+    mongo: Option<mongodb::Client>,
     redis_port: u16,
 }
 
@@ -588,7 +591,7 @@ impl Counters {
                 }
             }
         }
-        if let Ok(client) = mongodb::Client::with_uri_str(&self.mongodb_uri).await {
+        if let Some(client) = &self.mongo {
             let status = client
                 .database("admin")
                 .run_command(mongodb::bson::doc! { "serverStatus": 1 })
@@ -642,10 +645,13 @@ async fn redis_commands(port: u16) -> Option<u64> {
 /// operations, MongoDB statements and Redis commands, each divided by the submissions the
 /// invoices stream stored in the window (in a steady run, the invoices completed).
 fn budget(start: &Snapshot, end: &Snapshot, cpu_secs: &[(String, f64)]) -> Value {
-    let delta = |a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>, k: &str| {
-        b.get(k)
-            .unwrap_or(&0)
-            .saturating_sub(*a.get(k).unwrap_or(&0))
+    // A counter read at one end only has no delta (n/a), never "everything so far".
+    let delta = |a: &BTreeMap<String, u64>, b: &BTreeMap<String, u64>, k: &str| match (
+        a.get(k),
+        b.get(k),
+    ) {
+        (Some(a), Some(b)) => Some(b.saturating_sub(*a)),
+        _ => None,
     };
     let invoices_stream = end
         .stored
@@ -653,10 +659,10 @@ fn budget(start: &Snapshot, end: &Snapshot, cpu_secs: &[(String, f64)]) -> Value
         .find(|k| k.ends_with("INVOICES"))
         .cloned()
         .unwrap_or_default();
-    let invoices = delta(&start.stored, &end.stored, &invoices_stream);
-    if invoices == 0 {
+    let Some(invoices) = delta(&start.stored, &end.stored, &invoices_stream).filter(|n| *n > 0)
+    else {
         return Value::Null;
-    }
+    };
     let per = |n: u64| ((n as f64 / invoices as f64) * 100.0).round() / 100.0;
     let mut cpu = Map::new();
     let mut total = 0.0;
@@ -674,11 +680,13 @@ fn budget(start: &Snapshot, end: &Snapshot, cpu_secs: &[(String, f64)]) -> Value
     let mut broker = Map::new();
     let (mut publishes, mut deliveries, mut acks) = (0, 0, 0);
     for stream in end.stored.keys() {
-        let (p, d, a) = (
+        let (Some(p), Some(d), Some(a)) = (
             delta(&start.stored, &end.stored, stream),
             delta(&start.delivered, &end.delivered, stream),
             delta(&start.acked, &end.acked, stream),
-        );
+        ) else {
+            continue;
+        };
         publishes += p;
         deliveries += d;
         acks += a;
@@ -694,16 +702,20 @@ fn budget(start: &Snapshot, end: &Snapshot, cpu_secs: &[(String, f64)]) -> Value
     let mut mongo = Map::new();
     let mut statements = 0;
     for k in end.mongo.keys() {
-        let d = delta(&start.mongo, &end.mongo, k);
+        let Some(d) = delta(&start.mongo, &end.mongo, k) else {
+            continue;
+        };
         if k != "command" {
             statements += d;
         }
         mongo.insert(k.clone(), json!(per(d)));
     }
-    mongo.insert(
-        "statements (all but command)".into(),
-        json!(per(statements)),
-    );
+    if !mongo.is_empty() {
+        mongo.insert(
+            "statements (all but command)".into(),
+            json!(per(statements)),
+        );
+    }
     let redis = match (start.redis, end.redis) {
         (Some(a), Some(b)) => json!(per(b.saturating_sub(a))),
         _ => Value::Null,
