@@ -50,6 +50,11 @@ async fn post_many(stack: &TestStack, n: usize) -> Vec<String> {
 }
 
 /// MongoDB and Redis of a test's own, to kill.
+/// MongoDB and Redis of the test's own, and a processor whose attempts fail when the
+/// ledger cannot number within 200 ms instead of holding the invoice at PROCESSING for
+/// the default minute: the event log tells the processor that a QUEUED invoice has work
+/// to do whatever MongoDB and Redis say, so numbering is where an outage of both makes
+/// attempts fail, and these tests are about what the retries then do.
 async fn private_stores(retry_base: Duration) -> (PrivateServer, PrivateServer, TestStack) {
     let mongo = PrivateServer::mongod().await;
     let redis = PrivateServer::redis().await;
@@ -57,6 +62,7 @@ async fn private_stores(retry_base: Duration) -> (PrivateServer, PrivateServer, 
         mongodb_uri: Some(mongo.url.clone()),
         redis_url: Some(redis.url.clone()),
         retry_base,
+        ledger_wait: Duration::from_millis(200),
         ..Options::default()
     })
     .await;
@@ -165,7 +171,7 @@ async fn an_outage_past_the_last_retry_dead_letters_and_a_replay_completes_them_
     mongo.kill().await;
     redis.kill().await;
     let ids = post_many(&stack, 5).await;
-    // Their attempts are spent while neither can say whether they are done. A FAILED
+    // Their attempts are spent while MongoDB cannot number them. A FAILED
     // invoice must never hold a fiscal record, so they are failed only once MongoDB can
     // void their ledger entries: until then they stay on the consumer.
     // Every submission delivered past its last attempt (4 tries, then `exhausted` at

@@ -118,7 +118,6 @@ impl TestStack {
                     base_delay: options.retry_base,
                     max_delay: options.retry_base * 8,
                 },
-                job_ttl: Duration::from_secs(3600),
                 ledger_wait: options.ledger_wait,
             })
             .await

@@ -1,10 +1,11 @@
 //! Redis: the fast path, never the truth. The only crate that names redis, among the libs
 //! and services.
 //!
-//! Job state `<ns>:job:<tenant>:<id>` → the latest envelope of an in-flight invoice,
-//! written only forward (a Lua script compares versions), so `GET /invoices/{id}` and the
-//! processor's "already done?" check are answered without MongoDB while MongoDB has not
-//! stored the invoice yet. It is needed only until then: the persister [`Cache::settle`]s
+//! Job state `<ns>:job:<tenant>:<id>` → the envelope ingress accepted (QUEUED), written
+//! only forward (a Lua script compares versions), so `GET /invoices/{id}` right after the
+//! 202 and the processor's "already done?" check on a first delivery are answered without
+//! MongoDB or the event log. Later states are not written here (the event log has them
+//! the moment they are acked; writing them too cost two round trips per invoice). It is needed only until then: the persister [`Cache::settle`]s
 //! it to a short TTL once it stored a final state, so Redis' memory follows the invoices
 //! in flight, not the daily volume. The long default TTL is the fallback for a persister
 //! that cannot reach Redis.

@@ -4,22 +4,26 @@
 //! below; `Processor` implements the sources over Redis, the event log and MongoDB).
 //!
 //! A first delivery asks Redis first: ingress cached the job as QUEUED just before
-//! publishing the submission, and later states are cached only after their event is
-//! published, so a cached final state is in the log and a non-final one means there is
-//! work to do. One Redis read instead of a broker or MongoDB read per invoice on the hot
-//! path.
+//! publishing the submission, and nothing else writes job states (since performance
+//! round 2 the processor does not: the event log already says what it would), so a
+//! cached job means the invoice is in flight. One Redis read instead of a broker or
+//! MongoDB read per invoice on the hot path. What this cannot see: a first delivery of
+//! a submission finished minutes ago whose job Redis still holds (only a consumer that an
+//! operator recreated delivers one) is processed again; its events then carry the ids
+//! of the first run, which the events' 2-minute dedupe window drops, and its ledger
+//! entry is the one it had.
 //!
 //! A redelivery, or a job Redis does not know (expired, flushed, Redis down), asks the
 //! event log first: COMPLETED is there as soon as it is published, while MongoDB has it
 //! only once the persister caught up — seconds to minutes behind after a broker
 //! failover, exactly when acks get lost and submissions come back. Asking MongoDB alone
 //! then recomputed finished invoices and pushed their PROCESSING and COMPLETED to the
-//! terminals twice (seen in the node-loss drill: 18 of 15 707). With no final state in
-//! the log, a redelivery takes Redis' answer next (a cached state is never ahead of the
-//! truth, and the log ruled out that it is behind); without it, an attempt that failed
-//! for any reason during a MongoDB outage left its invoice stuck until MongoDB came
-//! back. MongoDB answers when neither can (Redis down or the job gone, or the log
-//! unreadable), and an unreachable MongoDB then means "retry later".
+//! terminals twice (seen in the node-loss drill: 18 of 15 707). A non-final event in the
+//! log is the invoice's newest state: there is work to do, whatever MongoDB says
+//! (without this, an attempt that failed for any reason during a MongoDB outage left its
+//! invoice stuck until MongoDB came back). With no event in the log (older than it keeps,
+//! or QUEUED not published yet), a redelivery takes Redis' word that the job is in flight;
+//! MongoDB answers when neither can, and an unreachable MongoDB then means "retry later".
 
 use domain::{Invoice, InvoiceState};
 
@@ -47,12 +51,7 @@ pub(crate) async fn already_done(
         }
     }
     let log_read = match sources.logged(invoice).await {
-        Ok(Some(latest)) => {
-            if let Some(state) = finished(invoice, &latest) {
-                return Ok(Some(state));
-            }
-            true
-        }
+        Ok(Some(latest)) => return Ok(finished(invoice, &latest)),
         Ok(None) => true,
         Err(e) => {
             tracing::debug!(invoice_id = %invoice.id(), error = %e, "event log unreadable; asking MongoDB");
@@ -188,14 +187,23 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_redelivery_with_nothing_final_in_the_log_takes_redis_before_mongodb() {
-        // MongoDB down: Redis' non-final answer is enough to go on working.
+    async fn a_redelivery_with_a_non_final_state_in_the_log_goes_on_without_mongodb() {
+        // MongoDB down: the log's newest event is enough to go on working.
         let places = Places::new(
-            Some(invoice(InvoiceState::Processing, 0)),
+            Some(queued()),
             Ok(Some(invoice(InvoiceState::Processing, 0))),
             Err("MongoDB unreachable".into()),
         );
         assert_eq!(already_done(&places, &queued(), 3).await, Ok(None));
+        assert_eq!(places.asked(), ["log"]);
+    }
+
+    #[tokio::test]
+    async fn a_redelivery_the_log_does_not_know_takes_redis_word_before_mongodb() {
+        // QUEUED not in the log yet (or older than it keeps), MongoDB down: Redis' job
+        // says the invoice is in flight.
+        let places = Places::new(Some(queued()), Ok(None), Err("MongoDB unreachable".into()));
+        assert_eq!(already_done(&places, &queued(), 2).await, Ok(None));
         assert_eq!(places.asked(), ["log", "redis"]);
     }
 

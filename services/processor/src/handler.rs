@@ -106,7 +106,8 @@ impl Processor {
         }
     }
 
-    /// Publishes a state change (the durable fact), then caches it (best effort).
+    /// Publishes a state change (the durable fact). Not cached in Redis: a GET that finds
+    /// a non-final state asks the event log, which has this one as soon as it is acked.
     async fn emit(
         &self,
         envelope: &Envelope,
@@ -127,9 +128,6 @@ impl Processor {
                 .increment(1);
             metrics::histogram!("pos_final_after_acceptance_seconds", "state" => state.as_str())
                 .record(envelope.invoice.created_at().elapsed().as_secs_f64());
-        }
-        if let Err(e) = self.cache.put_job(&message).await {
-            warn!(error = %e, "job state not cached");
         }
         Ok(())
     }

@@ -49,7 +49,8 @@ pub async fn build(settings: Settings) -> anyhow::Result<App> {
     bus.ensure_topology()
         .await
         .context("applying the stream definitions from nats/")?;
-    let cache = cache::Cache::connect(&infra.redis_url, &infra.namespace, settings.job_ttl)?;
+    // Read only (the job states ingress wrote), so the TTL it would give is unused.
+    let cache = cache::Cache::connect(&infra.redis_url, &infra.namespace, cache::DEFAULT_JOB_TTL)?;
     // Returns at once: a processor restarted during a MongoDB outage still computes
     // what Redis can vouch for (see done.rs).
     let store = store::Store::connect(

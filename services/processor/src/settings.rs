@@ -12,9 +12,6 @@ pub struct Settings {
     /// `MAX_ATTEMPTS` (default 4: the first try and 3 retries), `RETRY_BASE_MS` (default
     /// 1000: delays 1 s, 2 s, 4 s), `RETRY_MAX_MS` (default 30000).
     pub retry: RetryPolicy,
-    /// `JOB_TTL_MS`: lifetime of a Redis job state this processor creates (default 1 h;
-    /// normally ingress created it already, and its TTL is kept).
-    pub job_ttl: Duration,
     /// `LEDGER_WAIT_MS` (default 60000): how long one attempt waits for MongoDB to number
     /// a computed invoice before it counts as a failed attempt. A COMPLETED invoice
     /// needs its fiscal record, so a MongoDB outage holds invoices at PROCESSING for
@@ -44,13 +41,11 @@ impl Settings {
             base_delay: env.millis("RETRY_BASE_MS", Duration::from_secs(1)),
             max_delay: env.millis("RETRY_MAX_MS", Duration::from_secs(30)),
         };
-        let job_ttl = env.millis("JOB_TTL_MS", cache::DEFAULT_JOB_TTL);
         let ledger_wait = env.millis("LEDGER_WAIT_MS", Duration::from_secs(60));
         env.finish().map(|_| Self {
             infra,
             worker,
             retry,
-            job_ttl,
             ledger_wait,
         })
     }
