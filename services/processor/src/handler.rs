@@ -236,13 +236,23 @@ impl Handler for Processor {
             invoice: invoice.clone(),
             fingerprint: submission.fingerprint.clone(),
         };
-        if let Err(e) = self.emit(&processing, request_id).await {
+        // PROCESSING's ack and the numbering's MongoDB round trip overlap: the next
+        // event (COMPLETED or FAILED) is sent only once PROCESSING is acked, so the
+        // log's order holds. A record made for an invoice whose PROCESSING then failed
+        // is found by `_id` on the redelivery (ARCHITECTURE.md § Fiscal numbering).
+        let computing = async {
+            let computed = compute(&invoice)?;
+            let fiscal = self.record(&invoice, &computed, delivery).await;
+            Ok::<_, domain::Fault>((computed, fiscal))
+        };
+        let (emitted, computed) = tokio::join!(self.emit(&processing, request_id), computing);
+        if let Err(e) = emitted {
             return Outcome::Retry(e.to_string());
         }
 
-        match compute(&invoice) {
-            Ok(computed) => {
-                let fiscal = match self.record(&invoice, &computed, delivery).await {
+        match computed {
+            Ok((computed, fiscal)) => {
+                let fiscal = match fiscal {
                     Ok(f) => f,
                     Err(NotNumbered::Retry(e)) => return Outcome::Retry(e.to_string()),
                     // Another delivery of this generation gave up and voided its entry;

@@ -497,7 +497,7 @@ impl Bench {
                 let max = v.iter().copied().max().unwrap_or(0);
                 (
                     name.clone(),
-                    json!({ "first": first, "last": last, "max": max, "samples": v.len() }),
+                    json!({ "first": first, "last": last, "max": max, "samples": v.len(), "series": v }),
                 )
             })
             .collect();
