@@ -68,8 +68,9 @@ async fn start_console(stack: &TestStack, mongodb_uri: &str) -> u16 {
 async fn the_console_page_shows_moving_figures_and_a_replay_clicked_on_it_completes_a_dead_letter()
 {
     // A dead letter the way production makes one: MongoDB and Redis both down while the
-    // invoice's only attempt runs, so nobody can tell whether it is done; once MongoDB is
-    // back its ledger entry is voided and it is FAILED `retries_exhausted`.
+    // invoice's only attempt runs, so it cannot be numbered within the ledger wait (200 ms
+    // here instead of a minute); once MongoDB is back its ledger entry is voided and it is
+    // FAILED `retries_exhausted`.
     let mut mongo = PrivateServer::mongod().await;
     let mut redis = PrivateServer::redis().await;
     let stack = TestStack::with(Options {
@@ -77,6 +78,7 @@ async fn the_console_page_shows_moving_figures_and_a_replay_clicked_on_it_comple
         redis_url: Some(redis.url.clone()),
         max_attempts: 1,
         retry_base: Duration::from_millis(50),
+        ledger_wait: Duration::from_millis(200),
         ..Options::default()
     })
     .await;

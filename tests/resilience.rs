@@ -49,7 +49,6 @@ async fn post_many(stack: &TestStack, n: usize) -> Vec<String> {
         .collect()
 }
 
-/// MongoDB and Redis of a test's own, to kill.
 /// MongoDB and Redis of the test's own, and a processor whose attempts fail when the
 /// ledger cannot number within 200 ms instead of holding the invoice at PROCESSING for
 /// the default minute: the event log tells the processor that a QUEUED invoice has work

@@ -7,11 +7,13 @@
 //! publishing the submission, and nothing else writes job states (since performance
 //! round 2 the processor does not: the event log already says what it would), so a
 //! cached job means the invoice is in flight. One Redis read instead of a broker or
-//! MongoDB read per invoice on the hot path. What this cannot see: a first delivery of
-//! a submission finished minutes ago whose job Redis still holds (only a consumer that an
-//! operator recreated delivers one) is processed again; its events then carry the ids
-//! of the first run, which the events' 2-minute dedupe window drops, and its ledger
-//! entry is the one it had.
+//! MongoDB read per invoice on the hot path. What this cannot see: a first delivery of a
+//! submission that finished already while Redis still holds its QUEUED job (only a
+//! consumer that an operator recreated delivers such a one, and the job outlives the
+//! persister's 5 s settle only when that settle failed) is processed again. Its ledger
+//! record is the one it had (found by `_id`), but its PROCESSING and COMPLETED reach the
+//! terminals a second time unless the first run's events, with the same ids (attempt 1),
+//! are still inside the events' 2-minute dedupe window.
 //!
 //! A redelivery, or a job Redis does not know (expired, flushed, Redis down), asks the
 //! event log first: COMPLETED is there as soon as it is published, while MongoDB has it
@@ -21,8 +23,11 @@
 //! terminals twice (seen in the node-loss drill: 18 of 15 707). A non-final event in the
 //! log is the invoice's newest state: there is work to do, whatever MongoDB says
 //! (without this, an attempt that failed for any reason during a MongoDB outage left its
-//! invoice stuck until MongoDB came back). With no event in the log (older than it keeps,
-//! or QUEUED not published yet), a redelivery takes Redis' word that the job is in flight;
+//! invoice stuck until MongoDB came back). With no event in the log (QUEUED not
+//! published yet, or — after ~2 000 000 later events — trimmed), a redelivery takes
+//! Redis' word that the job is in flight; in the trimmed case, with a job whose settle
+//! failed, that word is stale and a finished invoice is processed again as above (a
+//! redelivery that late needs a processor stalled past its ack wait for half an hour).
 //! MongoDB answers when neither can, and an unreachable MongoDB then means "retry later".
 
 use domain::{Invoice, InvoiceState};

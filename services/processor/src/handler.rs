@@ -240,15 +240,26 @@ impl Handler for Processor {
         // event (COMPLETED or FAILED) is sent only once PROCESSING is acked, so the
         // log's order holds. A record made for an invoice whose PROCESSING then failed
         // is found by `_id` on the redelivery (ARCHITECTURE.md § Fiscal numbering).
-        let computing = async {
-            let computed = compute(&invoice)?;
-            let fiscal = self.record(&invoice, &computed, delivery).await;
-            Ok::<_, domain::Fault>((computed, fiscal))
+        // A failed PROCESSING ends the attempt at once: `try_join!` drops the numbering
+        // (which could otherwise wait out `ledger_wait` for an attempt already lost).
+        let emitting = async {
+            self.emit(&processing, request_id)
+                .await
+                .map_err(|e| Outcome::Retry(e.to_string()))
         };
-        let (emitted, computed) = tokio::join!(self.emit(&processing, request_id), computing);
-        if let Err(e) = emitted {
-            return Outcome::Retry(e.to_string());
-        }
+        let computing = async {
+            Ok::<_, Outcome>(match compute(&invoice) {
+                Ok(computed) => {
+                    let fiscal = self.record(&invoice, &computed, delivery).await;
+                    Ok((computed, fiscal))
+                }
+                Err(fault) => Err(fault),
+            })
+        };
+        let computed = match tokio::try_join!(emitting, computing) {
+            Ok(((), computed)) => computed,
+            Err(outcome) => return outcome,
+        };
 
         match computed {
             Ok((computed, fiscal)) => {

@@ -2,12 +2,13 @@
 //!
 //! One durable pull consumer (`processor`) on the submissions stream, shared by every
 //! instance. For each delivery, [`handler::Processor`] checks whether the invoice is
-//! already final in this generation (a first delivery: Redis' job state; a redelivery, or
-//! a job Redis cannot answer: the event log's last event of the invoice, then — a
-//! redelivery with a readable log — Redis, then MongoDB; a final one is never
-//! recomputed), publishes the QUEUED event under ingress's id, emits PROCESSING, computes
-//! the money, numbers it in the tenant's fiscal series (`store::Numberer`, batched per
-//! tenant) and emits COMPLETED with its record — or FAILED plus a dead letter for a
+//! already final in this generation (a first delivery: the job state ingress cached in
+//! Redis; a redelivery, or a job Redis cannot answer: the event log's last event of the
+//! invoice, which decides if there is one; if the log has none, Redis for a redelivery,
+//! then MongoDB; a final one is never recomputed), publishes the QUEUED event under
+//! ingress's id, emits PROCESSING and meanwhile computes the money and numbers it in the
+//! tenant's fiscal series (`store::Numberer`, batched per tenant), then emits COMPLETED
+//! with its record — or FAILED plus a dead letter for a
 //! permanent fault. Transient faults go back to JetStream with a delayed NAK; the shared
 //! consume loop in `messaging` owns that policy. After the last attempt, `exhausted`
 //! voids the ledger entry and emits FAILED + dead letter (COMPLETED if an earlier attempt
@@ -52,7 +53,7 @@ pub async fn build(settings: Settings) -> anyhow::Result<App> {
     // Read only (the job states ingress wrote), so the TTL it would give is unused.
     let cache = cache::Cache::connect(&infra.redis_url, &infra.namespace, cache::DEFAULT_JOB_TTL)?;
     // Returns at once: a processor restarted during a MongoDB outage still computes
-    // what Redis can vouch for (see done.rs).
+    // what the event log or Redis can vouch for (see done.rs).
     let store = store::Store::connect(
         &infra.mongodb_uri,
         &infra.mongodb_db,
