@@ -161,6 +161,11 @@ impl PrivateServer {
                 dir.display().to_string(),
                 "--wiredTigerCacheSizeGB".into(),
                 "0.25".into(),
+                // Its unix socket in its own directory, not `/tmp/mongodb-<port>.sock`: a
+                // try that lost its port to another process must not remove that
+                // process' socket, and the directory goes with the server.
+                "--unixSocketPrefix".into(),
+                dir.display().to_string(),
                 "--quiet".into(),
             ];
             let url = format!("mongodb://127.0.0.1:{port}/?directConnection=true");
@@ -289,8 +294,6 @@ impl Drop for PrivateServer {
             let _ = child.start_kill();
         }
         let _ = std::fs::remove_dir_all(&self.dir);
-        // mongod's unix socket, named after its port.
-        let _ = std::fs::remove_file(format!("/tmp/mongodb-{}.sock", self.port));
     }
 }
 
