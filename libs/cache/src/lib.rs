@@ -5,9 +5,10 @@
 //! only forward (a Lua script compares versions), so `GET /invoices/{id}` right after the
 //! 202 and the processor's "already done?" check on a first delivery are answered without
 //! MongoDB or the event log. Later states are not written here (the event log has them
-//! the moment they are acked; writing them too cost two round trips per invoice). It is needed only until then: the persister [`Cache::settle`]s
-//! it to a short TTL once it stored a final state, so Redis' memory follows the invoices
-//! in flight, not the daily volume. The long default TTL is the fallback for a persister
+//! the moment they are acked; writing them too cost two round trips per invoice). A job
+//! state is needed only until MongoDB holds the invoice's final state: the persister
+//! [`Cache::settle`]s it to a short TTL then, so Redis' memory follows the invoices in
+//! flight, not the daily volume. The long default TTL is the fallback for a persister
 //! that cannot reach Redis.
 //!
 //! Idempotency keys are not kept here: the broker's per-key submission subject is their

@@ -76,14 +76,9 @@ impl Reader {
     }
 }
 
-/// The later of two states of one invoice (by version); either may be missing.
+/// The later of two states of one invoice (by version; `b` on a tie); either may be
+/// missing.
 fn newer(a: Option<Envelope>, b: Option<Envelope>) -> Option<Envelope> {
-    match (a, b) {
-        (Some(a), Some(b)) => Some(if a.invoice.version() > b.invoice.version() {
-            a
-        } else {
-            b
-        }),
-        (a, b) => a.or(b),
-    }
+    // `max_by_key` keeps the last of equal maxima: `b`.
+    a.into_iter().chain(b).max_by_key(|e| e.invoice.version())
 }
