@@ -33,7 +33,7 @@ pub struct Options {
 impl Default for Options {
     fn default() -> Self {
         Self {
-            dedupe_window: Duration::from_secs(600),
+            dedupe_window: Duration::from_secs(120),
             retry_base: Duration::from_millis(100),
             max_attempts: 4,
             ack_wait: Duration::from_secs(30),
@@ -253,7 +253,8 @@ pub fn infra_settings_for(
         mongodb_uri: infra.mongodb_uri.clone(),
         mongodb_db: db.to_owned(),
         mongodb_timeout: Duration::from_secs(2),
-        submit_dedupe_window: Duration::from_secs(600),
+        submit_dedupe_window: Duration::from_secs(120),
+        stream_max_msgs: service_kit::settings::StreamMaxMsgs::default(),
         ack_wait: Duration::from_secs(30),
         // Every in-process stack lives until the test binary ends: poll the broker gently.
         backlog_poll: Duration::from_secs(5),

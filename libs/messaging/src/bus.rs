@@ -2,7 +2,7 @@
 //! dead letter carries a `Nats-Msg-Id` that names the fact (not the attempt), and a
 //! publish is done only when the server's ack arrived. An ack that times out is retried
 //! with the same id, and JetStream drops a repeat within the stream's dedupe window
-//! (submissions 10 min, events and dead letters 2 min); a repeated keyed first submission
+//! (2 min on every stream); a repeated keyed first submission
 //! is refused as `SubjectTaken` instead (see [`Bus::publish_submission`]). Beside it: raw
 //! dead letters ([`Bus::publish_raw_dead_letter`], one try, id = digest of origin and
 //! payload) and catalog notices (core NATS, no id).

@@ -35,6 +35,8 @@ pub struct Topology {
     pub persister_ack_wait: Option<Duration>,
     /// Replicas of every stream (`NATS_REPLICAS`); consumers follow their stream's.
     pub replicas: Option<usize>,
+    /// `INVOICES_MAX_MSGS` / `EVENTS_MAX_MSGS`: the streams' counts, where overridden.
+    pub max_msgs: service_kit::settings::StreamMaxMsgs,
 }
 
 /// A file in `nats/` that is not a valid stream or consumer definition.
@@ -54,6 +56,7 @@ impl Topology {
             processor_ack_wait: None,
             persister_ack_wait: None,
             replicas: None,
+            max_msgs: service_kit::settings::StreamMaxMsgs::default(),
         }
     }
 
@@ -65,6 +68,7 @@ impl Topology {
         t.processor_ack_wait = Some(infra.ack_wait);
         t.persister_ack_wait = Some(infra.ack_wait);
         t.replicas = Some(infra.stream_replicas);
+        t.max_msgs = infra.stream_max_msgs;
         t
     }
 
@@ -148,13 +152,21 @@ impl Topology {
     }
 
     /// The invoices, events and dead-letter stream configs from `nats/streams/`, in that
-    /// order, with the dedupe window and replica overrides applied.
+    /// order, with the dedupe window, count and replica overrides applied.
     pub fn stream_configs(&self) -> Result<Vec<stream::Config>, DefinitionError> {
         let mut invoices = self.stream("streams/invoices.json", INVOICES_JSON)?;
         if let Some(w) = self.submit_dedupe_window {
             invoices.duplicate_window = w;
         }
-        let events = self.stream("streams/events.json", EVENTS_JSON)?;
+        let mut events = self.stream("streams/events.json", EVENTS_JSON)?;
+        for (stream, kept) in [
+            (&mut invoices, self.max_msgs.invoices),
+            (&mut events, self.max_msgs.events),
+        ] {
+            if let Some(n) = kept {
+                stream.max_messages = i64::try_from(n).unwrap_or(i64::MAX);
+            }
+        }
         let dlq = self.stream("streams/dlq.json", DLQ_JSON)?;
         let mut all = vec![invoices, events, dlq];
         if let Some(r) = self.replicas {
@@ -227,7 +239,11 @@ mod tests {
         assert_eq!(streams.len(), 3);
         assert_eq!(streams[0].name, "POS_INVOICES");
         assert_eq!(streams[0].subjects, vec!["pos.submit.>".to_string()]);
-        assert_eq!(streams[0].duplicate_window, Duration::from_secs(600));
+        assert_eq!(streams[0].duplicate_window, Duration::from_secs(120));
+        assert_eq!(
+            (streams[0].max_messages, streams[1].max_messages),
+            (1_000_000, 2_000_000)
+        );
         let p = t.processor_consumer().unwrap();
         assert_eq!(p.durable_name.as_deref(), Some("processor"));
         assert_eq!(
@@ -245,7 +261,9 @@ mod tests {
     fn a_namespace_renames_streams_and_subjects_consistently() {
         let mut t = Topology::new("t0abc");
         t.submit_dedupe_window = Some(Duration::from_secs(1));
+        t.max_msgs.events = Some(5_000);
         let s = t.stream_configs().unwrap();
+        assert_eq!((s[0].max_messages, s[1].max_messages), (1_000_000, 5_000));
         assert_eq!(s[1].name, "T0ABC_EVENTS");
         assert_eq!(s[1].subjects, vec!["t0abc.events.>".to_string()]);
         assert_eq!(s[0].duplicate_window, Duration::from_secs(1));

@@ -194,8 +194,15 @@ pub struct Infra {
     /// for the persister's batch writes.
     pub mongodb_timeout: Duration,
     /// `SUBMIT_DEDUPE_WINDOW_MS`: JetStream's dedupe window on submissions (default
-    /// 10 min).
+    /// 2 min: it only absorbs transport retries of one publish; keys are judged by their
+    /// subject).
     pub submit_dedupe_window: Duration,
+    /// `INVOICES_MAX_MSGS` / `EVENTS_MAX_MSGS`: how many submissions and events the
+    /// broker keeps (`None`: the count in `nats/streams/*.json`, 1 000 000 and
+    /// 2 000 000). What nats-server holds in memory grows with what the streams keep
+    /// (an index entry per subject: per key and per invoice), so these bound its memory
+    /// as well as its disk; topology settings, like `ACK_WAIT_MS`.
+    pub stream_max_msgs: StreamMaxMsgs,
     /// `ACK_WAIT_MS`: the lease of the processor's and the persister's durable consumers
     /// on a delivered message (default 30 s).
     ///
@@ -240,10 +247,14 @@ impl Infra {
             "MONGODB_TIMEOUT_MS",
             Duration::from_secs(if service == "persister" { 10 } else { 2 }),
         );
-        let submit_dedupe_window = env.millis("SUBMIT_DEDUPE_WINDOW_MS", Duration::from_secs(600));
+        let submit_dedupe_window = env.millis("SUBMIT_DEDUPE_WINDOW_MS", Duration::from_secs(120));
         if submit_dedupe_window < Duration::from_millis(100) {
             env.problem("SUBMIT_DEDUPE_WINDOW_MS must be at least 100");
         }
+        let stream_max_msgs = StreamMaxMsgs {
+            invoices: max_msgs(env, "INVOICES_MAX_MSGS"),
+            events: max_msgs(env, "EVENTS_MAX_MSGS"),
+        };
         let ack_wait = env.millis("ACK_WAIT_MS", Duration::from_secs(30));
         let backlog_poll = env
             .millis("BACKLOG_POLL_MS", Duration::from_secs(1))
@@ -275,6 +286,7 @@ impl Infra {
             mongodb_db,
             mongodb_timeout,
             submit_dedupe_window,
+            stream_max_msgs,
             ack_wait,
             backlog_poll,
             stream_replicas,
@@ -282,6 +294,35 @@ impl Infra {
             instance,
         }
     }
+}
+
+/// How many messages the submissions and events streams keep, where a deployment
+/// overrides the stream files (`None`: the file's count).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct StreamMaxMsgs {
+    /// `INVOICES_MAX_MSGS`.
+    pub invoices: Option<u64>,
+    /// `EVENTS_MAX_MSGS`.
+    pub events: Option<u64>,
+}
+
+/// The smallest count a stream may be set to keep: ingress refuses new work at half of
+/// it, so a smaller stream would refuse almost everything.
+const MIN_MAX_MSGS: u64 = 1_000;
+
+/// An optional stream count: unset or 0 keeps the file's.
+fn max_msgs(env: &mut Env, name: &str) -> Option<u64> {
+    let n = env.parse(
+        name,
+        0u64,
+        "a number of messages, at least 1000 (0: the stream file's)",
+    );
+    if n != 0 && n < MIN_MAX_MSGS {
+        env.problem(format!(
+            "{name}={n} is too small (expected at least {MIN_MAX_MSGS}, or 0 for the stream file's count)"
+        ));
+    }
+    (n != 0).then_some(n)
 }
 
 /// Settings every queue worker (processor, persister) shares.
@@ -341,6 +382,8 @@ mod tests {
             ("POS_NAMESPACE", "Pos-1"),
             ("NATS_USER", "ingress"),
             ("JWT_SECRET", "short"),
+            ("EVENTS_MAX_MSGS", "500"),
+            ("INVOICES_MAX_MSGS", "lots"),
         ]);
         Infra::from_env(
             &mut env,
@@ -357,13 +400,15 @@ mod tests {
             "POS_NAMESPACE=\"Pos-1\" is invalid",
             "NATS_USER and NATS_PASSWORD must be set together",
             "JWT_SECRET is too short",
+            "EVENTS_MAX_MSGS=500 is too small",
+            "INVOICES_MAX_MSGS=\"lots\" is invalid",
         ] {
             assert!(
                 found.iter().any(|p| p.starts_with(variable)),
                 "{variable:?} not in {found:#?}"
             );
         }
-        assert_eq!(found.len(), 7, "{found:#?}");
+        assert_eq!(found.len(), 9, "{found:#?}");
     }
 
     #[test]
@@ -377,6 +422,12 @@ mod tests {
         let infra = Infra::from_env(&mut env, "persister", &["NATS_URL"]);
         assert!(problems(env).is_empty());
         assert_eq!(infra.mongodb_db, "pos", "blank counts as unset");
+        assert_eq!(
+            infra.stream_max_msgs,
+            StreamMaxMsgs::default(),
+            "the files' counts"
+        );
+        assert_eq!(infra.submit_dedupe_window, Duration::from_secs(120));
         assert_eq!(
             infra.mongodb_timeout,
             Duration::from_secs(10),
@@ -400,6 +451,20 @@ mod tests {
         assert!(
             found.iter().any(|p| p.contains("HEALTH_ADDR")),
             "{found:#?}"
+        );
+    }
+
+    #[test]
+    fn stream_counts_override_the_files_and_zero_keeps_them() {
+        let mut env = Env::from_vars([("EVENTS_MAX_MSGS", "5000"), ("INVOICES_MAX_MSGS", "0")]);
+        let infra = Infra::from_env(&mut env, "processor", &[]);
+        assert!(problems(env).is_empty());
+        assert_eq!(
+            infra.stream_max_msgs,
+            StreamMaxMsgs {
+                invoices: None,
+                events: Some(5000)
+            }
         );
     }
 
