@@ -11,6 +11,8 @@ use std::time::Duration;
 /// discard the first invoices' events before anyone stored them.
 const EVENTS_MAX_MSGS: i64 = 150;
 const SUBMITTED: usize = 100;
+/// The submissions stream's count, set the way a deployment sets it (`INVOICES_MAX_MSGS`).
+const INVOICES_MAX_MSGS: i64 = 5_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_persister_down_with_more_work_than_the_log_holds_loses_nothing_because_ingress_refuses_first(
@@ -19,6 +21,10 @@ async fn a_persister_down_with_more_work_than_the_log_holds_loses_nothing_becaus
     stack
         .extra_env
         .insert("BACKLOG_POLL_MS".into(), "100".into());
+    // A deployment's count, applied by whichever service creates the stream.
+    stack
+        .extra_env
+        .insert("INVOICES_MAX_MSGS".into(), INVOICES_MAX_MSGS.to_string());
     let ingress = stack.spawn("ingress").await;
 
     // No time-based retention on either stream a fact waits in.
@@ -38,6 +44,9 @@ async fn a_persister_down_with_more_work_than_the_log_holds_loses_nothing_becaus
             "{name} keeps by count, not age"
         );
         assert!(config.max_messages > 0, "{name} is bounded");
+        if name == topology.invoices_stream() {
+            assert_eq!(config.max_messages, INVOICES_MAX_MSGS, "INVOICES_MAX_MSGS");
+        }
         assert_eq!(
             config.discard,
             async_nats::jetstream::stream::DiscardPolicy::Old
