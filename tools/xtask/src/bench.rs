@@ -436,7 +436,8 @@ impl Bench {
                     }
                 }
                 let budget = budget(&start, &end, &cpu_secs);
-                (Value::Object(cpu), consumers, budget)
+                let kept = streams_kept(&monitor).await;
+                (Value::Object(cpu), consumers, budget, kept)
             }
         };
         let rss_every = Duration::from_secs(a.rss_every);
@@ -485,7 +486,7 @@ impl Bench {
                 }
             })
         };
-        let ((cpu, consumers, budget), _) = tokio::join!(observe, self.loadgen(&args, &out));
+        let ((cpu, consumers, budget, kept), _) = tokio::join!(observe, self.loadgen(&args, &out));
         sampler.abort();
         let rss: Map<String, Value> = rss
             .lock()
@@ -525,11 +526,14 @@ impl Bench {
             Value::Object(rss.clone())
         );
         eprintln!("bench: durable consumers mid-run: {consumers}");
+        // What nats-server's memory follows: it indexes every subject the streams keep.
+        eprintln!("bench: streams at the end of the window (messages, subjects, MiB kept): {kept}");
         let mut extra = Map::new();
         extra.insert("cpu_pct_of_one_core".into(), cpu);
         extra.insert("health_after".into(), health);
         extra.insert("log_warnings".into(), Value::Object(warnings));
         extra.insert("consumers_mid_run".into(), consumers);
+        extra.insert("streams_at_end".into(), kept);
         extra.insert("rss_mib".into(), Value::Object(rss));
         extra.insert("budget_per_invoice".into(), budget);
         self.record("pipeline", n, loadgen_result(&out), extra)
@@ -729,25 +733,50 @@ fn budget(start: &Snapshot, end: &Snapshot, cpu_secs: &[(String, f64)]) -> Value
     })
 }
 
+/// Every stream's detail in NATS monitoring's `/jsz` answer (`None`: no answer).
+async fn jsz_streams(url: &str) -> Option<Vec<Value>> {
+    let jsz = reqwest::get(url).await.ok()?.json::<Value>().await.ok()?;
+    Some(
+        jsz["account_details"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|a| a["stream_detail"].as_array().cloned().unwrap_or_default())
+            .collect(),
+    )
+}
+
 async fn consumers(url: &str) -> Value {
-    let Ok(r) = reqwest::get(url).await else {
-        return Value::Null;
-    };
-    let Ok(jsz) = r.json::<Value>().await else {
+    let Some(streams) = jsz_streams(url).await else {
         return Value::Null;
     };
     let mut out = Map::new();
-    for account in jsz["account_details"].as_array().into_iter().flatten() {
-        for stream in account["stream_detail"].as_array().into_iter().flatten() {
-            for c in stream["consumer_detail"].as_array().into_iter().flatten() {
-                if c["config"]["durable_name"].is_string() {
-                    out.insert(
-                        format!("{}/{}", stream["name"].as_str().unwrap_or("?"), c["name"].as_str().unwrap_or("?")),
-                        json!({ "pending": c["num_pending"], "ack_pending": c["num_ack_pending"], "redelivered": c["num_redelivered"] }),
-                    );
-                }
+    for stream in &streams {
+        for c in stream["consumer_detail"].as_array().into_iter().flatten() {
+            if c["config"]["durable_name"].is_string() {
+                out.insert(
+                    format!("{}/{}", stream["name"].as_str().unwrap_or("?"), c["name"].as_str().unwrap_or("?")),
+                    json!({ "pending": c["num_pending"], "ack_pending": c["num_ack_pending"], "redelivered": c["num_redelivered"] }),
+                );
             }
         }
+    }
+    Value::Object(out)
+}
+
+/// How much each stream keeps: messages, distinct subjects, MiB.
+async fn streams_kept(url: &str) -> Value {
+    let Some(streams) = jsz_streams(url).await else {
+        return Value::Null;
+    };
+    let mut out = Map::new();
+    for stream in &streams {
+        let state = &stream["state"];
+        let mib = state["bytes"].as_f64().map(|b| (b / 1_048_576.0).round());
+        out.insert(
+            stream["name"].as_str().unwrap_or("?").to_owned(),
+            json!([state["messages"], state["num_subjects"], mib]),
+        );
     }
     Value::Object(out)
 }
