@@ -9,9 +9,11 @@
 //! its own acceptances since then will produce, and `POST` answers 503 `unavailable`
 //! (Retry-After) once that reaches the limit: `MAX_UNSTORED_EVENTS`, and never more than
 //! half the stream's `max_msgs` (an operator who shrinks the stream shrinks the limit).
-//! The invoices stream is bounded the same way, and the submissions the processor has
-//! not finished are held below half of its `max_msgs`. The other half is the margin for
-//! what other ingress instances accept between two reads. Reads and `/health` keep
+//! The invoices stream is bounded the same way: it is the processor's work queue and the
+//! record of every key MongoDB does not hold yet, so the submissions not processed and
+//! the invoices not stored (at most one per event the persister has not stored) are each
+//! held below half of its `max_msgs`. The other half is the margin for what other
+//! ingress instances accept between two reads. Reads and `/health` keep
 //! working: only new work waits.
 
 use crate::error::ApiError;
@@ -64,7 +66,7 @@ impl Backpressure {
         let local = self.since_read.load(Relaxed);
         decide(
             p.unstored_events() + local * EVENTS_PER_SUBMISSION,
-            p.processor.outstanding() + local,
+            p.processor.outstanding().max(p.persister.outstanding()) + local,
             self.limit,
             &p,
         )
@@ -77,15 +79,11 @@ impl Backpressure {
 }
 
 /// The rule, without clocks or a broker: refuse while the events not stored yet reach
-/// `limit` or half the events stream, or the submissions not processed yet reach half
-/// the invoices stream. Each stream discards its oldest messages beyond its `max_msgs`;
+/// `limit` or half the events stream, or the submissions the invoices stream must keep
+/// (not processed, or their invoice not stored, so MongoDB cannot judge their key yet)
+/// reach half of it. Each stream discards its oldest messages beyond its `max_msgs`;
 /// held below half, what it discards is always finished with.
-fn decide(
-    unstored: u64,
-    unprocessed: u64,
-    limit: Option<u64>,
-    p: &Pipeline,
-) -> Result<(), ApiError> {
+fn decide(unstored: u64, must_keep: u64, limit: Option<u64>, p: &Pipeline) -> Result<(), ApiError> {
     let Some(limit) = limit else { return Ok(()) };
     let events_limit = p.events_max_msgs.map_or(limit, |max| limit.min(max / 2));
     let refused = if unstored >= events_limit {
@@ -94,10 +92,10 @@ fn decide(
             count: unstored,
             limit: events_limit,
         }
-    } else if let Some(max) = p.invoices_max_msgs.filter(|max| unprocessed >= max / 2) {
+    } else if let Some(max) = p.invoices_max_msgs.filter(|max| must_keep >= max / 2) {
         ApiError::Backlogged {
-            what: "submissions wait to be processed",
-            count: unprocessed,
+            what: "submissions wait to be processed or stored",
+            count: must_keep,
             limit: max / 2,
         }
     } else {
@@ -142,6 +140,22 @@ mod tests {
     }
 
     #[test]
+    fn keeps_the_key_of_every_invoice_not_stored_yet() {
+        // The persister is down: 600 events wait, the processor is idle. Each could be
+        // an invoice whose key only the invoices stream (1 000 kept) can judge.
+        let mut p = pipeline(Some(2_000_000), Some(1_000));
+        p.persister = messaging::backlog::Backlog {
+            pending: 600,
+            ..Default::default()
+        };
+        let b = Backpressure::new(Some(1_000_000), watch::channel(Some(p)).1);
+        assert_eq!(
+            refused_at(b.check()),
+            Some(("submissions wait to be processed or stored", 500))
+        );
+    }
+
+    #[test]
     fn never_lets_either_stream_fill_past_half() {
         // The events stream keeps 150: the limit becomes 75 whatever the setting says.
         let p = pipeline(Some(150), Some(40));
@@ -153,7 +167,7 @@ mod tests {
         assert_eq!(refused_at(decide(0, 19, Some(1_000), &p)), None);
         assert_eq!(
             refused_at(decide(0, 20, Some(1_000), &p)),
-            Some(("submissions wait to be processed", 20))
+            Some(("submissions wait to be processed or stored", 20))
         );
     }
 }
