@@ -76,7 +76,7 @@ async fn publishing_the_same_submission_or_event_twice_stores_it_once() {
 }
 
 /// A bus for namespace `ns`, logged in as `user`, as a service builds it.
-async fn bus_as(infra: &Infra, ns: &str, user: &str) -> Bus {
+pub async fn bus_as(infra: &Infra, ns: &str, user: &str) -> Bus {
     let settings = crate::support::stack::infra_settings_for(infra, ns, "unused", user);
     Bus::connect(
         NatsSettings::for_infra(&settings, Duration::from_secs(2), 1),

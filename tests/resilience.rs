@@ -283,6 +283,84 @@ async fn an_outage_past_the_last_retry_dead_letters_and_a_replay_completes_them_
     assert_eq!(stack.stored_count(&stack.api.tenant).await, 5);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_letter_whose_replay_the_log_already_holds_is_not_replayed_again() {
+    // A replay whose last steps failed (its event, or deleting its letter) leaves the
+    // letter behind. Asked again minutes later, past the submissions' 2-minute dedupe
+    // window, with MongoDB not holding the replay yet (no persister here), only the
+    // broker can say the invoice was replayed already.
+    let stack = TestStack::with(Options {
+        start_persister: false,
+        ..Options::default()
+    })
+    .await;
+    let nats = stack.nats().await;
+    let bus = crate::messaging::bus_as(&stack.infra, &stack.namespace, "processor").await;
+    let now = domain::Timestamp::now();
+    let tenant = domain::TenantId::parse(stack.api.tenant.clone()).unwrap();
+    let key = unique("k-");
+    // The letter carries the submission as the processor consumed it.
+    let submitted = domain::Invoice::queued(
+        domain::InvoiceId::generate(),
+        tenant,
+        crate::support::sample_draft(Some(&key)),
+        now,
+    );
+    let mut failed = submitted.clone();
+    failed.start_attempt(4, now).unwrap();
+    failed
+        .fail("retries_exhausted", "MongoDB unreachable", now)
+        .unwrap();
+    let letter = messaging::DeadLetter {
+        submission: messaging::Envelope {
+            invoice: submitted,
+            fingerprint: "f".into(),
+        },
+        attempts: 4,
+        last_error: domain::InvoiceError {
+            code: "retries_exhausted".into(),
+            message: "MongoDB unreachable".into(),
+        },
+        dead_at: now,
+    };
+    bus.publish_dead_letter(&letter).await.unwrap();
+    // The earlier replay got as far as its QUEUED event.
+    let mut replayed = failed;
+    replayed.replay(now).unwrap();
+    let replayed = messaging::Envelope {
+        invoice: replayed,
+        fingerprint: "f".into(),
+    };
+    bus.publish_event(&replayed.encoded(), None).await.unwrap();
+
+    let answer = admin(
+        &nats,
+        &stack.namespace,
+        "dlq.replay",
+        json!({ "all": true }),
+    )
+    .await;
+    assert_eq!(answer["replayedCount"], 0, "{answer}");
+    assert_eq!(
+        answer["skipped"][0]["reason"], "already replayed",
+        "{answer}"
+    );
+    assert_eq!(
+        admin(&nats, &stack.namespace, "dlq.list", json!({})).await["count"],
+        0,
+        "the letter is cleared"
+    );
+    let key = domain::IdempotencyKey::parse(key).unwrap();
+    assert_eq!(
+        bus.submission_of_key(replayed.invoice.tenant_id(), &key)
+            .await
+            .unwrap()
+            .map(|s| s.invoice.replays()),
+        None,
+        "no second replay was submitted"
+    );
+}
+
 /// Lifecycle events stored for one invoice.
 async fn events_of(stack: &TestStack, nats: &async_nats::Client, id: &str) -> u64 {
     let js = async_nats::jetstream::new(nats.clone());

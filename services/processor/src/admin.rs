@@ -192,6 +192,26 @@ enum ReplayError {
     Transition(#[from] IllegalTransition),
 }
 
+/// Whether the broker already holds a later generation of `invoice` than the letter's:
+/// a replay whose event or letter deletion failed leaves the letter behind, MongoDB may
+/// not have stored the replay yet, and the submissions' dedupe window (2 min) does not
+/// stop a second replay requested later. The event log shows the replay once its QUEUED
+/// (or a later state) is in; a keyed invoice's own subject shows it from its submission.
+async fn replayed_in_broker(bus: &Bus, invoice: &domain::Invoice) -> Result<bool, BusError> {
+    let (tenant, id, generation) = (invoice.tenant_id(), invoice.id(), invoice.replays());
+    if let Some(latest) = bus.latest_event(tenant, id).await? {
+        if latest.invoice.replays() > generation {
+            return Ok(true);
+        }
+    }
+    if let Some(key) = invoice.idempotency_key() {
+        if let Some(latest) = bus.submission_of_key(tenant, key).await? {
+            return Ok(latest.invoice.id() == id && latest.invoice.replays() > generation);
+        }
+    }
+    Ok(false)
+}
+
 /// `Ok(None)` when replayed, `Ok(Some(reason))` when there was nothing to replay.
 async fn replay_one(
     bus: &Bus,
@@ -204,6 +224,10 @@ async fn replay_one(
         submission.invoice.tenant_id().clone(),
         submission.invoice.id(),
     );
+    if replayed_in_broker(bus, &submission.invoice).await? {
+        bus.delete_dead_letter(seq).await?;
+        return Ok(Some("already replayed".into()));
+    }
     let stored = store.find(&tenant, id).await?;
     let mut invoice = match stored {
         Some(s) if s.invoice.replays() > submission.invoice.replays() => {
