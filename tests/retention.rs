@@ -12,7 +12,7 @@ use std::time::Duration;
 const EVENTS_MAX_MSGS: i64 = 150;
 const SUBMITTED: usize = 100;
 /// The submissions stream's count, set the way a deployment sets it (`INVOICES_MAX_MSGS`).
-const INVOICES_MAX_MSGS: i64 = 5_000;
+const INVOICES_MAX_MSGS: i64 = 20_000;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_persister_down_with_more_work_than_the_log_holds_loses_nothing_because_ingress_refuses_first(

@@ -164,7 +164,7 @@ impl Topology {
             (&mut events, self.max_msgs.events),
         ] {
             if let Some(n) = kept {
-                stream.max_messages = i64::try_from(n).unwrap_or(i64::MAX);
+                stream.max_messages = i64::from(n);
             }
         }
         let dlq = self.stream("streams/dlq.json", DLQ_JSON)?;

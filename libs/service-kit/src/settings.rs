@@ -198,7 +198,7 @@ pub struct Infra {
     /// subject).
     pub submit_dedupe_window: Duration,
     /// `INVOICES_MAX_MSGS` / `EVENTS_MAX_MSGS`: how many submissions and events the
-    /// broker keeps (`None`: the count in `nats/streams/*.json`, 1 000 000 and
+    /// broker keeps, where set (else the counts in `nats/streams/*.json`, 1 000 000 and
     /// 2 000 000). What nats-server holds in memory grows with what the streams keep
     /// (an index entry per subject: per key and per invoice), so these bound its memory
     /// as well as its disk; topology settings, like `ACK_WAIT_MS`.
@@ -301,21 +301,23 @@ impl Infra {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct StreamMaxMsgs {
     /// `INVOICES_MAX_MSGS`.
-    pub invoices: Option<u64>,
+    pub invoices: Option<u32>,
     /// `EVENTS_MAX_MSGS`.
-    pub events: Option<u64>,
+    pub events: Option<u32>,
 }
 
-/// The smallest count a stream may be set to keep: ingress refuses new work at half of
-/// it, so a smaller stream would refuse almost everything.
-const MIN_MAX_MSGS: u64 = 1_000;
+/// The smallest count a stream may be set to keep. Ingress refuses new work at half of
+/// it, and the other half is the margin for what every ingress instance accepts between
+/// two backlog reads (three events per invoice, `BACKLOG_POLL_MS`): 5 000 events cover
+/// ~1 600 invoices a second at the default 1 s poll.
+const MIN_MAX_MSGS: u32 = 10_000;
 
 /// An optional stream count: unset or 0 keeps the file's.
-fn max_msgs(env: &mut Env, name: &str) -> Option<u64> {
+fn max_msgs(env: &mut Env, name: &str) -> Option<u32> {
     let n = env.parse(
         name,
-        0u64,
-        "a number of messages, at least 1000 (0: the stream file's)",
+        0u32,
+        "a number of messages, 10000 to 4294967295 (0: the stream file's)",
     );
     if n != 0 && n < MIN_MAX_MSGS {
         env.problem(format!(
@@ -456,14 +458,14 @@ mod tests {
 
     #[test]
     fn stream_counts_override_the_files_and_zero_keeps_them() {
-        let mut env = Env::from_vars([("EVENTS_MAX_MSGS", "5000"), ("INVOICES_MAX_MSGS", "0")]);
+        let mut env = Env::from_vars([("EVENTS_MAX_MSGS", "50000"), ("INVOICES_MAX_MSGS", "0")]);
         let infra = Infra::from_env(&mut env, "processor", &[]);
         assert!(problems(env).is_empty());
         assert_eq!(
             infra.stream_max_msgs,
             StreamMaxMsgs {
                 invoices: None,
-                events: Some(5000)
+                events: Some(50_000)
             }
         );
     }

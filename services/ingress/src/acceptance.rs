@@ -6,7 +6,7 @@
 //! if that key has no submission yet: claiming the key and storing the invoice are one
 //! atomic step. There is no "being accepted" state anywhere that a dead request could
 //! leave behind, so no fault can block a key; and a key's owner is known as long as the
-//! stream keeps it (its newest 1 000 000 submissions), whatever Redis forgets. MongoDB
+//! stream keeps it (its newest `INVOICES_MAX_MSGS`, 1 000 000 by default), whatever Redis forgets. MongoDB
 //! answers for older keys.
 //!
 //! In order, for a keyed request:

@@ -24,10 +24,11 @@
 //! log is the invoice's newest state: there is work to do, whatever MongoDB says
 //! (without this, an attempt that failed for any reason during a MongoDB outage left its
 //! invoice stuck until MongoDB came back). With no event in the log (QUEUED not
-//! published yet, or — after ~2 000 000 later events — trimmed), a redelivery takes
+//! published yet, or — after `EVENTS_MAX_MSGS` later events, 2 000 000 by default — trimmed), a redelivery takes
 //! Redis' word that the job is in flight; in the trimmed case, with a job whose settle
 //! failed, that word is stale and a finished invoice is processed again as above (a
-//! redelivery that late needs a processor stalled past its ack wait for half an hour).
+//! redelivery that late needs a processor stalled past its ack wait for as long as the log
+//! takes to turn over: half an hour at full load with the default count).
 //! MongoDB answers when neither can, and an unreachable MongoDB then means "retry later".
 
 use domain::{Invoice, InvoiceState};
