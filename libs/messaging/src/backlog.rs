@@ -24,6 +24,11 @@ pub struct Backlog {
     pub redelivered: u64,
     /// Age of the oldest message not acknowledged yet (`None`: nothing outstanding).
     pub oldest_unacked: Option<Duration>,
+    /// Messages in the stream from the oldest one not acknowledged yet to the newest
+    /// (0: nothing outstanding). What a count-bounded stream discards is decided by this
+    /// distance, not by how many are outstanding: one message retried for minutes while
+    /// the rest flow past stays one outstanding message as the stream turns over.
+    pub span: u64,
 }
 
 impl Backlog {
@@ -152,8 +157,14 @@ impl Bus {
             ack_pending: info.num_ack_pending as u64,
             redelivered: info.num_redelivered as u64,
             oldest_unacked: None,
+            span: 0,
         };
         if backlog.outstanding() > 0 {
+            backlog.span = stream
+                .cached_info()
+                .state
+                .last_sequence
+                .saturating_sub(info.ack_floor.stream_sequence);
             // The first message past the ack floor is the oldest one not acknowledged
             // (acks above the floor only make it younger, never older).
             let filter = match info.config.filter_subject.as_str() {

@@ -11,8 +11,11 @@
 //! half the stream's `max_msgs` (an operator who shrinks the stream shrinks the limit).
 //! The invoices stream is bounded the same way: it is the processor's work queue and the
 //! record of every key MongoDB does not hold yet, so the submissions not processed and
-//! the invoices not stored (at most one per event the persister has not stored) are each
-//! held below half of its `max_msgs`. The other half is the margin for what other
+//! the invoices not stored are held below half of its `max_msgs` (while both consumers
+//! drain in order, the oldest submission still needed is at most that many back). Both
+//! bounds count distance as well as work: a stream discards by position, and one message
+//! retried for minutes while the rest flow past is one outstanding message but sits
+//! ever further back (`Backlog::span`). The other half is the margin for what other
 //! ingress instances accept between two reads. Reads and `/health` keep
 //! working: only new work waits.
 
@@ -64,9 +67,15 @@ impl Backpressure {
             }
         }
         let local = self.since_read.load(Relaxed);
+        // By count (how much work waits) and by distance (how far back the oldest
+        // unfinished message sits, which is what a count-bounded stream discards by).
         decide(
-            p.unstored_events() + local * EVENTS_PER_SUBMISSION,
-            p.processor.outstanding().max(p.persister.outstanding()) + local,
+            p.unstored_events().max(p.persister.span) + local * EVENTS_PER_SUBMISSION,
+            p.processor
+                .outstanding()
+                .max(p.processor.span)
+                .max(p.persister.outstanding())
+                + local,
             self.limit,
             &p,
         )
@@ -148,6 +157,32 @@ mod tests {
             pending: 600,
             ..Default::default()
         };
+        let b = Backpressure::new(Some(1_000_000), watch::channel(Some(p)).1);
+        assert_eq!(
+            refused_at(b.check()),
+            Some(("submissions wait to be processed or stored", 500))
+        );
+    }
+
+    #[test]
+    fn one_message_retried_while_the_stream_turns_over_is_not_discarded() {
+        // One submission and one event are retried while 600 later messages have
+        // passed them: one outstanding each, but a stream of 1 000 would discard them
+        // after 1 000 more.
+        let mut p = pipeline(Some(1_000), Some(1_000));
+        let stuck = messaging::backlog::Backlog {
+            ack_pending: 1,
+            span: 600,
+            ..Default::default()
+        };
+        p.persister = stuck;
+        let b = Backpressure::new(Some(1_000_000), watch::channel(Some(p)).1);
+        assert_eq!(
+            refused_at(b.check()),
+            Some(("events wait to be stored", 500))
+        );
+        p.persister = Default::default();
+        p.processor = stuck;
         let b = Backpressure::new(Some(1_000_000), watch::channel(Some(p)).1);
         assert_eq!(
             refused_at(b.check()),
