@@ -436,8 +436,7 @@ impl Bench {
                     }
                 }
                 let budget = budget(&start, &end, &cpu_secs);
-                let kept = streams_kept(&monitor).await;
-                (Value::Object(cpu), consumers, budget, kept)
+                (Value::Object(cpu), consumers, budget, end.kept)
             }
         };
         let rss_every = Duration::from_secs(a.rss_every);
@@ -568,6 +567,9 @@ struct Snapshot {
     delivered: BTreeMap<String, u64>,
     /// Per stream: acks of its durable consumers (`ack_floor.consumer_seq`).
     acked: BTreeMap<String, u64>,
+    /// Per stream: `[messages, subjects, MiB]` it keeps (what nats-server's memory
+    /// follows); `Null` when NATS monitoring did not answer.
+    kept: Value,
     /// MongoDB `opcounters` (insert, query, update, delete, getmore, command).
     mongo: BTreeMap<String, u64>,
     /// Redis `total_commands_processed`.
@@ -577,23 +579,29 @@ struct Snapshot {
 impl Counters {
     async fn read(&self) -> Snapshot {
         let mut s = Snapshot::default();
-        if let Ok(jsz) = async { reqwest::get(&self.jsz).await?.json::<Value>().await }.await {
-            for account in jsz["account_details"].as_array().into_iter().flatten() {
-                for stream in account["stream_detail"].as_array().into_iter().flatten() {
-                    let name = stream["name"].as_str().unwrap_or("?").to_owned();
-                    let seq = stream["state"]["last_seq"].as_u64().unwrap_or(0);
-                    let (mut delivered, mut acked) = (0, 0);
-                    for c in stream["consumer_detail"].as_array().into_iter().flatten() {
-                        delivered += c["delivered"]["consumer_seq"].as_u64().unwrap_or(0);
-                        if c["config"]["durable_name"].is_string() {
-                            acked += c["ack_floor"]["consumer_seq"].as_u64().unwrap_or(0);
-                        }
+        if let Some(streams) = jsz_streams(&self.jsz).await {
+            let mut kept = Map::new();
+            for stream in &streams {
+                let name = stream["name"].as_str().unwrap_or("?").to_owned();
+                let state = &stream["state"];
+                let seq = state["last_seq"].as_u64().unwrap_or(0);
+                let (mut delivered, mut acked) = (0, 0);
+                for c in stream["consumer_detail"].as_array().into_iter().flatten() {
+                    delivered += c["delivered"]["consumer_seq"].as_u64().unwrap_or(0);
+                    if c["config"]["durable_name"].is_string() {
+                        acked += c["ack_floor"]["consumer_seq"].as_u64().unwrap_or(0);
                     }
-                    s.stored.insert(name.clone(), seq);
-                    s.delivered.insert(name.clone(), delivered);
-                    s.acked.insert(name, acked);
                 }
+                let mib = state["bytes"].as_f64().map(|b| (b / 1_048_576.0).round());
+                kept.insert(
+                    name.clone(),
+                    json!([state["messages"], state["num_subjects"], mib]),
+                );
+                s.stored.insert(name.clone(), seq);
+                s.delivered.insert(name.clone(), delivered);
+                s.acked.insert(name, acked);
             }
+            s.kept = Value::Object(kept);
         }
         if let Some(client) = &self.mongo {
             let status = client
@@ -760,23 +768,6 @@ async fn consumers(url: &str) -> Value {
                 );
             }
         }
-    }
-    Value::Object(out)
-}
-
-/// How much each stream keeps: messages, distinct subjects, MiB.
-async fn streams_kept(url: &str) -> Value {
-    let Some(streams) = jsz_streams(url).await else {
-        return Value::Null;
-    };
-    let mut out = Map::new();
-    for stream in &streams {
-        let state = &stream["state"];
-        let mib = state["bytes"].as_f64().map(|b| (b / 1_048_576.0).round());
-        out.insert(
-            stream["name"].as_str().unwrap_or("?").to_owned(),
-            json!([state["messages"], state["num_subjects"], mib]),
-        );
     }
     Value::Object(out)
 }
