@@ -224,21 +224,26 @@ async fn replay_one(
         submission.invoice.tenant_id().clone(),
         submission.invoice.id(),
     );
-    if replayed_in_broker(bus, &submission.invoice).await? {
+    // A later generation in the broker (before MongoDB has it) or in MongoDB: this
+    // letter was replayed already; the broker is asked first, MongoDB only if it says no.
+    let generation = submission.invoice.replays();
+    let in_broker = replayed_in_broker(bus, &submission.invoice).await?;
+    let stored = if in_broker {
+        None
+    } else {
+        store.find(&tenant, id).await?
+    };
+    if in_broker
+        || stored
+            .as_ref()
+            .is_some_and(|s| s.invoice.replays() > generation)
+    {
         bus.delete_dead_letter(seq).await?;
         return Ok(Some("already replayed".into()));
     }
-    let stored = store.find(&tenant, id).await?;
     let mut invoice = match stored {
-        Some(s) if s.invoice.replays() > submission.invoice.replays() => {
-            bus.delete_dead_letter(seq).await?;
-            return Ok(Some("already replayed".into()));
-        }
         Some(s) if s.invoice.state() == InvoiceState::Failed => s.invoice,
-        Some(s)
-            if s.invoice.replays() == submission.invoice.replays()
-                && s.invoice.state() != InvoiceState::Failed =>
-        {
+        Some(s) if s.invoice.replays() == generation => {
             return Ok(Some(format!(
                 "invoice is {} in the system of record; not replayed yet (persister lagging?)",
                 s.invoice.state()
