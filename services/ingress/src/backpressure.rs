@@ -129,6 +129,11 @@ mod tests {
         }
     }
 
+    /// What an instance that accepted nothing since the last read answers, seeing `p`.
+    fn refused_seeing(p: Pipeline) -> Option<(&'static str, u64)> {
+        refused_at(Backpressure::new(Some(1_000_000), watch::channel(Some(p)).1).check())
+    }
+
     fn refused_at(r: Result<(), ApiError>) -> Option<(&'static str, u64)> {
         match r {
             Ok(()) => None,
@@ -157,9 +162,8 @@ mod tests {
             pending: 600,
             ..Default::default()
         };
-        let b = Backpressure::new(Some(1_000_000), watch::channel(Some(p)).1);
         assert_eq!(
-            refused_at(b.check()),
+            refused_seeing(p),
             Some(("submissions wait to be processed or stored", 500))
         );
     }
@@ -176,16 +180,11 @@ mod tests {
             ..Default::default()
         };
         p.persister = stuck;
-        let b = Backpressure::new(Some(1_000_000), watch::channel(Some(p)).1);
-        assert_eq!(
-            refused_at(b.check()),
-            Some(("events wait to be stored", 500))
-        );
+        assert_eq!(refused_seeing(p), Some(("events wait to be stored", 500)));
         p.persister = Default::default();
         p.processor = stuck;
-        let b = Backpressure::new(Some(1_000_000), watch::channel(Some(p)).1);
         assert_eq!(
-            refused_at(b.check()),
+            refused_seeing(p),
             Some(("submissions wait to be processed or stored", 500))
         );
     }
