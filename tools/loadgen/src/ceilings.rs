@@ -13,14 +13,23 @@
 //!   temporary database with the store's indexes: how fast one series can go, which
 //!   numbering serialises.
 //!
+//! - The floor (`--floor-rate`, 600/s by default): the same servers at a *fixed* rate,
+//!   open loop, so that operations do not overlap — as in the pipeline at a fixed rate,
+//!   where every invoice is its own wake-up and round trip. One JetStream message
+//!   (acked publish, delivery to a durable pull consumer, explicit ack), one `w: majority`
+//!   insert, one indexed lookup of an absent key (ingress's idempotency lookup); for each,
+//!   the CPU per operation of the server (its pid given) and of this client. What the
+//!   servers cost per operation here, times the operations an invoice needs, is a floor
+//!   under the pipeline's CPU per invoice at that rate that no service code can lower.
+//!
 //! Each measurement runs for `--duration`; the temporary stream and database are
 //! removed at the end, also when a measurement failed.
 
 use crate::{
     cli::CeilingsArgs,
-    stats::{round2, table, Samples, Summary},
+    stats::{cpu_seconds, own_cpu_seconds, round2, table, Samples, Summary},
 };
-use async_nats::jetstream::{self, message::PublishMessage, stream};
+use async_nats::jetstream::{self, consumer, message::PublishMessage, stream};
 use futures_util::{stream::FuturesUnordered, StreamExt};
 use mongodb::{
     bson::{doc, Document},
@@ -44,6 +53,8 @@ struct Rate {
     secs: f64,
     latency: Summary,
     errors: u64,
+    /// CPU milliseconds per operation, per process measured (the floor only).
+    cpu: Vec<(&'static str, f64)>,
 }
 
 impl Rate {
@@ -58,7 +69,25 @@ impl Rate {
             "secs": round2(self.secs),
             "latency_ms": self.latency.to_json(),
             "errors": self.errors,
+            "cpu_ms_per_op": self
+                .cpu
+                .iter()
+                .map(|(name, ms)| ((*name).to_owned(), json!((ms * 1000.0).round() / 1000.0)))
+                .collect::<serde_json::Map<_, _>>(),
         })
+    }
+
+    /// `   CPU per op nats-server 0.123 · loadgen 0.045 ms`, or nothing.
+    fn cpu_line(&self) -> String {
+        if self.cpu.is_empty() {
+            return String::new();
+        }
+        let parts: Vec<String> = self
+            .cpu
+            .iter()
+            .map(|(name, ms)| format!("{name} {ms:.3}"))
+            .collect();
+        format!("   CPU per op {} ms", parts.join(" · "))
     }
 }
 
@@ -79,6 +108,12 @@ pub async fn run(args: CeilingsArgs) -> Result<(), String> {
         Ok(r) => rates.push(r),
         Err(e) => problems.push(format!("ledger: {e}")),
     }
+    // What the servers burn with nothing to do (timers, flushes, housekeeping): part of
+    // each floor figure is this, spread over the operations of the window.
+    let idle = match args.floor_rate {
+        0 => Vec::new(),
+        _ => idle_cpu(&args).await,
+    };
 
     let rows: Vec<(String, String)> = rates
         .iter()
@@ -86,9 +121,10 @@ pub async fn run(args: CeilingsArgs) -> Result<(), String> {
             (
                 r.name.to_owned(),
                 format!(
-                    "{:>9.0}/s   per call {}{}",
+                    "{:>9.0}/s   per call {}{}{}",
                     r.per_s(),
                     r.latency.line(),
+                    r.cpu_line(),
                     if r.errors > 0 {
                         format!("   errors {}", r.errors)
                     } else {
@@ -97,16 +133,27 @@ pub async fn run(args: CeilingsArgs) -> Result<(), String> {
                 ),
             )
         })
+        .chain((!idle.is_empty()).then(|| {
+            let parts: Vec<String> = idle
+                .iter()
+                .map(|(name, ms)| format!("{name} {ms:.1}"))
+                .collect();
+            (
+                "idle (no operations)".to_owned(),
+                format!("CPU ms per second {}", parts.join(" · ")),
+            )
+        }))
         .chain(problems.iter().map(|p| ("FAILED".to_owned(), p.clone())))
         .collect();
     let title = format!(
         "loadgen ceilings ({} s each; {} acks in flight, insert_one × {}, insert_many(100) × {}, \
-         numbering one series × {})",
+         numbering one series × {}, floor at {}/s)",
         args.duration.as_secs_f64(),
         args.in_flight,
         args.concurrency,
         args.bulk_concurrency,
-        args.ledger_callers
+        args.ledger_callers,
+        args.floor_rate
     );
     let text = table(&title, &rows);
     if args.json {
@@ -122,9 +169,17 @@ pub async fn run(args: CeilingsArgs) -> Result<(), String> {
     result.insert("concurrency".into(), json!(args.concurrency));
     result.insert("bulk_concurrency".into(), json!(args.bulk_concurrency));
     result.insert("ledger_callers".into(), json!(args.ledger_callers));
+    result.insert("floor_rate".into(), json!(args.floor_rate));
     for r in &rates {
         result.insert(r.name.into(), r.to_json());
     }
+    result.insert(
+        "idle_cpu_ms_per_s".into(),
+        idle.iter()
+            .map(|(name, ms)| ((*name).to_owned(), json!(round2(*ms))))
+            .collect::<serde_json::Map<_, _>>()
+            .into(),
+    );
     result.insert("problems".into(), json!(problems));
     println!("{}", Value::Object(result));
     if rates.is_empty() {
@@ -175,12 +230,86 @@ async fn nats_ceilings(args: &CeilingsArgs, tag: &str) -> Result<Vec<Rate>, Stri
     let payload: bytes::Bytes = vec![b'x'; 1024].into();
     let pipelined = publish_pipelined(args, &js, &subject, &payload).await;
     let sync = publish_sync(args, &js, &subject, &payload).await;
+    let floor = match args.floor_rate {
+        0 => None,
+        _ => Some(message_at_rate(args, &js, &name, &subject, &payload).await),
+    };
 
     if let Err(e) = js.delete_stream(&name).await {
         eprintln!("loadgen: could not delete stream {name}: {e}");
     }
     let _ = client.flush().await;
-    Ok(vec![pipelined?, sync?])
+    let mut rates = vec![pipelined?, sync?];
+    rates.extend(floor.transpose()?);
+    Ok(rates)
+}
+
+/// The floor's JetStream message: published at `--floor-rate` (each publish awaits its
+/// ack), delivered to a durable pull consumer and acked one by one, as the pipeline's
+/// consumers do.
+async fn message_at_rate(
+    args: &CeilingsArgs,
+    js: &jetstream::Context,
+    stream: &str,
+    subject: &str,
+    payload: &bytes::Bytes,
+) -> Result<Rate, String> {
+    let subject = format!("{subject}.floor");
+    let consumer = js
+        .get_stream(stream)
+        .await
+        .map_err(|e| format!("stream {stream}: {e}"))?
+        .create_consumer(consumer::pull::Config {
+            durable_name: Some("floor".into()),
+            filter_subject: subject.clone(),
+            ack_policy: consumer::AckPolicy::Explicit,
+            ..Default::default()
+        })
+        .await
+        .map_err(|e| format!("floor consumer: {e}"))?;
+    let mut messages = consumer
+        .messages()
+        .await
+        .map_err(|e| format!("floor consumer's messages: {e}"))?;
+    let acked = Arc::new(AtomicU64::new(0));
+    let reader = {
+        let acked = acked.clone();
+        tokio::spawn(async move {
+            while let Some(Ok(m)) = messages.next().await {
+                if m.ack().await.is_ok() {
+                    acked.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        })
+    };
+    let cpu = CpuProbe::start("nats-server", args.nats_pid);
+    let (ops, secs, latency, errors) = at_rate(args.floor_rate, args.duration, |n| {
+        let (js, subject, message) = (js.clone(), subject.clone(), message(n + (2 << 40), payload));
+        async move {
+            js.send_publish(subject, message)
+                .await
+                .map_err(|e| e.to_string())?
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await;
+    // The window closes once every message stored was delivered and acked (or after 5 s).
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while acked.load(Ordering::Relaxed) < ops && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let cpu = cpu.per_op(ops);
+    reader.abort();
+    Ok(Rate {
+        name: "jetstream_message_at_rate",
+        ops,
+        secs,
+        latency,
+        errors,
+        cpu,
+    })
 }
 
 fn message(subject_id: u64, payload: &bytes::Bytes) -> PublishMessage {
@@ -236,6 +365,7 @@ async fn publish_pipelined(
         secs: start.elapsed().as_secs_f64(),
         latency: latency.summary(),
         errors,
+        cpu: Vec::new(),
     })
 }
 
@@ -275,6 +405,7 @@ async fn publish_sync(
         secs: start.elapsed().as_secs_f64(),
         latency: latency.summary(),
         errors,
+        cpu: Vec::new(),
     })
 }
 
@@ -331,7 +462,14 @@ async fn mongo_ceilings(args: &CeilingsArgs, tag: &str) -> Result<Vec<Rate>, Str
         }
         let one = insert_one_rate(args, &single, tag).await;
         let many = insert_many_rate(args, &bulk, tag).await;
-        Ok::<_, String>(vec![one, many])
+        let mut rates = vec![one, many];
+        if args.floor_rate > 0 {
+            let floor = db.collection::<Document>("floor");
+            create_indexes(&floor).await?;
+            rates.push(insert_at_rate(args, &floor, tag).await);
+            rates.push(lookup_at_rate(args, &floor, tag).await);
+        }
+        Ok::<_, String>(rates)
     }
     .await;
     if let Err(e) = db.drop().await {
@@ -445,6 +583,7 @@ async fn insert_one_rate(
         secs,
         latency,
         errors,
+        cpu: Vec::new(),
     }
 }
 
@@ -474,6 +613,172 @@ async fn insert_many_rate(
         secs,
         latency,
         errors,
+        cpu: Vec::new(),
+    }
+}
+
+/// The floor's insert: one invoice-sized document at `--floor-rate`, `w: majority`.
+async fn insert_at_rate(
+    args: &CeilingsArgs,
+    coll: &mongodb::Collection<Document>,
+    tag: &str,
+) -> Rate {
+    let cpu = CpuProbe::start("mongod", args.mongod_pid);
+    let (ops, secs, latency, errors) = at_rate(args.floor_rate, args.duration, |n| {
+        let (coll, doc) = (coll.clone(), invoice_doc(tag, n));
+        async move {
+            coll.insert_one(doc)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await;
+    Rate {
+        name: "mongo_insert_at_rate",
+        ops,
+        secs,
+        latency,
+        errors,
+        cpu: cpu.per_op(ops),
+    }
+}
+
+/// The floor's lookup: a (tenant, key) the collection does not hold — a new invoice's
+/// key, as ingress asks for it — at `--floor-rate`, on the store's unique index.
+async fn lookup_at_rate(
+    args: &CeilingsArgs,
+    coll: &mongodb::Collection<Document>,
+    tag: &str,
+) -> Rate {
+    let cpu = CpuProbe::start("mongod", args.mongod_pid);
+    let tenant = format!("ceilings-{tag}");
+    let (ops, secs, latency, errors) = at_rate(args.floor_rate, args.duration, |n| {
+        let coll = coll.clone();
+        let filter = doc! { "tenantId": &tenant, "idempotencyKey": format!("absent-{n}") };
+        async move {
+            coll.find_one(filter)
+                .await
+                .map(|_| ())
+                .map_err(|e| e.to_string())
+        }
+    })
+    .await;
+    Rate {
+        name: "mongo_key_lookup_at_rate",
+        ops,
+        secs,
+        latency,
+        errors,
+        cpu: cpu.per_op(ops),
+    }
+}
+
+// ------------------------------------------------------------------ the floor's driver
+
+/// Calls `op(n)` `rate` times a second for `duration`, each call in a task of its own
+/// (open loop: a slow call does not hold up the next), then waits for the last one.
+async fn at_rate<F, Fut>(rate: u32, duration: Duration, op: F) -> (u64, f64, Summary, u64)
+where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>> + Send + 'static,
+{
+    let mut tick = tokio::time::interval(Duration::from_secs_f64(1.0 / f64::from(rate.max(1))));
+    // Ticks missed while the runtime was busy fire at once: the rate holds.
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut calls = tokio::task::JoinSet::new();
+    let start = Instant::now();
+    let mut n = 0u64;
+    while start.elapsed() < duration {
+        tick.tick().await;
+        n += 1;
+        let call = op(n);
+        calls.spawn(async move {
+            let sent = Instant::now();
+            call.await.map(|()| sent.elapsed())
+        });
+    }
+    let (mut latency, mut ops, mut errors) = (Samples::default(), 0u64, 0u64);
+    while let Some(done) = calls.join_next().await {
+        match done {
+            Ok(Ok(took)) => {
+                ops += 1;
+                latency.record(took);
+            }
+            Ok(Err(e)) => {
+                errors += 1;
+                if errors == 1 {
+                    eprintln!("loadgen: floor operation failed: {e}");
+                }
+            }
+            Err(e) => {
+                errors += 1;
+                if errors == 1 {
+                    eprintln!("loadgen: floor operation panicked: {e}");
+                }
+            }
+        }
+    }
+    (
+        ops,
+        start.elapsed().as_secs_f64(),
+        latency.summary(),
+        errors,
+    )
+}
+
+/// CPU milliseconds per second each server (its pid given) uses over `--duration` with
+/// no operation sent.
+async fn idle_cpu(args: &CeilingsArgs) -> Vec<(&'static str, f64)> {
+    let servers: Vec<(&'static str, String)> =
+        [("nats-server", args.nats_pid), ("mongod", args.mongod_pid)]
+            .into_iter()
+            .filter_map(|(name, pid)| pid.map(|p| (name, p.to_string())))
+            .collect();
+    let before: Vec<Option<f64>> = servers.iter().map(|(_, p)| cpu_seconds(p)).collect();
+    let start = Instant::now();
+    tokio::time::sleep(args.duration).await;
+    let secs = start.elapsed().as_secs_f64();
+    servers
+        .iter()
+        .zip(before)
+        .filter_map(|((name, pid), b)| Some((*name, (cpu_seconds(pid)? - b?) * 1000.0 / secs)))
+        .collect()
+}
+
+/// CPU used by the server (when its pid is known) and by this client over a
+/// measurement, per operation.
+struct CpuProbe {
+    server: Option<(&'static str, String)>,
+    at_start: (Option<f64>, Option<f64>),
+}
+
+impl CpuProbe {
+    fn start(server: &'static str, pid: Option<u32>) -> Self {
+        let server = pid.map(|p| (server, p.to_string()));
+        let at_start = (
+            server.as_ref().and_then(|(_, p)| cpu_seconds(p)),
+            own_cpu_seconds(),
+        );
+        Self { server, at_start }
+    }
+
+    /// Milliseconds per operation: the server's (if known), then `loadgen`'s.
+    fn per_op(&self, ops: u64) -> Vec<(&'static str, f64)> {
+        let per_op = |before: Option<f64>, after: Option<f64>| match (before, after) {
+            (Some(b), Some(a)) if ops > 0 => Some((a - b) * 1000.0 / ops as f64),
+            _ => None,
+        };
+        let mut out = Vec::new();
+        if let Some((name, pid)) = &self.server {
+            if let Some(ms) = per_op(self.at_start.0, cpu_seconds(pid)) {
+                out.push((*name, ms));
+            }
+        }
+        if let Some(ms) = per_op(self.at_start.1, own_cpu_seconds()) {
+            out.push(("loadgen", ms));
+        }
+        out
     }
 }
 
@@ -511,6 +816,7 @@ async fn ledger_ceiling(args: &CeilingsArgs, tag: &str) -> Result<Rate, String> 
                 secs,
                 latency,
                 errors,
+                cpu: Vec::new(),
             })
         }
     };

@@ -117,6 +117,18 @@ pub struct CeilingsArgs {
     /// Replicas of the temporary stream (3 on a 3-node cluster).
     #[arg(long, default_value_t = 1, value_parser = at_least_one)]
     pub replicas: usize,
+    /// The floor: operations a second at a FIXED rate (open loop) for the CPU each one
+    /// costs — one JetStream message (publish, delivery, ack), one MongoDB insert, one
+    /// key lookup — when operations do not overlap, as at the pipeline's fixed rates.
+    /// 0 skips it.
+    #[arg(long, default_value_t = 600)]
+    pub floor_rate: u32,
+    /// nats-server's pid, for its CPU per operation in the floor (else not reported).
+    #[arg(long)]
+    pub nats_pid: Option<u32>,
+    /// mongod's pid, for its CPU per operation in the floor (else not reported).
+    #[arg(long)]
+    pub mongod_pid: Option<u32>,
     /// stdout gets only the JSON line; the table goes to stderr.
     #[arg(long)]
     pub json: bool,

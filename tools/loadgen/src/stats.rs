@@ -95,7 +95,12 @@ pub fn table(title: &str, rows: &[(String, String)]) -> String {
 /// CPU seconds (user + system) this process has used so far, from `/proc/self/stat`
 /// (Linux; `None` elsewhere). Assumes the usual 100 clock ticks per second.
 pub fn own_cpu_seconds() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    cpu_seconds("self")
+}
+
+/// The same for process `proc` (a pid, or `self`): `None` if it is gone or not Linux.
+pub fn cpu_seconds(proc: &str) -> Option<f64> {
+    let stat = std::fs::read_to_string(format!("/proc/{proc}/stat")).ok()?;
     // the command name may contain spaces; fields are counted after its closing paren
     let rest = stat.get(stat.rfind(')')? + 2..)?;
     let fields: Vec<&str> = rest.split(' ').collect();

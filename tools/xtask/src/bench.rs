@@ -5,7 +5,8 @@
 //! 1. a fresh stack on free ports in `.stack/bench/n<N>` ([`Stack`]);
 //! 2. N instances of ingress, processor, persister and fanout (release build), waited
 //!    for on `/health`;
-//! 3. `loadgen ceilings` (first N only: the raw JetStream / MongoDB rates of this machine);
+//! 3. `loadgen ceilings` (first N only: the raw JetStream / MongoDB rates of this machine,
+//!    and the floor: what the servers cost per operation at a fixed rate, their pids given);
 //! 4. `loadgen pipeline` against every ingress and fanout, while the CPU time of every
 //!    process (services and servers) is read over the measured window (warmup excluded),
 //!    the durable consumers' backlog halfway through it (NATS monitoring), and every
@@ -347,6 +348,11 @@ impl Bench {
                 1,
             );
             let out = self.logs.join(format!("n{n}-ceilings.json"));
+            // The servers' pids: the floor reports their CPU per operation.
+            let (nats_pid, mongod_pid) = (
+                stack.nats[0].proc.pid.to_string(),
+                stack.mongod[0].1.pid.to_string(),
+            );
             let args: Vec<String> = [
                 "ceilings",
                 "--nats",
@@ -355,6 +361,10 @@ impl Bench {
                 &stack.mongodb_uri(),
                 "--duration",
                 &a.ceilings_duration,
+                "--nats-pid",
+                &nats_pid,
+                "--mongod-pid",
+                &mongod_pid,
                 "--json",
             ]
             .map(String::from)
@@ -817,15 +827,36 @@ fn summary(results: &Path) {
             "jetstream_publish_sync",
             "mongo_insert_one",
             "mongo_insert_many_100",
+            "ledger_one_series",
+            "jetstream_message_at_rate",
+            "mongo_insert_at_rate",
+            "mongo_key_lookup_at_rate",
         ] {
             if r[k].is_object() {
+                // The floor (at a fixed rate) also names the CPU each operation cost.
+                let cpu: Vec<String> = r[k]["cpu_ms_per_op"]
+                    .as_object()
+                    .map(|m| m.iter().map(|(p, ms)| format!("{p} {ms}")).collect())
+                    .unwrap_or_default();
                 println!(
-                    "  {k:<30} {:>10.0}/s   p50 {:.2} ms  p99 {:.2} ms",
+                    "  {k:<30} {:>10.0}/s   p50 {:.2} ms  p99 {:.2} ms{}",
                     f(&r[k]["per_s"]),
                     f(&r[k]["latency_ms"]["p50"]),
-                    f(&r[k]["latency_ms"]["p99"])
+                    f(&r[k]["latency_ms"]["p99"]),
+                    if cpu.is_empty() {
+                        String::new()
+                    } else {
+                        format!("   CPU ms per op: {}", cpu.join(" · "))
+                    }
                 );
             }
+        }
+        if let Some(idle) = r["idle_cpu_ms_per_s"].as_object().filter(|m| !m.is_empty()) {
+            let parts: Vec<String> = idle.iter().map(|(p, ms)| format!("{p} {ms}")).collect();
+            println!(
+                "  idle (no operations)           CPU ms per second: {}",
+                parts.join(" · ")
+            );
         }
     }
     let pipes: Vec<&Value> = rows.iter().filter(|r| r["kind"] == "pipeline").collect();
