@@ -7,21 +7,7 @@ use std::time::Duration;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn publishing_the_same_submission_or_event_twice_stores_it_once() {
-    let infra = Infra::from_env();
-    let settings = infra_settings(&infra, &unique("m"), "unused");
-    let bus = Bus::connect(
-        NatsSettings {
-            url: settings.nats_url,
-            client_name: "test".into(),
-            ack_timeout: Duration::from_secs(2),
-            publish_tries: 1,
-            auth: settings.nats_auth.clone(),
-        },
-        Topology::new(&settings.namespace),
-    )
-    .await
-    .unwrap();
-    bus.ensure_topology().await.unwrap();
+    let bus = fresh_bus().await;
     let draft = crate::support::sample_draft(Some("key-1"));
     let tenant = TenantId::parse(unique("shop")).unwrap();
     let first = Envelope {
@@ -73,6 +59,103 @@ async fn publishing_the_same_submission_or_event_twice_stores_it_once() {
         e2.duplicate && e1.sequence == e2.sequence,
         "a re-emitted state change is stored once"
     );
+}
+
+/// A dead letter's replay is seen in the broker before MongoDB stores it — in the
+/// event log once its QUEUED is in, and, for a keyed invoice, on the key's own subject
+/// from its submission on — so the processor does not replay it a second time.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_broker_knows_a_replay_by_its_keys_subject_or_its_event_log() {
+    let bus = fresh_bus().await;
+    let tenant = TenantId::parse(unique("shop")).unwrap();
+    let now = Timestamp::now();
+    let queued = |key: Option<&str>| {
+        Invoice::queued(
+            InvoiceId::generate(),
+            tenant.clone(),
+            crate::support::sample_draft(key),
+            now,
+        )
+    };
+    let replay_of = |invoice: &Invoice| {
+        let mut next = invoice.clone();
+        next.start_attempt(4, now).unwrap();
+        next.fail("retries_exhausted", "MongoDB unreachable", now)
+            .unwrap();
+        next.replay(now).unwrap();
+        Envelope {
+            invoice: next,
+            fingerprint: "f".into(),
+        }
+    };
+    let later = |invoice: &Invoice| {
+        let bus = &bus;
+        let invoice = invoice.clone();
+        async move { bus.holds_later_generation(&invoice).await.unwrap() }
+    };
+
+    // Keyed: only the replay's submission is stored (its QUEUED event is not).
+    let key = unique("k-");
+    let first = queued(Some(&key));
+    assert!(!later(&first).await, "nothing stored yet");
+    let submitted = Envelope {
+        invoice: first.clone(),
+        fingerprint: "f".into(),
+    };
+    bus.publish_submission(&submitted.encoded(), None)
+        .await
+        .unwrap();
+    assert!(!later(&first).await, "the same generation is not a replay");
+    let replay = replay_of(&first);
+    bus.publish_submission(&replay.encoded(), None)
+        .await
+        .unwrap();
+    assert!(
+        later(&first).await,
+        "the key's subject holds generation 1 of this invoice"
+    );
+    assert!(
+        !later(&replay.invoice).await,
+        "nothing later than the replay itself"
+    );
+    let same_key_other_invoice = queued(Some(&key));
+    assert!(
+        !later(&same_key_other_invoice).await,
+        "the key's subject holds another invoice"
+    );
+
+    // Keyless: the event log shows the replay once its QUEUED is in.
+    let keyless = queued(None);
+    let replay = replay_of(&keyless);
+    bus.publish_submission(&replay.encoded(), None)
+        .await
+        .unwrap();
+    assert!(
+        !later(&keyless).await,
+        "a keyless replay's submission alone is not seen (documented limit)"
+    );
+    bus.publish_event(&replay.encoded(), None).await.unwrap();
+    assert!(later(&keyless).await, "the event log holds generation 1");
+}
+
+/// A bus on a namespace of its own, its streams created.
+async fn fresh_bus() -> Bus {
+    let infra = Infra::from_env();
+    let settings = infra_settings(&infra, &unique("m"), "unused");
+    let bus = Bus::connect(
+        NatsSettings {
+            url: settings.nats_url,
+            client_name: "test".into(),
+            ack_timeout: Duration::from_secs(2),
+            publish_tries: 1,
+            auth: settings.nats_auth.clone(),
+        },
+        Topology::new(&settings.namespace),
+    )
+    .await
+    .unwrap();
+    bus.ensure_topology().await.unwrap();
+    bus
 }
 
 /// A bus for namespace `ns`, logged in as `user`, as a service builds it.

@@ -20,7 +20,7 @@ use async_nats::jetstream::{
     stream::{DirectGetErrorKind, Stream},
 };
 use async_nats::{HeaderMap, ServerAddr};
-use domain::{IdempotencyKey, InvoiceId, TenantId};
+use domain::{IdempotencyKey, Invoice, InvoiceId, TenantId};
 use std::{str::FromStr, sync::Arc, time::Duration};
 use tracing::{info, warn};
 
@@ -476,6 +476,26 @@ impl Bus {
             self.topology.event_subject(tenant, id),
         )
         .await
+    }
+
+    /// Whether the broker holds a later generation (a replay) of `invoice` than its own:
+    /// the event log once the replay's QUEUED (or a later state) is in, a keyed invoice's
+    /// own subject from the replay's submission on. A keyless replay whose submission
+    /// was stored but whose event was not is not seen (keyless submissions share their
+    /// tenant's subject); the processor's "already done?" absorbs a repeat of it.
+    pub async fn holds_later_generation(&self, invoice: &Invoice) -> Result<bool, BusError> {
+        let (tenant, id, generation) = (invoice.tenant_id(), invoice.id(), invoice.replays());
+        if let Some(latest) = self.latest_event(tenant, id).await? {
+            if latest.invoice.replays() > generation {
+                return Ok(true);
+            }
+        }
+        if let Some(key) = invoice.idempotency_key() {
+            if let Some(latest) = self.submission_of_key(tenant, key).await? {
+                return Ok(latest.invoice.id() == id && latest.invoice.replays() > generation);
+            }
+        }
+        Ok(false)
     }
 
     /// The last message on `subject`, read with a direct get (no stream-info round trip).

@@ -192,26 +192,6 @@ enum ReplayError {
     Transition(#[from] IllegalTransition),
 }
 
-/// Whether the broker already holds a later generation of `invoice` than the letter's:
-/// a replay whose event or letter deletion failed leaves the letter behind, MongoDB may
-/// not have stored the replay yet, and the submissions' dedupe window (2 min) does not
-/// stop a second replay requested later. The event log shows the replay once its QUEUED
-/// (or a later state) is in; a keyed invoice's own subject shows it from its submission.
-async fn replayed_in_broker(bus: &Bus, invoice: &domain::Invoice) -> Result<bool, BusError> {
-    let (tenant, id, generation) = (invoice.tenant_id(), invoice.id(), invoice.replays());
-    if let Some(latest) = bus.latest_event(tenant, id).await? {
-        if latest.invoice.replays() > generation {
-            return Ok(true);
-        }
-    }
-    if let Some(key) = invoice.idempotency_key() {
-        if let Some(latest) = bus.submission_of_key(tenant, key).await? {
-            return Ok(latest.invoice.id() == id && latest.invoice.replays() > generation);
-        }
-    }
-    Ok(false)
-}
-
 /// `Ok(None)` when replayed, `Ok(Some(reason))` when there was nothing to replay.
 async fn replay_one(
     bus: &Bus,
@@ -227,7 +207,10 @@ async fn replay_one(
     // A later generation in the broker (before MongoDB has it) or in MongoDB: this
     // letter was replayed already; the broker is asked first, MongoDB only if it says no.
     let generation = submission.invoice.replays();
-    let in_broker = replayed_in_broker(bus, &submission.invoice).await?;
+    // A replay whose event or letter deletion failed leaves the letter behind, MongoDB
+    // may not have stored the replay yet, and the submissions' dedupe window (2 min)
+    // does not stop a second replay requested later: the broker knows first.
+    let in_broker = bus.holds_later_generation(&submission.invoice).await?;
     let stored = if in_broker {
         None
     } else {
