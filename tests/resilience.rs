@@ -482,6 +482,68 @@ async fn a_permanent_fault_is_dead_lettered_after_one_attempt() {
     assert_eq!(listed["deadLetters"][0]["attempts"], 1);
 }
 
+/// Bytes no stage can decode, on the submissions stream and on the event log, are copied
+/// raw to the dead-letter stream (listed as undecodable) and taken off their consumers,
+/// which go on with the next invoice: neither lost nor blocking.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_messages_are_dead_lettered_raw_and_block_no_consumer() {
+    let stack = TestStack::start().await;
+    let nats = stack.nats().await;
+    let js = async_nats::jetstream::new(nats.clone());
+    let (ns, tenant) = (&stack.namespace, &stack.api.tenant);
+    let topology = messaging::Topology::new(ns);
+    let garbage = [
+        format!("{ns}.submit.{tenant}.garbage"),
+        format!("{ns}.events.{tenant}.garbage"),
+    ];
+    for subject in &garbage {
+        js.publish(subject.clone(), "not an invoice".into())
+            .await
+            .unwrap()
+            .await
+            .unwrap();
+    }
+
+    let id = stack.api.post(&invoice_body(None, "T1")).await.body["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    stack
+        .api
+        .wait_state(&id, "COMPLETED", Duration::from_secs(20))
+        .await;
+    let listed = eventually("both raw copies", Duration::from_secs(10), || {
+        let nats = nats.clone();
+        async move {
+            let l = admin(&nats, ns, "dlq.list", json!({})).await;
+            (l["count"] == 2).then_some(l)
+        }
+    })
+    .await;
+    for letter in listed["deadLetters"].as_array().unwrap() {
+        assert_eq!(letter["undecodable"], true, "{listed}");
+        assert_eq!(
+            letter["subject"],
+            format!("{ns}.dlq._undecodable"),
+            "{listed}"
+        );
+    }
+    for (stream, consumer) in [
+        (topology.invoices_stream(), "processor"),
+        (topology.events_stream(), "persister"),
+    ] {
+        eventually(
+            "the consumer holds nothing back",
+            Duration::from_secs(10),
+            || async {
+                let info = consumer_info(&nats, &stream, consumer).await?;
+                (info.num_pending == 0 && info.num_ack_pending == 0).then_some(())
+            },
+        )
+        .await;
+    }
+}
+
 /// Posts `n` invoices through `stack`'s first ingress; runs `mid` when half are posted.
 /// Returns the ids the 202s named (any other answer fails the test).
 async fn post_through(
