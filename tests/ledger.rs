@@ -316,6 +316,17 @@ async fn credit_notes_are_numbered_negative_and_never_exceed_the_invoice() {
         )
         .await;
     assert_eq!(missing.status, 404, "{}", missing.body);
+    // Another tenant's manager does not see this tenant's invoice, let alone credit it.
+    let stranger = stack
+        .api_for(&unique("other"))
+        .as_role(Role::Manager)
+        .send(
+            "POST",
+            &path(&whole_one),
+            Some(&json!({ "reason": "r", "idempotencyKey": unique("c-") })),
+        )
+        .await;
+    assert_eq!(stranger.status, 404, "{}", stranger.body);
     let no_reason = manager
         .send("POST", &path(&original), Some(&json!({})))
         .await;
