@@ -98,7 +98,7 @@ pub struct CeilingsArgs {
     /// MongoDB URI (default $MONGODB_URI, else a local replica set).
     #[arg(long, default_value_t = env_or("MONGODB_URI", "mongodb://127.0.0.1:27017/?replicaSet=rs0&directConnection=true"))]
     pub mongo: String,
-    /// Length of EACH of the five measurements.
+    /// Length of EACH measurement (and of the idle window before the floor).
     #[arg(long, default_value = "10s", value_parser = nonzero_duration)]
     pub duration: Duration,
     /// Pipelined JetStream publishes awaiting their ack.

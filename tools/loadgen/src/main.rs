@@ -21,7 +21,9 @@
 //!
 //! `loadgen ceilings` measures JetStream acked publishes (pipelined and synchronous)
 //! and MongoDB `w: majority` inserts (single and batches of 100) into temporary
-//! resources that it removes afterwards.
+//! resources that it removes afterwards, one fiscal series numbered alone, and the floor:
+//! one broker message, insert and key lookup at a fixed rate, with the servers' CPU per
+//! operation.
 //!
 //! Both print a table and one JSON line on stdout (`--json`: only the JSON line; the
 //! table goes to stderr), progress on stderr.
@@ -31,7 +33,7 @@
 //! - `invoice`: realistic request bodies and the PRNG behind them;
 //! - `pipeline`: the load (closed or open loop), the counters and the report;
 //! - `feed`: the WebSocket readers and the [`feed::Tracker`] pairing frames with POSTs;
-//! - `ceilings`: the raw JetStream and MongoDB rates;
+//! - `ceilings`: the raw JetStream and MongoDB rates, and the floor at a fixed rate;
 //! - `stats`: latency histograms (hdrhistogram) and the table printer.
 
 mod ceilings;
