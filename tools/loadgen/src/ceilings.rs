@@ -658,25 +658,11 @@ async fn insert_at_rate(
     coll: &mongodb::Collection<Document>,
     tag: &str,
 ) -> Rate {
-    let cpu = CpuProbe::start("mongod", args.mongod_pid);
-    let (ops, secs, latency, errors) = at_rate(args.floor_rate, args.duration, |n| {
+    mongod_at_rate(args, "mongo_insert_at_rate", |n| {
         let (coll, doc) = (coll.clone(), invoice_doc(tag, n));
-        async move {
-            coll.insert_one(doc)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        }
+        async move { coll.insert_one(doc).await.map(|_| ()) }
     })
-    .await;
-    Rate {
-        name: "mongo_insert_at_rate",
-        ops,
-        secs,
-        latency,
-        errors,
-        cpu: cpu.per_op(ops),
-    }
+    .await
 }
 
 /// The floor's lookup: a (tenant, key) the collection does not hold — a new invoice's
@@ -686,21 +672,29 @@ async fn lookup_at_rate(
     coll: &mongodb::Collection<Document>,
     tag: &str,
 ) -> Rate {
-    let cpu = CpuProbe::start("mongod", args.mongod_pid);
     let tenant = format!("ceilings-{tag}");
-    let (ops, secs, latency, errors) = at_rate(args.floor_rate, args.duration, |n| {
+    mongod_at_rate(args, "mongo_key_lookup_at_rate", |n| {
         let coll = coll.clone();
         let filter = doc! { "tenantId": &tenant, "idempotencyKey": format!("absent-{n}") };
-        async move {
-            coll.find_one(filter)
-                .await
-                .map(|_| ())
-                .map_err(|e| e.to_string())
-        }
+        async move { coll.find_one(filter).await.map(|_| ()) }
+    })
+    .await
+}
+
+/// One MongoDB operation `op(n)` at `--floor-rate`, with mongod's CPU per operation.
+async fn mongod_at_rate<F, Fut>(args: &CeilingsArgs, name: &'static str, op: F) -> Rate
+where
+    F: Fn(u64) -> Fut,
+    Fut: std::future::Future<Output = mongodb::error::Result<()>> + Send + 'static,
+{
+    let cpu = CpuProbe::start("mongod", args.mongod_pid);
+    let (ops, secs, latency, errors) = at_rate(args.floor_rate, args.duration, |n| {
+        let call = op(n);
+        async move { call.await.map_err(|e| e.to_string()) }
     })
     .await;
     Rate {
-        name: "mongo_key_lookup_at_rate",
+        name,
         ops,
         secs,
         latency,
