@@ -1,6 +1,6 @@
 //! The publish path against a real JetStream: message ids make retries harmless.
 
-use crate::support::{stack::infra_settings, unique, Infra};
+use crate::support::{unique, Infra};
 use domain::{Invoice, InvoiceId, TenantId, Timestamp};
 use messaging::{Bus, Envelope, NatsSettings, Topology};
 use std::time::Duration;
@@ -138,22 +138,9 @@ async fn the_broker_knows_a_replay_by_its_keys_subject_or_its_event_log() {
     assert!(later(&keyless).await, "the event log holds generation 1");
 }
 
-/// A bus on a namespace of its own, its streams created.
+/// A bus on a namespace of its own, logged in as the operator, its streams created.
 async fn fresh_bus() -> Bus {
-    let infra = Infra::from_env();
-    let settings = infra_settings(&infra, &unique("m"), "unused");
-    let bus = Bus::connect(
-        NatsSettings {
-            url: settings.nats_url,
-            client_name: "test".into(),
-            ack_timeout: Duration::from_secs(2),
-            publish_tries: 1,
-            auth: settings.nats_auth.clone(),
-        },
-        Topology::new(&settings.namespace),
-    )
-    .await
-    .unwrap();
+    let bus = bus_as(&Infra::from_env(), &unique("m"), "operator").await;
     bus.ensure_topology().await.unwrap();
     bus
 }

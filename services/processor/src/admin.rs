@@ -204,12 +204,12 @@ async fn replay_one(
         submission.invoice.tenant_id().clone(),
         submission.invoice.id(),
     );
-    // A later generation in the broker (before MongoDB has it) or in MongoDB: this
-    // letter was replayed already; the broker is asked first, MongoDB only if it says no.
+    // A later generation in the broker or in MongoDB: this letter was replayed already
+    // (a replay whose event or letter deletion failed leaves the letter behind). The
+    // broker is asked first — it holds the replay before MongoDB does, and the
+    // submissions' 2-minute dedupe window does not stop a second replay asked later —
+    // and MongoDB only if it says no.
     let generation = submission.invoice.replays();
-    // A replay whose event or letter deletion failed leaves the letter behind, MongoDB
-    // may not have stored the replay yet, and the submissions' dedupe window (2 min)
-    // does not stop a second replay requested later: the broker knows first.
     let in_broker = bus.holds_later_generation(&submission.invoice).await?;
     let stored = if in_broker {
         None

@@ -751,6 +751,14 @@ fn budget(start: &Snapshot, end: &Snapshot, cpu_secs: &[(String, f64)]) -> Value
     })
 }
 
+/// `nats-server 0.27 · loadgen 0.17` from a JSON object of figures per process (`None`:
+/// absent or empty).
+fn per_process(figures: &Value) -> Option<String> {
+    let m = figures.as_object().filter(|m| !m.is_empty())?;
+    let parts: Vec<String> = m.iter().map(|(p, v)| format!("{p} {v}")).collect();
+    Some(parts.join(" · "))
+}
+
 /// Every stream's detail in NATS monitoring's `/jsz` answer (`None`: no answer).
 async fn jsz_streams(url: &str) -> Option<Vec<Value>> {
     let jsz = reqwest::get(url).await.ok()?.json::<Value>().await.ok()?;
@@ -834,29 +842,18 @@ fn summary(results: &Path) {
         ] {
             if r[k].is_object() {
                 // The floor (at a fixed rate) also names the CPU each operation cost.
-                let cpu: Vec<String> = r[k]["cpu_ms_per_op"]
-                    .as_object()
-                    .map(|m| m.iter().map(|(p, ms)| format!("{p} {ms}")).collect())
-                    .unwrap_or_default();
+                let cpu = per_process(&r[k]["cpu_ms_per_op"]);
                 println!(
                     "  {k:<30} {:>10.0}/s   p50 {:.2} ms  p99 {:.2} ms{}",
                     f(&r[k]["per_s"]),
                     f(&r[k]["latency_ms"]["p50"]),
                     f(&r[k]["latency_ms"]["p99"]),
-                    if cpu.is_empty() {
-                        String::new()
-                    } else {
-                        format!("   CPU ms per op: {}", cpu.join(" · "))
-                    }
+                    cpu.map_or_else(String::new, |c| format!("   CPU ms per op: {c}"))
                 );
             }
         }
-        if let Some(idle) = r["idle_cpu_ms_per_s"].as_object().filter(|m| !m.is_empty()) {
-            let parts: Vec<String> = idle.iter().map(|(p, ms)| format!("{p} {ms}")).collect();
-            println!(
-                "  idle (no operations)           CPU ms per second: {}",
-                parts.join(" · ")
-            );
+        if let Some(idle) = per_process(&r["idle_cpu_ms_per_s"]) {
+            println!("  idle (no operations)           CPU ms per second: {idle}");
         }
     }
     let pipes: Vec<&Value> = rows.iter().filter(|r| r["kind"] == "pipeline").collect();
